@@ -1,0 +1,355 @@
+//! Cgroups: where a container's cgroup lives on this host, creating it, setting
+//! `linux.resources`, joining it, freezing, statistics and removal.
+//!
+//! Three host layouts are handled: unified (cgroup2 only), legacy v1, and hybrid (v1
+//! controllers plus a cgroup2 hierarchy at /sys/fs/cgroup/unified). Like runc's `fs`
+//! driver hull writes the cgroup files itself; systemd is not asked.
+//!
+//! Order of use: `resolve` → `create` (parent, before the fork) → `add_task(child pid)`
+//! before the child unshares its cgroup namespace → ... → `destroy` after every process
+//! of the container is gone.
+
+mod devices;
+mod error;
+mod fs;
+mod group;
+mod path;
+mod stats;
+mod stats_parse;
+mod v1;
+mod v2;
+mod v2_devices;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use oci_spec::runtime::LinuxResources;
+use serde::{Deserialize, Serialize};
+
+pub use error::CgroupError;
+use fs::{collect_pids, mkdir_recording, remove_leaf, remove_shared};
+pub(crate) use fs::{read, read_opt, write, write_if_exists};
+pub(crate) use group::Group;
+pub use stats::{
+    Blkio, BlkioEntry, Cpu, CpuSet, CpuUsage, Hugetlb, IntelRdt, Memory, MemoryEntry,
+    NetworkInterface, Pids, Psi, PsiData, Stats, Throttling,
+};
+
+/// The cgroup layout of the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupVersion {
+    /// Legacy: one hierarchy per controller (group).
+    V1,
+    /// Unified: one cgroup2 hierarchy.
+    V2,
+    /// v1 controllers plus a cgroup2 hierarchy at /sys/fs/cgroup/unified.
+    Hybrid,
+}
+
+impl std::fmt::Display for CgroupVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CgroupVersion::V1 => "v1",
+            CgroupVersion::V2 => "v2",
+            CgroupVersion::Hybrid => "hybrid",
+        })
+    }
+}
+
+/// The container's cgroup in one hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hierarchy {
+    /// As /proc/self/cgroup names it: "cpu,cpuacct", "name=systemd"; "" for cgroup2.
+    controllers: String,
+    /// Where the hierarchy is mounted, e.g. /sys/fs/cgroup/memory.
+    mount: PathBuf,
+    /// The container's directory, e.g. /sys/fs/cgroup/memory/hull/c1.
+    dir: PathBuf,
+    /// The container's path inside the hierarchy, e.g. /hull/c1.
+    path: String,
+    /// Directories `create` made, parents first; `destroy` removes exactly these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    created: Vec<PathBuf>,
+}
+
+impl Hierarchy {
+    /// "cpu,cpuacct", "name=systemd", or "" for the cgroup2 hierarchy.
+    pub fn controllers(&self) -> &str {
+        &self.controllers
+    }
+    /// The hierarchy's mount point on the host.
+    pub fn mount_point(&self) -> &Path {
+        &self.mount
+    }
+    /// The container's cgroup directory on the host.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// The container's path inside this hierarchy.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+    fn has(&self, controller: &str) -> bool {
+        self.controllers.split(',').any(|c| c == controller)
+    }
+}
+
+/// A container's cgroup across all hierarchies of the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cgroup {
+    version: CgroupVersion,
+    /// v1 hierarchies (empty on unified hosts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    v1: Vec<Hierarchy>,
+    /// The cgroup2 hierarchy (unified hosts, and the v2 half of hybrid ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unified: Option<Hierarchy>,
+}
+
+impl Cgroup {
+    /// Resolve where the container's cgroup lives from `linux.cgroupsPath` (None or empty:
+    /// the container id, relative). Absolute paths start at each hierarchy's root, relative
+    /// ones at hull's own cgroup in that hierarchy, like runc's fs driver.
+    pub fn resolve(cgroups_path: Option<&str>, id: &str) -> Result<Cgroup, CgroupError> {
+        let mountinfo = read_host("/proc/self/mountinfo")?;
+        let own = read_host("/proc/self/cgroup")?;
+        path::detect(&mountinfo, &own)?.place(cgroups_path, id)
+    }
+
+    /// Create the directories and apply `resources`. On failure, whatever this call
+    /// created is removed again before the error is returned.
+    pub fn create(&mut self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
+        let result = self.create_inner(resources);
+        if result.is_err() {
+            if let Err(e) = self.destroy() {
+                tracing::warn!(error = %e, "undoing a failed cgroup create");
+            }
+            for h in self.all_mut() {
+                h.created.clear();
+            }
+        }
+        result
+    }
+
+    fn create_inner(&mut self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
+        for h in self.all_mut() {
+            mkdir_recording(h)?;
+        }
+        if let Some(h) = self.v1.iter().find(|h| h.has("cpuset")) {
+            v1::inherit_cpuset(h)?;
+        }
+        if self.version == CgroupVersion::V2 {
+            if let Some(u) = &self.unified {
+                let required = resources.map(v2::required_controllers).transpose()?;
+                v2::enable(u, &required.unwrap_or_default(), v2::ACCOUNTING)?;
+            }
+        }
+        match resources {
+            Some(r) => self.apply_inner(r),
+            None => Ok(()),
+        }
+    }
+
+    /// Join `pid` to the container's cgroup in every hierarchy (on hybrid hosts also the
+    /// unified one, as runc does).
+    pub fn add_task(&self, pid: i32) -> Result<(), CgroupError> {
+        let pid = pid.to_string();
+        for h in self.all() {
+            write(&h.dir, "cgroup.procs", &pid)?;
+        }
+        Ok(())
+    }
+
+    /// Set `resources` (also used by `hull update` on a running container).
+    pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        if self.version == CgroupVersion::V2 {
+            if let Some(u) = &self.unified {
+                v2::enable(u, &v2::required_controllers(resources)?, &[])?;
+            }
+        }
+        self.apply_inner(resources)
+    }
+
+    fn apply_inner(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        if self.version == CgroupVersion::V2 {
+            let u = self.unified()?;
+            for g in Group::ALL {
+                if g.is_set(r) {
+                    v2::set(*g, u, r, self.version)?;
+                }
+            }
+            return v2::set_unified(u, r);
+        }
+        for g in Group::ALL {
+            if !g.is_set(r) {
+                continue;
+            }
+            if let Some(h) = self.v1.iter().find(|h| h.has(g.v1_controller())) {
+                v1::set(*g, &h.dir, r)?;
+            } else if let (Some(u), Some(c)) = (&self.unified, g.v2_controller()) {
+                // Hybrid: the controller may live in the v2 half (hugetlb on some hosts).
+                if !c.is_empty() {
+                    v2::enable(u, &[c.to_string()], &[])?;
+                }
+                v2::set(*g, u, r, self.version)?;
+            } else {
+                return Err(CgroupError::ControllerMissing {
+                    controller: g.v1_controller().to_string(),
+                    field: g.field(),
+                    layout: self.version,
+                });
+            }
+        }
+        match (&self.unified, r.unified()) {
+            (Some(u), Some(map)) if !map.is_empty() => {
+                v2::enable(u, &v2::unified_controllers(map)?, &[])?;
+                v2::set_unified(u, r)
+            }
+            (None, Some(map)) if !map.is_empty() => Err(CgroupError::Unsupported {
+                field: "unified",
+                layout: self.version,
+                reason: "the host has no cgroup2 hierarchy",
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Freeze every process of the container and wait until the kernel reports it frozen.
+    pub fn freeze(&self) -> Result<(), CgroupError> {
+        match self.freezer() {
+            Freezer::V1(dir) => v1::set_frozen(dir, true),
+            Freezer::V2(dir) => v2::set_frozen(dir, true),
+        }
+    }
+
+    /// Undo `freeze`.
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        match self.freezer() {
+            Freezer::V1(dir) => v1::set_frozen(dir, false),
+            Freezer::V2(dir) => v2::set_frozen(dir, false),
+        }
+    }
+
+    /// Whether the container is (completely) frozen.
+    pub fn is_frozen(&self) -> Result<bool, CgroupError> {
+        match self.freezer() {
+            Freezer::V1(dir) => v1::is_frozen(dir),
+            Freezer::V2(dir) => v2::is_frozen(dir),
+        }
+    }
+
+    /// Every process in the container's cgroup and its descendants.
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        let dir = match self.version {
+            CgroupVersion::V2 => &self.unified()?.dir,
+            _ => {
+                let pick = ["freezer", "pids", "devices", "memory", "cpu"]
+                    .iter()
+                    .find_map(|c| self.v1.iter().find(|h| h.has(c)));
+                match pick.or(self.v1.first()) {
+                    Some(h) => &h.dir,
+                    None => &self.unified()?.dir,
+                }
+            }
+        };
+        let mut pids = Vec::new();
+        collect_pids(dir, &mut pids)?;
+        Ok(pids)
+    }
+
+    /// Resource usage, shaped like the "data" object of runc's `events --stats`.
+    pub fn stats(&self) -> Result<Stats, CgroupError> {
+        let mut s = Stats::default();
+        if self.version == CgroupVersion::V2 {
+            stats::read_v2(&self.unified()?.dir, &mut s)?;
+            return Ok(s);
+        }
+        stats::read_v1(&self.v1, &mut s)?;
+        let v1_hugetlb = self.v1.iter().any(|h| h.has("hugetlb"));
+        if let (false, Some(u)) = (v1_hugetlb, &self.unified) {
+            stats::read_v2_hugetlb(&u.dir, &mut s)?;
+        }
+        Ok(s)
+    }
+
+    /// Remove the directories `create` made, deepest first. A cgroup whose tasks are still
+    /// leaving is retried for about a second; a missing directory is fine.
+    pub fn destroy(&self) -> Result<(), CgroupError> {
+        // One deadline for all hierarchies: a busy cgroup is busy in each of them.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut first_err = None;
+        for h in self.all() {
+            for (i, dir) in h.created.iter().enumerate().rev() {
+                let leaf = i + 1 == h.created.len() && *dir == h.dir;
+                let r = if leaf {
+                    remove_leaf(dir, deadline)
+                } else {
+                    remove_shared(dir)
+                };
+                if let Err(e) = r {
+                    first_err.get_or_insert(e);
+                    break;
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// The host's cgroup layout.
+    pub fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    /// The container's path inside the hierarchy (what /proc/<pid>/cgroup shows): the
+    /// cgroup2 one where there is one, else the first v1 hierarchy's. With a relative
+    /// `cgroupsPath` v1 hierarchies may differ; see `hierarchies`.
+    pub fn path(&self) -> &str {
+        self.unified
+            .as_ref()
+            .or(self.v1.first())
+            .map_or("/", |h| h.path.as_str())
+    }
+
+    /// Every hierarchy the container joins: the v1 ones, then the cgroup2 one.
+    pub fn hierarchies(&self) -> impl Iterator<Item = &Hierarchy> {
+        self.all()
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Hierarchy> {
+        self.v1.iter().chain(self.unified.iter())
+    }
+
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut Hierarchy> {
+        self.v1.iter_mut().chain(self.unified.iter_mut())
+    }
+
+    fn unified(&self) -> Result<&Hierarchy, CgroupError> {
+        self.unified.as_ref().ok_or(CgroupError::NotMounted)
+    }
+
+    fn freezer(&self) -> Freezer<'_> {
+        match self.v1.iter().find(|h| h.has("freezer")) {
+            Some(h) => Freezer::V1(&h.dir),
+            // cgroup2 freezes without a controller; hosts without either are rejected by
+            // `resolve` already (there is always a hierarchy).
+            None => Freezer::V2(
+                self.unified
+                    .as_ref()
+                    .map_or(Path::new("/nonexistent"), |u| &u.dir),
+            ),
+        }
+    }
+}
+
+enum Freezer<'a> {
+    V1(&'a Path),
+    V2(&'a Path),
+}
+
+fn read_host(path: &'static str) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::HostInfo { path, source })
+}

@@ -1,0 +1,440 @@
+//! `hull create`: bundle to an init process waiting for `start`.
+//!
+//! The parent (this process) forks stage 1, which joins and unshares namespaces and forks
+//! the init (stage 2, pid 1 of a new pid namespace). Every resource made here is
+//! registered in `Undo`, so a failure at any step leaves nothing behind.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{self, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{self, ForkResult, Pid};
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxIdMapping, LinuxResources};
+
+use super::Container;
+use crate::cgroups::{Cgroup, CgroupVersion};
+use crate::error::{Error, Result};
+use crate::hooks;
+use crate::namespaces::Plan;
+use crate::process::init::{self, InitArgs, StartSignal};
+use crate::spec::{self, Bundle};
+use crate::state::{self, ContainerState, StateDir, Status};
+use crate::sync::{Channel, Msg};
+
+#[derive(Debug, Default, Clone)]
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub root: PathBuf,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+    pub preserve_fds: i32,
+}
+
+/// How `start` will release the init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// Through the exec fifo, by a later `hull start`.
+    Fifo,
+    /// Through the channel, by this same process (`hull run`).
+    Channel,
+}
+
+pub struct Created {
+    pub container: Container,
+    /// The parent's end of the channel to the init (used by `run` to start it).
+    pub chan: Channel,
+}
+
+/// Undoes what a failed create made, in reverse order.
+struct Undo {
+    dir: Option<StateDir>,
+    cgroup: Option<Cgroup>,
+    pids: Vec<i32>,
+}
+
+impl Undo {
+    fn disarm(&mut self) {
+        self.dir = None;
+        self.cgroup = None;
+        self.pids.clear();
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        for &pid in &self.pids {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            // Our children are reaped here; the init (a grandchild) goes to its reaper.
+            let _ = waitpid(Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::__WALL));
+        }
+        if let Some(cg) = &self.cgroup {
+            if let Ok(pids) = cg.pids() {
+                for p in pids {
+                    let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                }
+            }
+            if let Err(e) = cg.destroy() {
+                tracing::warn!("cleanup: {e}");
+            }
+        }
+        if let Some(dir) = &self.dir {
+            let _ = dir.remove();
+        }
+    }
+}
+
+pub fn create(opts: &CreateOptions, mode: StartMode) -> Result<Created> {
+    create_with_console(opts, mode, None)
+}
+
+/// `console`: a socket for the pty master that the caller made itself (`hull run` with
+/// a terminal and no --console-socket relays the pty).
+pub fn create_with_console(
+    opts: &CreateOptions,
+    mode: StartMode,
+    console: Option<OwnedFd>,
+) -> Result<Created> {
+    spec::validate_id(&opts.id)?;
+    let bundle = Bundle::load(&opts.bundle)?;
+    let plan = Plan::from_linux(bundle.spec.linux().as_ref());
+    let console = match (&opts.console_socket, console) {
+        (_, Some(fd)) => Some(fd),
+        (Some(p), None) => Some(OwnedFd::from(UnixStream::connect(p).map_err(|source| Error::Io {
+            what: "cannot connect to --console-socket",
+            path: p.clone(),
+            source,
+        })?)),
+        (None, None) => None,
+    };
+    if console.is_none()
+        && mode == StartMode::Fifo
+        && bundle.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true)
+    {
+        return Err(Error::InvalidConfig {
+            path: bundle.dir.join("config.json"),
+            reason: "process.terminal is true: pass --console-socket to receive the pty master, or set it to false".into(),
+        });
+    }
+    let linux = bundle.spec.linux().as_ref();
+    let cgroups_path = linux.and_then(|l| l.cgroups_path().as_ref()).and_then(|p| p.to_str());
+    let cgroup = Cgroup::resolve(cgroups_path, &opts.id)?;
+
+    let dir = StateDir::create(&opts.root, &opts.id)?;
+    let mut undo = Undo {
+        dir: Some(dir.clone()),
+        cgroup: None,
+        pids: vec![],
+    };
+    let me = std::process::id() as i32;
+    let mut st = ContainerState {
+        id: opts.id.clone(),
+        pid: 0,
+        start_time: 0,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        created: state::rfc3339_now(),
+        owner: String::new(),
+        creator: state::process_start_time(me).map(|t| (me, t)),
+        started: false,
+        cgroup: cgroup.clone(),
+        config: bundle.spec.clone(),
+    };
+    dir.save(&st)?;
+
+    let mut cgroup = cgroup;
+    let resources = effective_resources(&bundle);
+    cgroup.create(resources.as_ref())?;
+    undo.cgroup = Some(cgroup.clone());
+    let cgroup_dirs: Vec<(String, PathBuf)> = cgroup
+        .hierarchies()
+        .map(|h| {
+            let name = match cgroup.version() {
+                CgroupVersion::V2 => String::new(),
+                _ => h.mount_point().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            };
+            (name, h.dir().to_path_buf())
+        })
+        .collect();
+
+    let start = match mode {
+        StartMode::Fifo => {
+            let fifo = dir.fifo();
+            unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622)).map_err(|e| Error::Io {
+                what: "cannot create exec fifo",
+                path: fifo.clone(),
+                source: e.into(),
+            })?;
+            let fd = nix::fcntl::open(
+                &fifo,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Error::Io {
+                what: "cannot open exec fifo",
+                path: fifo,
+                source: e.into(),
+            })?;
+            StartSignal::Fifo(fd)
+        }
+        StartMode::Channel => StartSignal::Channel,
+    };
+
+    let (parent, child) = Channel::pair()?;
+    // SAFETY: hull is single-threaded up to here (DESIGN.md), so the child may run Rust code.
+    let stage1 = match unsafe { unistd::fork() }.map_err(|e| Error::Setup(format!("fork: {e}")))? {
+        ForkResult::Child => {
+            drop(parent);
+            let args = InitArgs {
+                bundle: &bundle,
+                plan: &plan,
+                cgroup_dirs: &cgroup_dirs,
+                start,
+                console,
+                no_pivot: opts.no_pivot,
+                no_new_keyring: opts.no_new_keyring,
+                preserve_fds: opts.preserve_fds,
+                id: &opts.id,
+            };
+            stage1_main(args, &child)
+        }
+        ForkResult::Parent { child: pid } => pid,
+    };
+    drop(child);
+    drop(start);
+    drop(console);
+    undo.pids.push(stage1.as_raw());
+
+    let init_pid = drive(&parent, &bundle, &cgroup, stage1, &mut st, &mut undo)?;
+    st.pid = init_pid;
+    st.start_time = state::process_start_time(init_pid).ok_or(Error::ChildGone)?;
+    st.creator = None;
+    dir.save(&st)?;
+    if let Some(p) = &opts.pid_file {
+        write_pid_file(p, init_pid)?;
+    }
+    undo.disarm();
+    Ok(Created {
+        container: Container { dir, state: st },
+        chan: parent,
+    })
+}
+
+/// The parent's side of the handshake; returns the init's pid once it is Ready.
+fn drive(
+    chan: &Channel,
+    bundle: &Bundle,
+    cgroup: &Cgroup,
+    stage1: Pid,
+    st: &mut ContainerState,
+    undo: &mut Undo,
+) -> Result<i32> {
+    cgroup.add_task(stage1.as_raw())?;
+    chan.send(&Msg::Go)?;
+    let mut init_pid = 0;
+    loop {
+        let (msg, fd) = chan.recv_with_fd().map_err(|e| match e {
+            Error::ChildGone => Error::Child("the container's init exited during setup".into()),
+            e => e,
+        })?;
+        match msg {
+            Msg::MapRequest => {
+                write_id_maps(stage1.as_raw(), bundle)?;
+                chan.send(&Msg::MapsDone)?;
+            }
+            Msg::Pid(pid) => {
+                init_pid = pid;
+                undo.pids.push(pid);
+                match waitpid(stage1, None) {
+                    Ok(WaitStatus::Exited(_, 0)) => {}
+                    other => {
+                        return Err(Error::Child(format!("stage 1 ended with {other:?}")));
+                    }
+                }
+                undo.pids.retain(|p| *p != stage1.as_raw());
+                chan.send(&Msg::Go)?;
+            }
+            Msg::MountsReady => {
+                st.pid = init_pid;
+                st.start_time = state::process_start_time(init_pid).unwrap_or(0);
+                let c = Container {
+                    dir: StateDir::new(Path::new("/"), ""),
+                    state: st.clone(),
+                };
+                let json = c.oci_json(Status::Created);
+                let h = bundle.spec.hooks().as_ref();
+                hooks::run_all("prestart", h.and_then(|h| h.prestart().as_ref()), json.as_bytes())?;
+                hooks::run_all(
+                    "createRuntime",
+                    h.and_then(|h| h.create_runtime().as_ref()),
+                    json.as_bytes(),
+                )?;
+                chan.send(&Msg::HooksDone(json))?;
+            }
+            Msg::SeccompFd => {
+                let fd = fd.ok_or_else(|| Error::Child("seccomp fd missing".into()))?;
+                send_seccomp_fd(bundle, init_pid, st, fd)?;
+                chan.send(&Msg::SeccompDone)?;
+            }
+            Msg::Ready => return Ok(init_pid),
+            Msg::Error(e) => return Err(Error::Child(e)),
+            other => {
+                return Err(Error::Sync(std::io::Error::other(format!("unexpected {other:?}"))))
+            }
+        }
+    }
+}
+
+fn send_seccomp_fd(bundle: &Bundle, pid: i32, st: &ContainerState, fd: OwnedFd) -> Result<()> {
+    let seccomp = bundle.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let Some(path) = seccomp.and_then(|s| s.listener_path().as_ref()) else {
+        // No agent configured: the fd is dropped, as runc does.
+        return Ok(());
+    };
+    let meta = seccomp.and_then(|s| s.listener_metadata().clone()).unwrap_or_default();
+    let state = serde_json::to_value(st.oci(Status::Creating)).unwrap_or_default();
+    crate::seccomp::send_to_listener(path, &meta, pid, &state, std::os::fd::AsFd::as_fd(&fd))?;
+    Ok(())
+}
+
+/// Stage 1: namespaces, then fork the init. Never returns.
+fn stage1_main(args: InitArgs, chan: &Channel) -> ! {
+    let r = (|| -> Result<()> {
+        chan.expect(Msg::Go)?;
+        let plan = args.plan;
+        plan.join_paths()?;
+        if plan.new_user {
+            sched::unshare(CloneFlags::CLONE_NEWUSER)
+                .map_err(|e| Error::Setup(format!("unshare user namespace: {e}")))?;
+            chan.send(&Msg::MapRequest)?;
+            chan.expect(Msg::MapsDone)?;
+            become_root()?;
+        }
+        sched::unshare(plan.new).map_err(|e| Error::Setup(format!("unshare namespaces: {e}")))?;
+        if let Some(offsets) = args.bundle.spec.linux().as_ref().and_then(|l| l.time_offsets().as_ref()) {
+            write_time_offsets(offsets)?;
+        }
+        // SAFETY: single-threaded child of a single-threaded parent.
+        match unsafe { unistd::fork() }.map_err(|e| Error::Setup(format!("fork init: {e}")))? {
+            ForkResult::Child => {
+                let Err(e) = chan.expect(Msg::Go).and_then(|()| init::run(args, chan));
+                let _ = chan.send(&Msg::Error(e.to_string()));
+                // SAFETY: end the forked init without unwinding into the parent's frames.
+                unsafe { libc::_exit(1) }
+            }
+            ForkResult::Parent { child } => chan.send(&Msg::Pid(child.as_raw())),
+        }
+    })();
+    let code = match r {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = chan.send(&Msg::Error(e.to_string()));
+            1
+        }
+    };
+    // SAFETY: see above.
+    unsafe { libc::_exit(code) }
+}
+
+fn become_root() -> Result<()> {
+    let root = unistd::Uid::from_raw(0);
+    let rootg = unistd::Gid::from_raw(0);
+    unistd::setresgid(rootg, rootg, rootg)
+        .map_err(|e| Error::Setup(format!("setresgid 0 in user namespace (is gid 0 mapped?): {e}")))?;
+    unistd::setresuid(root, root, root)
+        .map_err(|e| Error::Setup(format!("setresuid 0 in user namespace (is uid 0 mapped?): {e}")))
+}
+
+fn write_time_offsets(
+    offsets: &std::collections::HashMap<String, oci_spec::runtime::LinuxTimeOffset>,
+) -> Result<()> {
+    let mut text = String::new();
+    for (clock, o) in offsets {
+        text += &format!("{clock} {} {}\n", o.secs().unwrap_or(0), o.nanosecs().unwrap_or(0));
+    }
+    std::fs::write("/proc/self/timens_offsets", text)
+        .map_err(|e| Error::Setup(format!("linux.timeOffsets: {e}")))
+}
+
+fn write_id_maps(pid: i32, bundle: &Bundle) -> Result<()> {
+    let linux = bundle.spec.linux().as_ref();
+    let fmt = |m: Option<&Vec<LinuxIdMapping>>| {
+        m.into_iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
+    };
+    for (file, maps) in [
+        ("uid_map", fmt(linux.and_then(|l| l.uid_mappings().as_ref()))),
+        ("gid_map", fmt(linux.and_then(|l| l.gid_mappings().as_ref()))),
+    ] {
+        if maps.is_empty() {
+            continue;
+        }
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, &maps).map_err(|e| {
+            Error::Setup(format!("linux.{}: writing {path}: {e}", if file == "uid_map" { "uidMappings" } else { "gidMappings" }))
+        })?;
+    }
+    Ok(())
+}
+
+fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let tmp = path.with_extension("hull-tmp");
+    let io = |source| Error::Io {
+        what: "cannot write --pid-file",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    write!(f, "{pid}").map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+fn device_rule(allow: bool, typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str) -> LinuxDeviceCgroup {
+    let mut r = LinuxDeviceCgroup::default();
+    r.set_allow(allow);
+    r.set_typ(Some(typ));
+    r.set_major(major);
+    r.set_minor(minor);
+    r.set_access(Some(access.to_string()));
+    r
+}
+
+/// The config's resources plus the device rules every container needs (runc's
+/// AllowedDevices) and one for each `linux.devices` entry, when the config restricts
+/// devices at all.
+fn effective_resources(bundle: &Bundle) -> Option<LinuxResources> {
+    let linux = bundle.spec.linux().as_ref()?;
+    let mut res = linux.resources().clone()?;
+    let Some(rules) = res.devices().clone().filter(|r| !r.is_empty()) else {
+        return Some(res);
+    };
+    let mut rules = rules;
+    use LinuxDeviceType::{B, C};
+    rules.extend([
+        device_rule(true, C, None, None, "m"),
+        device_rule(true, B, None, None, "m"),
+        device_rule(true, C, Some(1), Some(3), "rwm"),
+        device_rule(true, C, Some(1), Some(8), "rwm"),
+        device_rule(true, C, Some(1), Some(7), "rwm"),
+        device_rule(true, C, Some(5), Some(0), "rwm"),
+        device_rule(true, C, Some(1), Some(5), "rwm"),
+        device_rule(true, C, Some(1), Some(9), "rwm"),
+        device_rule(true, C, Some(136), None, "rwm"),
+        device_rule(true, C, Some(5), Some(2), "rwm"),
+        device_rule(true, C, Some(10), Some(200), "rwm"),
+    ]);
+    for d in linux.devices().iter().flatten() {
+        rules.push(device_rule(true, d.typ(), Some(d.major()), Some(d.minor()), "rwm"));
+    }
+    res.set_devices(Some(rules));
+    Some(res)
+}

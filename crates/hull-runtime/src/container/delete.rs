@@ -1,0 +1,60 @@
+//! `hull delete`: remove a stopped (or, with --force, any) container: processes, cgroup,
+//! state directory, then the poststop hooks.
+
+use std::path::Path;
+
+use super::{kill, Container};
+use crate::error::{Error, Result};
+use crate::hooks;
+use crate::state::{StateDir, Status};
+
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
+    let c = match Container::load(root, id) {
+        Ok(c) => c,
+        // A state dir without a readable state.json (hull killed mid-create) is removable.
+        Err(Error::CorruptState { .. }) if force => return StateDir::new(root, id).remove(),
+        Err(e) => return Err(e),
+    };
+    let status = c.status();
+    match status {
+        Status::Stopped => {}
+        // runc deletes a created container without --force: it never ran user code.
+        Status::Created => kill::kill_and_wait(&c),
+        Status::Creating | Status::Running | Status::Paused if force => kill::kill_and_wait(&c),
+        _ => {
+            return Err(Error::WrongState {
+                id: id.into(),
+                action: "delete",
+                status,
+            })
+        }
+    }
+    destroy(&c)
+}
+
+/// Tears down what a container left and runs poststop hooks.
+pub fn destroy(c: &Container) -> Result<()> {
+    // Orphans of the container (with no pid namespace) may still be in its cgroup.
+    if let Ok(pids) = c.state.cgroup.pids() {
+        if !pids.is_empty() {
+            kill::kill_and_wait(c);
+        }
+    }
+    let cg = c.state.cgroup.destroy();
+    let dir = c.dir.remove();
+    let json = c.oci_json(Status::Stopped);
+    let h = c.state.config.hooks().as_ref();
+    if let Err(e) = hooks::run_all("poststop", h.and_then(|h| h.poststop().as_ref()), json.as_bytes()) {
+        // runtime-spec: a failing poststop hook is a warning; deletion goes on.
+        tracing::warn!("{e}");
+        eprintln!("hull: warning: {e}");
+    }
+    cg?;
+    dir
+}
+
+/// For a caller that still holds a half-started container: kill, then destroy.
+pub fn destroy_after_kill(c: &Container) -> Result<()> {
+    kill::kill_and_wait(c);
+    destroy(c)
+}

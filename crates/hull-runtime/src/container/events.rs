@@ -1,0 +1,55 @@
+//! `hull events`: resource usage as runc prints it, once (`--stats`) or every interval
+//! until the container stops.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::Container;
+use crate::cgroups::Stats;
+use crate::error::Result;
+use crate::state::Status;
+
+#[derive(Debug, Serialize)]
+pub struct Event<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Stats>,
+}
+
+pub fn stats(root: &Path, id: &str) -> Result<String> {
+    let c = Container::load(root, id)?;
+    c.require("events", &[Status::Created, Status::Running, Status::Paused])?;
+    event_json(&c)
+}
+
+fn event_json(c: &Container) -> Result<String> {
+    let data = c.state.cgroup.stats()?;
+    Ok(serde_json::to_string(&Event {
+        kind: "stats",
+        id: c.id(),
+        data: Some(data),
+    })
+    .unwrap_or_default())
+}
+
+/// Calls `out` with one stats event per interval until the container stops.
+pub fn stream(root: &Path, id: &str, interval: Duration, mut out: impl FnMut(&str)) -> Result<()> {
+    let c = Container::load(root, id)?;
+    c.require("events", &[Status::Created, Status::Running, Status::Paused])?;
+    loop {
+        if c.status() == Status::Stopped {
+            return Ok(());
+        }
+        match event_json(&c) {
+            Ok(line) => out(&line),
+            // The cgroup vanishes when the container is deleted under us.
+            Err(_) if c.status() == Status::Stopped => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        std::thread::sleep(interval);
+    }
+}

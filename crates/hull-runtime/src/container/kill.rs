@@ -1,0 +1,99 @@
+//! `hull kill`: signal the init through a pidfd (a reused pid is never signalled), or
+//! with `--all` every process of the container's cgroup.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::sys::signal::{kill as kill_pid, Signal};
+use nix::unistd::Pid;
+
+use super::Container;
+use crate::error::{Error, Result};
+use crate::state::Status;
+
+pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<()> {
+    let c = Container::load(root, id)?;
+    let status = c.require("kill", &[Status::Created, Status::Running, Status::Paused])?;
+    if all {
+        return signal_all(&c, signal, status == Status::Paused);
+    }
+    signal_init(&c, signal)
+}
+
+pub(crate) fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; a non-negative result is a new fd.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the fd was just returned to us and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Signals the init; errors if the recorded pid now belongs to another process.
+pub(crate) fn signal_init(c: &Container, signal: i32) -> Result<()> {
+    let pidfd = pidfd_open(c.state.pid).map_err(|_| Error::WrongState {
+        id: c.id().into(),
+        action: "kill",
+        status: Status::Stopped,
+    })?;
+    // Checked after the pidfd pins the process: the start time proves it is our init.
+    if !c.state.init_alive() {
+        return Err(Error::WrongState {
+            id: c.id().into(),
+            action: "kill",
+            status: Status::Stopped,
+        });
+    }
+    // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no siginfo, no flags.
+    let r = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0)
+    };
+    if r < 0 {
+        return Err(Error::Signal {
+            id: c.id().into(),
+            signal,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Every process of the cgroup, frozen while signalled so none can fork away (as runc).
+pub(crate) fn signal_all(c: &Container, signal: i32, paused: bool) -> Result<()> {
+    let cg = &c.state.cgroup;
+    if !paused {
+        let _ = cg.freeze();
+    }
+    let pids = cg.pids();
+    if let Ok(pids) = &pids {
+        for &p in pids {
+            // SAFETY: kill(2) with a raw signal number (real-time signals have no Signal).
+            unsafe { libc::kill(p, signal) };
+        }
+    }
+    // A SIGKILLed frozen task dies only once thawed; a paused container stays paused.
+    if !paused || signal == Signal::SIGKILL as i32 {
+        let _ = cg.thaw();
+    }
+    pids.map(drop).map_err(Error::from)
+}
+
+/// SIGKILL everything and wait (bounded) until the init is gone.
+pub(crate) fn kill_and_wait(c: &Container) {
+    let _ = signal_all(c, Signal::SIGKILL as i32, true);
+    if c.state.init_alive() {
+        let _ = kill_pid(Pid::from_raw(c.state.pid), Signal::SIGKILL);
+    }
+    if let Ok(fd) = pidfd_open(c.state.pid) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(2000u16));
+    }
+    // Reap it if it is our child (`hull run` as subreaper).
+    let _ = nix::sys::wait::waitpid(
+        Pid::from_raw(c.state.pid),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+}

@@ -1,0 +1,15 @@
+//! `hull ps`: the processes in the container's cgroup.
+
+use std::path::Path;
+
+use super::Container;
+use crate::error::Result;
+use crate::state::Status;
+
+pub fn pids(root: &Path, id: &str) -> Result<Vec<i32>> {
+    let c = Container::load(root, id)?;
+    c.require("ps", &[Status::Created, Status::Running, Status::Paused])?;
+    let mut p = c.state.cgroup.pids()?;
+    p.sort_unstable();
+    Ok(p)
+}

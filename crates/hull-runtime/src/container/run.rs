@@ -1,0 +1,76 @@
+//! `hull run`: create and start in one process, then (unless detached) wait for the
+//! container, relaying signals and the terminal, and delete it when it exits.
+
+use std::os::fd::OwnedFd;
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use super::create::{create_with_console, CreateOptions, StartMode};
+use super::{delete, start, supervise, Container};
+use crate::error::{Error, Result};
+use crate::sync::Msg;
+
+/// Returns the container's exit code (0 when detached).
+pub fn run(opts: &CreateOptions, detach: bool) -> Result<i32> {
+    let bundle_terminal = terminal_requested(opts);
+    // The container must become our child when stage 1 exits, so we can wait for it.
+    if !detach {
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| Error::Setup(format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
+        supervise::block_signals()?;
+    }
+    let (console, relay) = if bundle_terminal && opts.console_socket.is_none() {
+        if detach {
+            return Err(Error::Setup(
+                "process.terminal is true with --detach: pass --console-socket to receive the pty".into(),
+            ));
+        }
+        let (a, b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+            .map_err(|e| Error::Setup(format!("socketpair: {e}")))?;
+        (Some(a), Some(b))
+    } else {
+        (None, None)
+    };
+    let created = create_with_console(opts, StartMode::Channel, console)?;
+    let mut c = created.container;
+    let pty = match relay {
+        Some(sock) => Some(receive_pty(&sock).inspect_err(|_| {
+            let _ = delete::destroy_after_kill(&c);
+        })?),
+        None => None,
+    };
+    if let Err(e) = created.chan.send(&Msg::Go) {
+        let _ = delete::destroy_after_kill(&c);
+        return Err(e);
+    }
+    c.state.started = true;
+    c.dir.save(&c.state)?;
+    start::poststart(&c);
+    if detach {
+        return Ok(0);
+    }
+    let code = supervise::wait(c.state.pid, pty);
+    let cleanup = delete::destroy(&Container { dir: c.dir.clone(), state: c.state.clone() });
+    let code = code?;
+    cleanup?;
+    Ok(code)
+}
+
+fn terminal_requested(opts: &CreateOptions) -> bool {
+    let Ok(text) = std::fs::read(opts.bundle.join("config.json")) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.pointer("/process/terminal").and_then(|t| t.as_bool()))
+        .unwrap_or(false)
+}
+
+fn receive_pty(sock: &OwnedFd) -> Result<OwnedFd> {
+    let mut buf = [0u8; 64];
+    match crate::fdpass::recv_fd(std::os::fd::AsFd::as_fd(sock), &mut buf) {
+        Ok((_, Some(fd))) => Ok(fd),
+        Ok((_, None)) => Err(Error::Child("the container sent no pty".into())),
+        Err(e) => Err(Error::Sync(e)),
+    }
+}

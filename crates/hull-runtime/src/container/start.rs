@@ -1,0 +1,75 @@
+//! `hull start`: release the init waiting on the exec fifo, then run poststart hooks.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::stat::Mode;
+
+use super::Container;
+use crate::error::{Error, Result};
+use crate::hooks;
+use crate::state::Status;
+
+pub fn start(root: &Path, id: &str) -> Result<()> {
+    let mut c = Container::load(root, id)?;
+    c.require("start", &[Status::Created])?;
+    let fifo_path = c.dir.fifo();
+    // Non-blocking open: a reader needs no writer; the init opens its end when ready.
+    let fifo = nix::fcntl::open(
+        &fifo_path,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Io {
+        what: "cannot open exec fifo (was the container already started?)",
+        path: fifo_path.clone(),
+        source: e.into(),
+    })?;
+    loop {
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(100u16)) {
+            Ok(0) => {
+                if !c.state.init_alive() {
+                    return Err(Error::Child(
+                        "the container's init exited before it could be started".into(),
+                    ));
+                }
+            }
+            Ok(_) => {
+                let mut b = [0u8; 1];
+                match nix::unistd::read(&fifo, &mut b) {
+                    Ok(1) => break,
+                    Ok(_) | Err(nix::Error::EAGAIN) => {
+                        if !c.state.init_alive() {
+                            return Err(Error::Child(
+                                "the container's init exited before it could be started".into(),
+                            ));
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Err(e) => return Err(Error::Sync(e.into())),
+                }
+            }
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(Error::Sync(e.into())),
+        }
+    }
+    let _ = std::fs::remove_file(&fifo_path);
+    c.state.started = true;
+    c.dir.save(&c.state)?;
+    poststart(&c);
+    Ok(())
+}
+
+/// Poststart hooks run after the user's process started; a failure is logged, not fatal
+/// (runtime-spec: the lifecycle continues as if the hook had succeeded).
+pub fn poststart(c: &Container) {
+    let json = c.oci_json(Status::Running);
+    let h = c.state.config.hooks().as_ref();
+    if let Err(e) = hooks::run_all("poststart", h.and_then(|h| h.poststart().as_ref()), json.as_bytes()) {
+        tracing::warn!("{e}");
+        eprintln!("hull: warning: {e}");
+    }
+}

@@ -1,0 +1,47 @@
+//! `hull update`: change the cgroup limits of a running container and remember them.
+
+use std::path::Path;
+
+use oci_spec::runtime::LinuxResources;
+
+use super::Container;
+use crate::error::Result;
+use crate::state::Status;
+
+pub fn update(root: &Path, id: &str, resources: &LinuxResources) -> Result<()> {
+    let mut c = Container::load(root, id)?;
+    c.require("update", &[Status::Created, Status::Running, Status::Paused])?;
+    c.state.cgroup.apply(resources)?;
+    let merged = merge(c.state.config.linux().as_ref().and_then(|l| l.resources().clone()), resources);
+    if let Some(linux) = c.state.config.linux_mut() {
+        linux.set_resources(Some(merged));
+    }
+    c.dir.save(&c.state)
+}
+
+/// Fields set in `new` replace those of `old`, per controller section.
+fn merge(old: Option<LinuxResources>, new: &LinuxResources) -> LinuxResources {
+    let mut r = old.unwrap_or_default();
+    if new.memory().is_some() {
+        r.set_memory(new.memory().clone());
+    }
+    if new.cpu().is_some() {
+        r.set_cpu(new.cpu().clone());
+    }
+    if new.pids().is_some() {
+        r.set_pids(new.pids().clone());
+    }
+    if new.block_io().is_some() {
+        r.set_block_io(new.block_io().clone());
+    }
+    if new.hugepage_limits().is_some() {
+        r.set_hugepage_limits(new.hugepage_limits().clone());
+    }
+    if new.network().is_some() {
+        r.set_network(new.network().clone());
+    }
+    if new.unified().is_some() {
+        r.set_unified(new.unified().clone());
+    }
+    r
+}

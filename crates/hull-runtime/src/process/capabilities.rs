@@ -1,0 +1,53 @@
+//! The five capability sets of `process.capabilities`.
+
+use caps::{CapSet, CapsHashSet};
+use oci_spec::runtime::{Capabilities, LinuxCapabilities};
+
+use crate::error::{Error, Result};
+
+fn convert(set: &Option<Capabilities>) -> CapsHashSet {
+    set.iter()
+        .flatten()
+        // Capabilities this kernel or the caps crate does not know are ignored, as runc does.
+        .filter_map(|c| format!("CAP_{c}").parse::<caps::Capability>().ok())
+        .collect()
+}
+
+fn fail(what: &str, e: caps::errors::CapsError) -> Error {
+    Error::Setup(format!("capabilities: {what}: {e}"))
+}
+
+/// Drops every capability outside `bounding` from the bounding set; needs CAP_SETPCAP,
+/// so it runs before the user switch.
+pub fn drop_bounding(c: &LinuxCapabilities) -> Result<()> {
+    let keep = convert(c.bounding());
+    let all = caps::runtime::procfs_all_supported(None).unwrap_or_else(|_| caps::all());
+    for cap in all {
+        if !keep.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(|e| fail("drop bounding", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets effective, permitted, inheritable and ambient, after the user switch.
+pub fn apply(c: &LinuxCapabilities) -> Result<()> {
+    let permitted = convert(c.permitted());
+    let effective = convert(c.effective());
+    let inheritable = convert(c.inheritable());
+    // Order matters: effective must stay a subset of permitted at each step.
+    caps::set(None, CapSet::Effective, &effective.intersection(&caps::read(None, CapSet::Permitted).unwrap_or_default()).copied().collect())
+        .map_err(|e| fail("set effective", e))?;
+    caps::set(None, CapSet::Inheritable, &inheritable).map_err(|e| fail("set inheritable", e))?;
+    caps::set(None, CapSet::Permitted, &permitted).map_err(|e| fail("set permitted", e))?;
+    caps::set(None, CapSet::Effective, &effective).map_err(|e| fail("set effective", e))?;
+    caps::clear(None, CapSet::Ambient).map_err(|e| fail("clear ambient", e))?;
+    for cap in convert(c.ambient()) {
+        // Raising an ambient capability needs it permitted and inheritable; like runc,
+        // skip the ones that are not rather than failing the container.
+        if let Err(e) = caps::raise(None, CapSet::Ambient, cap) {
+            tracing::warn!("cannot raise ambient {cap}: {e}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! One config.json mount into the container's root, before pivot_root. Destinations are
+//! opened inside the root (secure.rs) and mounted onto through /proc/self/fd, so the
+//! kernel, not a string join, decides where a mount lands.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::Mode;
+use oci_spec::runtime::Mount;
+
+use super::options::{self, MountOptions};
+use super::secure::{create_file_in_root, mkdir_all_in_root, open_in_root, proc_path};
+use crate::error::{Error, Result};
+
+/// What a mount needs to know about the container being built.
+pub struct MountContext<'a> {
+    pub rootfd: &'a OwnedFd,
+    /// The container cgroup's directory in each hierarchy, named as under /sys/fs/cgroup.
+    pub cgroup_dirs: &'a [(String, PathBuf)],
+    /// Whether the container has a new user namespace (mknod and some fs types fail).
+    pub userns: bool,
+}
+
+fn fail(dest: &Path, what: &str, e: Errno) -> Error {
+    Error::Setup(format!("mount {}: {what}: {e}", dest.display()))
+}
+
+const REMOUNT_FLAGS: MsFlags = MsFlags::MS_RDONLY
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC)
+    .union(MsFlags::MS_NOATIME)
+    .union(MsFlags::MS_NODIRATIME)
+    .union(MsFlags::MS_RELATIME)
+    .union(MsFlags::MS_STRICTATIME);
+
+pub fn mount_entry(ctx: &MountContext, m: &Mount) -> Result<()> {
+    let dest = m.destination();
+    let typ = m.typ().as_deref().unwrap_or("none");
+    let mut opts = options::parse(m.options().as_deref().unwrap_or_default());
+    if typ == "bind" {
+        opts.flags |= MsFlags::MS_BIND;
+    }
+    if typ == "cgroup" || typ == "cgroup2" {
+        return mount_cgroup(ctx, dest, &opts);
+    }
+    let target = if opts.is_bind() {
+        bind(ctx, m, dest, &opts)?
+    } else {
+        mount_fs(ctx, m, dest, typ, &opts)?
+    };
+    finish(dest, &target, &opts)
+}
+
+fn bind(ctx: &MountContext, m: &Mount, dest: &Path, opts: &MountOptions) -> Result<OwnedFd> {
+    let src = m
+        .source()
+        .as_deref()
+        .ok_or_else(|| Error::Setup(format!("mount {}: bind mount without a source", dest.display())))?;
+    let meta = std::fs::metadata(src).map_err(|e| {
+        Error::Setup(format!(
+            "mount {}: bind source {}: {e}",
+            dest.display(),
+            src.display()
+        ))
+    })?;
+    let spot = if meta.is_dir() {
+        mkdir_all_in_root(ctx.rootfd, dest, Mode::from_bits_truncate(0o755))
+    } else {
+        create_file_in_root(ctx.rootfd, dest, Mode::from_bits_truncate(0o644))
+    }
+    .map_err(|e| fail(dest, "cannot create the destination inside the root", e))?;
+    let flags = opts.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
+    mount(Some(src), &proc_path(&spot), None::<&str>, flags, None::<&str>)
+        .map_err(|e| fail(dest, &format!("bind {}", src.display()), e))?;
+    let target = reopen(ctx, dest)?;
+    if opts.flags.intersects(REMOUNT_FLAGS) {
+        remount_bind(&target, opts.flags & REMOUNT_FLAGS)
+            .map_err(|e| fail(dest, "remount with the requested flags", e))?;
+    }
+    Ok(target)
+}
+
+/// Applies flags to a bind mount. In a user namespace the kernel refuses to clear flags
+/// that were locked on the source (nosuid, nodev, noexec): keep those, as runc does.
+pub fn remount_bind(target: &OwnedFd, flags: MsFlags) -> nix::Result<()> {
+    let path = proc_path(target);
+    let base = MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
+    match mount(None::<&str>, &path, None::<&str>, base | flags, None::<&str>) {
+        Err(Errno::EPERM) => {
+            let locked = current_flags(target)?;
+            mount(None::<&str>, &path, None::<&str>, base | flags | locked, None::<&str>)
+        }
+        r => r,
+    }
+}
+
+/// The mount flags of the mount that `target` is on.
+pub fn current_flags(target: &OwnedFd) -> nix::Result<MsFlags> {
+    use nix::sys::statvfs::FsFlags as S;
+    let st = nix::sys::statvfs::fstatvfs(target)?;
+    let mut flags = MsFlags::empty();
+    for (s, f) in [
+        (S::ST_NOSUID, MsFlags::MS_NOSUID),
+        (S::ST_NODEV, MsFlags::MS_NODEV),
+        (S::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (S::ST_RDONLY, MsFlags::MS_RDONLY),
+        (S::ST_NOATIME, MsFlags::MS_NOATIME),
+        (S::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (S::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if st.flags().contains(s) {
+            flags |= f;
+        }
+    }
+    Ok(flags)
+}
+
+fn mount_fs(
+    ctx: &MountContext,
+    m: &Mount,
+    dest: &Path,
+    typ: &str,
+    opts: &MountOptions,
+) -> Result<OwnedFd> {
+    let spot = mkdir_all_in_root(ctx.rootfd, dest, Mode::from_bits_truncate(0o755))
+        .map_err(|e| fail(dest, "cannot create the destination inside the root", e))?;
+    let source = m
+        .source()
+        .as_ref()
+        .map(|s| s.as_os_str().to_owned())
+        .unwrap_or_else(|| typ.into());
+    let copy = if opts.tmpcopyup && typ == "tmpfs" {
+        Some(spot.try_clone().map_err(|e| fail(dest, "dup", Errno::from_raw(e.raw_os_error().unwrap_or(0))))?)
+    } else {
+        None
+    };
+    let data = opts.data();
+    let flags = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+    let r = mount(
+        Some(source.as_os_str()),
+        &proc_path(&spot),
+        Some(typ),
+        flags,
+        data.as_deref(),
+    );
+    match r {
+        Ok(()) => {}
+        // Without its own network (sysfs) or IPC (mqueue) namespace a user namespace may
+        // not mount these; bind the host's read-only instead, as runc does.
+        Err(Errno::EPERM) if ctx.userns && (typ == "sysfs" || typ == "mqueue") => {
+            let host = if typ == "sysfs" { "/sys" } else { "/dev/mqueue" };
+            mount(
+                Some(host),
+                &proc_path(&spot),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| fail(dest, &format!("bind {host}"), e))?;
+            let t = reopen(ctx, dest)?;
+            remount_bind(&t, flags | MsFlags::MS_RDONLY).map_err(|e| fail(dest, "remount", e))?;
+            return Ok(t);
+        }
+        Err(e) => return Err(fail(dest, &format!("mount {typ}"), e)),
+    }
+    let target = reopen(ctx, dest)?;
+    if let Some(under) = copy {
+        copy_up(&under, &target).map_err(|e| {
+            Error::Setup(format!("mount {}: tmpcopyup: {e}", dest.display()))
+        })?;
+    }
+    Ok(target)
+}
+
+/// tmpcopyup: the tmpfs starts with what the image had at that path.
+fn copy_up(under: &OwnedFd, target: &OwnedFd) -> std::io::Result<()> {
+    let status = std::process::Command::new("/bin/cp")
+        .arg("-a")
+        .arg(format!("{}/.", proc_path(under).display()))
+        .arg(proc_path(target))
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(std::io::Error::other(format!("cp exited with {s}"))),
+        Err(e) => Err(e),
+    }
+}
+
+fn reopen(ctx: &MountContext, dest: &Path) -> Result<OwnedFd> {
+    open_in_root(ctx.rootfd, dest, OFlag::O_PATH)
+        .map_err(|e| fail(dest, "cannot reopen after mounting", e))
+}
+
+fn finish(dest: &Path, target: &OwnedFd, opts: &MountOptions) -> Result<()> {
+    for p in &opts.propagation {
+        mount(None::<&str>, &proc_path(target), None::<&str>, *p, None::<&str>)
+            .map_err(|e| fail(dest, "set propagation", e))?;
+    }
+    if opts.recursive_set != 0 || opts.recursive_clear != 0 {
+        set_attr_recursive(target, opts.recursive_set, opts.recursive_clear)
+            .map_err(|e| fail(dest, "mount_setattr (recursive options)", e))?;
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn set_attr_recursive(target: &OwnedFd, set: u64, clear: u64) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads `size` bytes of a properly laid-out mount_attr; the
+    // path is a valid NUL-terminated empty string used with AT_EMPTY_PATH.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// A cgroup mount: on v2 the container's cgroup directory; on v1 and hybrid hosts a tmpfs
+/// with the container's directory of each hierarchy under it, as runc lays it out. Bind
+/// mounts rather than new cgroup mounts, so it works in user namespaces too.
+fn mount_cgroup(ctx: &MountContext, dest: &Path, opts: &MountOptions) -> Result<()> {
+    let ro = opts.flags & MsFlags::MS_RDONLY;
+    let keep = opts.flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+    let spot = mkdir_all_in_root(ctx.rootfd, dest, Mode::from_bits_truncate(0o755))
+        .map_err(|e| fail(dest, "cannot create the destination inside the root", e))?;
+    let unified_only = ctx.cgroup_dirs.len() == 1 && ctx.cgroup_dirs[0].0.is_empty();
+    if unified_only {
+        let host = &ctx.cgroup_dirs[0].1;
+        mount(Some(host), &proc_path(&spot), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| fail(dest, &format!("bind {}", host.display()), e))?;
+        let t = reopen(ctx, dest)?;
+        return remount_bind(&t, ro | keep).map_err(|e| fail(dest, "remount", e));
+    }
+    mount(
+        Some("tmpfs"),
+        &proc_path(&spot),
+        Some("tmpfs"),
+        keep,
+        Some("mode=755"),
+    )
+    .map_err(|e| fail(dest, "mount tmpfs for cgroup hierarchies", e))?;
+    let top = reopen(ctx, dest)?;
+    for (name, host) in ctx.cgroup_dirs {
+        let sub = dest.join(name);
+        let spot = mkdir_all_in_root(ctx.rootfd, &sub, Mode::from_bits_truncate(0o755))
+            .map_err(|e| fail(&sub, "mkdir", e))?;
+        mount(Some(host), &proc_path(&spot), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| fail(&sub, &format!("bind {}", host.display()), e))?;
+        let t = reopen(ctx, &sub)?;
+        remount_bind(&t, ro | keep).map_err(|e| fail(&sub, "remount", e))?;
+        // Co-mounted controllers ("cpu,cpuacct") are also reachable by each name.
+        if name.contains(',') {
+            for part in name.split(',') {
+                let _ = nix::unistd::symlinkat(name.as_str(), top.as_fd(), part);
+            }
+        }
+    }
+    if !ro.is_empty() {
+        let p = proc_path(&top);
+        mount(
+            None::<&str>,
+            &p,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | ro | keep,
+            Some("mode=755"),
+        )
+        .map_err(|e| fail(dest, "remount tmpfs read-only", e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Loading and validating a bundle's config.json before anything is created, so that bad
+//! input fails with one clear line and leaves nothing behind.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::error::{Error, Result};
+
+/// The runtime-spec major version hull understands.
+pub const SUPPORTED_MAJOR: &str = "1";
+
+/// A parsed bundle: config plus absolute paths, normalised for use after the fork.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub rootfs: PathBuf,
+    pub spec: Spec,
+}
+
+impl Bundle {
+    /// Reads `<dir>/config.json`, checks what can be checked without side effects, and
+    /// makes relative paths (rootfs, bind sources) absolute against the bundle.
+    pub fn load(dir: &Path) -> Result<Bundle> {
+        let dir = std::fs::canonicalize(dir).map_err(|source| Error::Io {
+            what: "cannot open bundle directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let config = dir.join("config.json");
+        let text = std::fs::read(&config).map_err(|source| Error::Io {
+            what: "cannot read config (is this an OCI bundle?)",
+            path: config.clone(),
+            source,
+        })?;
+        let mut spec: Spec = serde_json::from_slice(&text).map_err(|e| Error::InvalidConfig {
+            path: config.clone(),
+            reason: e.to_string(),
+        })?;
+        validate(&spec, &config)?;
+        let root = spec.root().as_ref().expect("validated").path().clone();
+        let rootfs = if root.is_absolute() {
+            root
+        } else {
+            dir.join(root)
+        };
+        let rootfs = std::fs::canonicalize(&rootfs).map_err(|source| Error::Io {
+            what: "root.path: cannot open the container's root filesystem",
+            path: rootfs.clone(),
+            source,
+        })?;
+        if !rootfs.is_dir() {
+            return Err(Error::InvalidConfig {
+                path: config,
+                reason: format!("root.path {} is not a directory", rootfs.display()),
+            });
+        }
+        absolutize_bind_sources(&mut spec, &dir);
+        Ok(Bundle { dir, rootfs, spec })
+    }
+}
+
+fn validate(spec: &Spec, config: &Path) -> Result<()> {
+    let bad = |reason: String| Error::InvalidConfig {
+        path: config.to_path_buf(),
+        reason,
+    };
+    let major = spec.version().split('.').next().unwrap_or("");
+    if major != SUPPORTED_MAJOR {
+        return Err(bad(format!(
+            "ociVersion {:?} is not supported: hull runs runtime-spec 1.x bundles",
+            spec.version()
+        )));
+    }
+    if spec.root().is_none() {
+        return Err(bad("root is missing: set root.path to the rootfs directory".into()));
+    }
+    let Some(process) = spec.process() else {
+        return Err(bad("process is missing: the container needs process.args".into()));
+    };
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(bad("process.args is empty: name the program to run".into()));
+    }
+    if !process.cwd().is_absolute() {
+        return Err(bad(format!(
+            "process.cwd {:?} must be an absolute path",
+            process.cwd()
+        )));
+    }
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    let mut seen = Vec::new();
+    for ns in linux.namespaces().iter().flatten() {
+        if seen.contains(&ns.typ()) {
+            return Err(bad(format!("linux.namespaces: {:?} is listed twice", ns.typ())));
+        }
+        seen.push(ns.typ());
+        if let Some(path) = ns.path() {
+            if !path.exists() {
+                return Err(bad(format!(
+                    "linux.namespaces: {:?} path {} does not exist",
+                    ns.typ(),
+                    path.display()
+                )));
+            }
+        }
+    }
+    let has_new_userns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|ns| ns.typ() == LinuxNamespaceType::User);
+    let has_mappings = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty());
+    if has_mappings && !has_new_userns {
+        return Err(bad(
+            "linux.uidMappings needs a user namespace in linux.namespaces".into(),
+        ));
+    }
+    let has_uts = seen.contains(&LinuxNamespaceType::Uts);
+    if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !has_uts {
+        return Err(bad(
+            "hostname is set but there is no uts namespace: add {\"type\":\"uts\"} to linux.namespaces".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn absolutize_bind_sources(spec: &mut Spec, bundle: &Path) {
+    let Some(mounts) = spec.mounts_mut() else {
+        return;
+    };
+    for m in mounts.iter_mut() {
+        let is_bind = m.typ().as_deref() == Some("bind")
+            || m
+                .options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
+        if !is_bind {
+            continue;
+        }
+        if let Some(src) = m.source() {
+            if src.is_relative() {
+                let abs = bundle.join(src);
+                m.set_source(Some(abs));
+            }
+        }
+    }
+}
+
+/// A container id as runc accepts it: letters, digits, `_ + - .`, not `.` or `..`.
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id.len() <= 1024
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidId(id.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(validate_id("abc-1_2.3+x").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "x\n"] {
+            assert!(validate_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Read-only commands: state, list, ps, events.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use hull_runtime::container::{self, Container};
+use hull_runtime::state::Status;
+
+pub fn state(root: &Path, id: &str) -> Result<i32> {
+    let c = Container::load(root, id)?;
+    let status = c.status();
+    println!("{}", serde_json::to_string_pretty(&c.state.oci(status))?);
+    Ok(0)
+}
+
+/// The name of the user owning the state dir, as runc's OWNER column shows it.
+fn owner(c: &Container) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata(&c.dir.path).map(|m| m.uid()).unwrap_or(0);
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 2 && f[2].parse() == Ok(uid))
+                .map(|f| f[0].to_string())
+        })
+        .unwrap_or_else(|| format!("#{uid}"))
+}
+
+pub fn list(root: &Path, format: &str, quiet: bool) -> Result<i32> {
+    let all = container::list::list(root)?;
+    let mut out = std::io::stdout().lock();
+    if quiet {
+        for (c, _) in &all {
+            writeln!(out, "{}", c.id())?;
+        }
+        return Ok(0);
+    }
+    if format == "json" {
+        let items: Vec<serde_json::Value> = all
+            .iter()
+            .map(|(c, s)| {
+                let mut v = serde_json::to_value(c.state.oci(*s)).unwrap_or_default();
+                v["owner"] = owner(c).into();
+                v
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string(&items)?)?;
+        return Ok(0);
+    }
+    let mut rows = vec![["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"].map(String::from)];
+    for (c, s) in &all {
+        let pid = if *s == Status::Stopped { 0 } else { c.state.pid };
+        rows.push([
+            c.id().to_string(),
+            pid.to_string(),
+            s.to_string(),
+            c.state.bundle.display().to_string(),
+            c.state.created.clone(),
+            owner(c),
+        ]);
+    }
+    write!(out, "{}", tabulate(&rows))?;
+    Ok(0)
+}
+
+/// Go's tabwriter as runc configures it (minwidth 12, padding 3, spaces).
+fn tabulate(rows: &[[String; 6]]) -> String {
+    let mut widths = [0usize; 6];
+    for r in rows {
+        for (i, cell) in r.iter().enumerate() {
+            widths[i] = widths[i].max((cell.chars().count() + 3).max(12));
+        }
+    }
+    let mut s = String::new();
+    for r in rows {
+        for (i, cell) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                s += cell;
+            } else {
+                s += &format!("{cell:<w$}", w = widths[i]);
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+pub fn ps(root: &Path, id: &str, format: &str, args: &[String]) -> Result<i32> {
+    let pids = container::ps::pids(root, id)?;
+    if format == "json" {
+        println!("{}", serde_json::to_string(&pids)?);
+        return Ok(0);
+    }
+    let args: Vec<String> = if args.is_empty() { vec!["-ef".into()] } else { args.to_vec() };
+    let out = std::process::Command::new("ps")
+        .args(&args)
+        .output()
+        .context("cannot run ps")?;
+    if !out.status.success() {
+        bail!("ps {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let col = header
+        .split_whitespace()
+        .position(|h| h == "PID")
+        .context("ps output has no PID column: pass ps options that show it")?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{header}")?;
+    for l in lines {
+        let pid = l.split_whitespace().nth(col).and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|p| pids.contains(&p)) {
+            writeln!(stdout, "{l}")?;
+        }
+    }
+    Ok(0)
+}
+
+pub fn events(root: &Path, id: &str, stats: bool, interval: &str) -> Result<i32> {
+    if stats {
+        println!("{}", container::events::stats(root, id)?);
+        return Ok(0);
+    }
+    let every = parse_duration(interval)?;
+    container::events::stream(root, id, every, |line| {
+        let mut o = std::io::stdout().lock();
+        let _ = writeln!(o, "{line}");
+        let _ = o.flush();
+    })?;
+    Ok(0)
+}
+
+/// Go-style durations as runc's --interval takes them: 5s, 500ms, 1m, 1m30s.
+fn parse_duration(s: &str) -> Result<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        bail!("--interval: empty duration");
+    }
+    while !rest.is_empty() {
+        let n_end = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let n: f64 = rest[..n_end].parse().with_context(|| format!("--interval {s:?}: bad number"))?;
+        rest = &rest[n_end..];
+        let u_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..u_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            u => bail!("--interval {s:?}: unknown unit {u:?} (use ms, s, m, h)"),
+        };
+        rest = &rest[u_end..];
+        total += Duration::from_secs_f64(n * unit);
+    }
+    if total.is_zero() {
+        bail!("--interval must be positive");
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5x").is_err());
+    }
+
+    #[test]
+    fn table_like_runc() {
+        let rows = vec![
+            ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"].map(String::from),
+            ["a", "1", "running", "/b", "t", "root"].map(String::from),
+        ];
+        let t = tabulate(&rows);
+        assert!(t.starts_with("ID          PID         STATUS      BUNDLE      CREATED     OWNER\n"), "{t}");
+    }
+}

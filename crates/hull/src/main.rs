@@ -1,0 +1,40 @@
+//! hull: a secure container runtime with runc's command line.
+
+mod cli;
+mod commands;
+mod logging;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let log = logging::init(&cli.global);
+    let code = match commands::dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = one_line(&e);
+            // Engines (conmon, containerd's shim) read the error from --log.
+            if log.to_file {
+                tracing::error!("{msg}");
+            }
+            eprintln!("hull: {msg}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// The error and its causes on one line, skipping causes the message already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            if !msg.is_empty() {
+                msg += ": ";
+            }
+            msg += &c;
+        }
+    }
+    msg
+}

@@ -423,3 +423,26 @@ fn missing_v1_only_controller_is_named() {
         assert!(!d.exists(), "{} left behind", d.display());
     }
 }
+
+#[test]
+fn tmp_timing() {
+    if !root() {
+        return;
+    }
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        let mut g = Guard::new("t");
+        let t1 = t0.elapsed();
+        g.cg.create(Some(&limits())).unwrap();
+        let t2 = t0.elapsed();
+        let pid = g.spawn("exec sleep 5");
+        let t3 = t0.elapsed();
+        g.cg.add_task(pid as i32).unwrap();
+        let t4 = t0.elapsed();
+        for c in &mut g.children { c.kill().unwrap(); c.wait().unwrap(); }
+        let t5 = t0.elapsed();
+        g.cg.destroy().unwrap();
+        let t6 = t0.elapsed();
+        eprintln!("resolve {t1:?} create {:?} add_task {:?} destroy {:?}", t2 - t1, t4 - t3, t6 - t5);
+    }
+}

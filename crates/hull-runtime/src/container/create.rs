@@ -153,6 +153,10 @@ pub fn create_with_console(
     let resources = effective_resources(&bundle);
     cgroup.create(resources.as_ref())?;
     undo.cgroup = Some(cgroup.clone());
+    // The cgroup now knows which directories it made: `delete --force` needs that even
+    // if this process dies before the end.
+    st.cgroup = cgroup.clone();
+    dir.save(&st)?;
     let cgroup_dirs: Vec<(String, PathBuf)> = cgroup
         .hierarchies()
         .map(|h| {

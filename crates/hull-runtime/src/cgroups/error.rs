@@ -95,6 +95,9 @@ pub enum CgroupError {
         state: &'static str,
         waited_ms: u64,
     },
+    /// Neither a v1 freezer hierarchy nor cgroup2 is there to pause with.
+    #[error("pausing needs the cgroup freezer, and this host ({layout} cgroups) mounts neither the v1 freezer hierarchy nor cgroup2; mount one of them")]
+    NoFreezer { layout: CgroupVersion },
     /// The container's cgroup still has processes.
     #[error("removing cgroup {}: still in use after 1 s; kill the container's processes first (hull kill <id> KILL) and delete again", .path.display())]
     Busy { path: PathBuf },

@@ -125,11 +125,10 @@ impl Cgroup {
     pub fn create(&mut self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
         let result = self.create_inner(resources);
         if result.is_err() {
-            if let Err(e) = self.destroy() {
-                tracing::warn!(error = %e, "undoing a failed cgroup create");
-            }
-            for h in self.all_mut() {
-                h.created.clear();
+            match self.destroy() {
+                Ok(()) => self.all_mut().for_each(|h| h.created.clear()),
+                // Keep the record so a later destroy can finish the job.
+                Err(e) => tracing::warn!(error = %e, "undoing a failed cgroup create"),
             }
         }
         result
@@ -145,7 +144,12 @@ impl Cgroup {
         if self.version == CgroupVersion::V2 {
             if let Some(u) = &self.unified {
                 let required = resources.map(v2::required_controllers).transpose()?;
-                v2::enable(u, &required.unwrap_or_default(), v2::ACCOUNTING)?;
+                v2::enable(
+                    u,
+                    &required.unwrap_or_default(),
+                    v2::ACCOUNTING,
+                    self.version,
+                )?;
             }
         }
         match resources {
@@ -168,7 +172,7 @@ impl Cgroup {
     pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
         if self.version == CgroupVersion::V2 {
             if let Some(u) = &self.unified {
-                v2::enable(u, &v2::required_controllers(resources)?, &[])?;
+                v2::enable(u, &v2::required_controllers(resources)?, &[], self.version)?;
             }
         }
         self.apply_inner(resources)
@@ -193,7 +197,7 @@ impl Cgroup {
             } else if let (Some(u), Some(c)) = (&self.unified, g.v2_controller()) {
                 // Hybrid: the controller may live in the v2 half (hugetlb on some hosts).
                 if !c.is_empty() {
-                    v2::enable(u, &[c.to_string()], &[])?;
+                    v2::enable(u, &[c.to_string()], &[], self.version)?;
                 }
                 v2::set(*g, u, r, self.version)?;
             } else {
@@ -206,7 +210,7 @@ impl Cgroup {
         }
         match (&self.unified, r.unified()) {
             (Some(u), Some(map)) if !map.is_empty() => {
-                v2::enable(u, &v2::unified_controllers(map)?, &[])?;
+                v2::enable(u, &v2::unified_controllers(map)?, &[], self.version)?;
                 v2::set_unified(u, r)
             }
             (None, Some(map)) if !map.is_empty() => Err(CgroupError::Unsupported {
@@ -220,7 +224,7 @@ impl Cgroup {
 
     /// Freeze every process of the container and wait until the kernel reports it frozen.
     pub fn freeze(&self) -> Result<(), CgroupError> {
-        match self.freezer() {
+        match self.freezer()? {
             Freezer::V1(dir) => v1::set_frozen(dir, true),
             Freezer::V2(dir) => v2::set_frozen(dir, true),
         }
@@ -228,7 +232,7 @@ impl Cgroup {
 
     /// Undo `freeze`.
     pub fn thaw(&self) -> Result<(), CgroupError> {
-        match self.freezer() {
+        match self.freezer()? {
             Freezer::V1(dir) => v1::set_frozen(dir, false),
             Freezer::V2(dir) => v2::set_frozen(dir, false),
         }
@@ -236,7 +240,7 @@ impl Cgroup {
 
     /// Whether the container is (completely) frozen.
     pub fn is_frozen(&self) -> Result<bool, CgroupError> {
-        match self.freezer() {
+        match self.freezer()? {
             Freezer::V1(dir) => v1::is_frozen(dir),
             Freezer::V2(dir) => v2::is_frozen(dir),
         }
@@ -331,16 +335,16 @@ impl Cgroup {
         self.unified.as_ref().ok_or(CgroupError::NotMounted)
     }
 
-    fn freezer(&self) -> Freezer<'_> {
-        match self.v1.iter().find(|h| h.has("freezer")) {
-            Some(h) => Freezer::V1(&h.dir),
-            // cgroup2 freezes without a controller; hosts without either are rejected by
-            // `resolve` already (there is always a hierarchy).
-            None => Freezer::V2(
-                self.unified
-                    .as_ref()
-                    .map_or(Path::new("/nonexistent"), |u| &u.dir),
-            ),
+    fn freezer(&self) -> Result<Freezer<'_>, CgroupError> {
+        if let Some(h) = self.v1.iter().find(|h| h.has("freezer")) {
+            return Ok(Freezer::V1(&h.dir));
+        }
+        // cgroup2 freezes without a controller, also in the v2 half of a hybrid host.
+        match &self.unified {
+            Some(u) => Ok(Freezer::V2(&u.dir)),
+            None => Err(CgroupError::NoFreezer {
+                layout: self.version,
+            }),
         }
     }
 }

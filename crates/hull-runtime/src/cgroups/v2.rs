@@ -87,6 +87,7 @@ pub(crate) fn enable(
     h: &Hierarchy,
     required: &[String],
     optional: &[&str],
+    layout: CgroupVersion,
 ) -> Result<(), CgroupError> {
     if required.is_empty() && optional.is_empty() {
         return Ok(());
@@ -97,11 +98,7 @@ pub(crate) fn enable(
         return Err(CgroupError::ControllerMissing {
             controller: c.clone(),
             field: field_for(c),
-            layout: if h.mount.ends_with("unified") {
-                CgroupVersion::Hybrid
-            } else {
-                CgroupVersion::V2
-            },
+            layout,
         });
     }
     let mut optional: Vec<&str> = optional

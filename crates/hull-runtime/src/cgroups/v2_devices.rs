@@ -342,7 +342,7 @@ pub(crate) fn apply(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), Cgrou
     Ok(())
 }
 
-/// How many hull device filters are attached to `dir` (for tests and `hull check`).
+/// How many hull device filters are attached to `dir`.
 #[cfg(test)]
 pub(crate) fn count_attached(dir: &Path) -> Result<usize, CgroupError> {
     let cg = File::open(dir).map_err(|source| CgroupError::Read {

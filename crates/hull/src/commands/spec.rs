@@ -4,7 +4,8 @@
 use serde_json::{json, Value};
 
 /// The runtime-spec version hull writes and supports up to.
-const OCI_VERSION: &str = "1.2.0";
+/// runc 1.1 writes 1.0.2-dev; older peers (crun 1.8) refuse newer versions in a bundle.
+const OCI_VERSION: &str = "1.0.2-dev";
 
 /// What `hull spec` writes to ./config.json; `rootless` applies runc's `ToRootless`
 /// (`runc spec --rootless`) for the current euid/egid.

@@ -1,0 +1,163 @@
+//! Regression tests for container breakouts that hit runc: CVE-2019-5736 (overwriting
+//! the runtime binary through /proc/<pid>/exe), CVE-2024-21626 (a leaked fd as cwd),
+//! CVE-2021-30465 (mount destinations through symlinks), and masked /proc paths.
+
+mod common;
+
+use common::{add_bind, add_tmpfs, assert_clean, Bundle};
+use serde_json::json;
+use std::time::Duration;
+
+#[test]
+fn runtime_binary_cannot_be_overwritten_through_proc_exe() {
+    // CVE-2019-5736. Work on a copy of the binary so that a vulnerable runtime
+    // corrupts only the copy.
+    let b = Bundle::new(&["sleep", "1000"]).with_share();
+    let copy = b.dir.join("runtime-copy");
+    std::fs::copy(common::hull_bin(), &copy).expect("copy the runtime binary");
+    let before = std::fs::read(&copy).unwrap();
+    let mut c = b.container();
+    c.bin = copy.display().to_string();
+
+    c.create().ok("create");
+    // While init is still the runtime (waiting for start), a process in the container
+    // writes to /proc/1/exe and keeps a read fd on it for later.
+    let attack = "{ echo x > /proc/1/exe; } 2>/dev/null && echo direct >> /share/wrote; \
+                  exec 3</proc/1/exe || true; echo ready > /share/ready; \
+                  while [ ! -e /share/go ]; do sleep 0.05; done; \
+                  for i in 1 2 3 4 5; do { echo x >> /proc/self/fd/3; } 2>/dev/null && echo via-fd >> /share/wrote; sleep 0.1; done; \
+                  echo done > /share/finished";
+    c.exec_with(&["-d"], &["sh", "-c", attack]).ok("exec -d into the created container");
+    c.wait_share("ready", Duration::from_secs(10));
+    c.start().ok("start");
+    // Now pid 1 runs the user's program: the runtime binary is no longer busy.
+    std::fs::write(c.share("go"), "").unwrap();
+    c.wait_share("finished", Duration::from_secs(10));
+
+    assert_eq!(c.read_share("wrote"), "", "expected every write to the runtime binary to fail");
+    let after = std::fs::read(&copy).unwrap();
+    assert!(before == after, "expected the runtime binary unchanged ({} -> {} bytes)", before.len(), after.len());
+    c.delete(true).ok("delete --force");
+    assert_clean(&c);
+}
+
+#[test]
+fn leaked_fd_as_cwd_cannot_escape_the_root() {
+    // CVE-2024-21626: cwd /proc/self/fd/N must not resolve to a host directory the
+    // runtime left open. Either refuse, or run inside the root with no stray fds.
+    for n in 3..=9 {
+        let script = "pwd; ls /proc/self/fd | tr '\\n' ' '";
+        let c = Bundle::new(&["sh", "-c", script])
+            .config(|c| c["process"]["cwd"] = json!(format!("/proc/self/fd/{n}")))
+            .container();
+        let out = c.run();
+        if out.code == 0 {
+            assert!(!out.stdout.contains("unreachable"), "fd {n}: cwd outside the root: {out:?}");
+            let fds = out.stdout.lines().nth(1).unwrap_or_default();
+            assert_eq!(fds, "0 1 2 3 ", "fd {n}: expected only stdio (+ ls's own fd) in the container");
+        } else {
+            assert!(!out.stderr.trim().is_empty(), "fd {n}: expected an error on stderr: {out:?}");
+        }
+        assert_clean(&c);
+    }
+}
+
+#[test]
+fn leaked_fd_as_exec_cwd_cannot_escape_the_root() {
+    let c = Bundle::new(&["sleep", "1000"]).container();
+    c.create().ok("create");
+    c.start().ok("start");
+    for n in 3..=9 {
+        let cwd = format!("/proc/self/fd/{n}");
+        let out = c.exec_with(&["--cwd", &cwd], &["sh", "-c", "pwd; ls /proc/self/fd | tr '\\n' ' '"]);
+        if out.code == 0 {
+            assert!(!out.stdout.contains("unreachable"), "exec cwd fd {n}: outside the root: {out:?}");
+            assert_eq!(out.stdout.lines().nth(1), Some("0 1 2 3 "), "exec cwd fd {n}: stray fds");
+        } else {
+            assert!(!out.stderr.trim().is_empty(), "exec cwd fd {n}: expected an error: {out:?}");
+        }
+    }
+}
+
+#[test]
+fn no_runtime_fds_leak_into_the_container() {
+    let c = Bundle::new(&["sh", "-c", "ls /proc/self/fd | tr '\\n' ' '; ls /proc/1/fd | tr '\\n' ' '"]).container();
+    let out = c.run().ok("list fds");
+    // ls's own directory fd is 3; pid 1 (sh) has only its stdio.
+    assert_eq!(out.stdout, "0 1 2 3 0 1 2 ", "expected only stdio in the container");
+
+    let c = Bundle::new(&["sleep", "1000"]).container();
+    c.create().ok("create");
+    c.start().ok("start");
+    let out = c.exec(&["sh", "-c", "ls /proc/self/fd | tr '\\n' ' '"]).ok("exec");
+    assert_eq!(out.stdout, "0 1 2 3 ", "expected only stdio in an exec'd process");
+}
+
+#[test]
+fn mount_destination_through_symlink_stays_in_rootfs() {
+    // CVE-2021-30465-style: destinations that are symlinks out of the rootfs must be
+    // resolved inside it.
+    let b = Bundle::new(&["sh", "-c", "ls /etc; grep -E ' /(etc|tmp) ' /proc/mounts | cut -d' ' -f2,3"]);
+    std::os::unix::fs::symlink("/etc", b.rootfs.join("evil")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../../../tmp", b.rootfs.join("evil2")).unwrap();
+    let marker = b.dir.join("marker-dir");
+    std::fs::create_dir(&marker).unwrap();
+    let name = format!("{}-marker", b.name);
+    std::fs::write(marker.join(&name), "").unwrap();
+    let src = marker.display().to_string();
+    let c = b
+        .config(|c| {
+            add_bind(c, &src, "/evil", &["ro"]);
+            add_tmpfs(c, "/evil2", &["size=1k"]);
+        })
+        .container();
+    let host_tmp_mounts = common::mounts_under(std::path::Path::new("/tmp")).len();
+    let out = c.run();
+    assert!(!std::path::Path::new("/etc").join(&name).exists(), "host /etc untouched");
+    assert_eq!(common::mounts_under(std::path::Path::new("/etc")), Vec::<String>::new(), "no mount on host /etc");
+    assert_eq!(common::mounts_under(std::path::Path::new("/tmp")).len(), host_tmp_mounts, "no new mount on host /tmp");
+    if out.code == 0 {
+        assert_eq!(
+            out.stdout,
+            format!("{name}\n/etc none\n/tmp tmpfs\n").replace("none", &mount_fstype(&out.stdout)),
+            "expected both mounts inside the rootfs: the marker at /etc, a tmpfs at /tmp"
+        );
+        assert!(out.stdout.starts_with(&format!("{name}\n")), "expected the marker in the container's /etc");
+    } else {
+        assert!(!out.stderr.trim().is_empty(), "expected an error when refusing: {out:?}");
+    }
+    assert_clean(&c);
+}
+
+/// The fstype of /etc in `grep | cut` output (a bind mount shows its source's fs).
+fn mount_fstype(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("/etc "))
+        .unwrap_or("?")
+        .to_string()
+}
+
+#[test]
+fn container_cannot_undo_masks_or_remount() {
+    let script = "umount /proc/keys 2>/dev/null; wc -c < /proc/keys; \
+                  umount /proc/sys 2>/dev/null; { echo 1 > /proc/sysrq-trigger; } 2>/dev/null; echo sysrq=$?; \
+                  mount -o remount,rw / 2>/dev/null; echo remount=$?; \
+                  mount -t proc proc /tmp 2>/dev/null; echo mount=$?; \
+                  mkdir /sys/fs/cgroup/memory/escape 2>/dev/null; echo cgmkdir=$?";
+    let c = Bundle::new(&["sh", "-c", script]).container();
+    let out = c.run().ok("attempts to undo the confinement");
+    assert_eq!(
+        out.stdout, "0\nsysrq=1\nremount=1\nmount=1\ncgmkdir=1\n",
+        "expected masks to stay, and writes, remounts and new mounts to fail"
+    );
+    assert!(!c.cgroup_dir("memory").join("escape").exists(), "no cgroup made from inside");
+    assert_clean(&c);
+}
+
+#[test]
+fn container_cannot_see_host_processes() {
+    let c = Bundle::new(&["sh", "-c", "ls /proc | grep -c '^[0-9]'"]).container();
+    let out = c.run().ok("count processes");
+    let n: u32 = out.stdout.trim().parse().unwrap_or(99);
+    assert!(n <= 3, "expected only the container's own processes in its /proc, saw {n}");
+}

@@ -176,6 +176,14 @@ pub fn create_with_console(
                 path: fifo.clone(),
                 source: e.into(),
             })?;
+            // Past the umask: the init opens it for writing as the container's user, who
+            // may be unmapped on the host (user namespaces); only hull reads it.
+            std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+                .map_err(|source| Error::Io {
+                    what: "cannot set exec fifo permissions",
+                    path: fifo.clone(),
+                    source,
+                })?;
             let fd = nix::fcntl::open(
                 &fifo,
                 nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,

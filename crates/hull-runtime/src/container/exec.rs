@@ -79,16 +79,14 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
     let guard = KillOnDrop(vec![stage1.as_raw()]);
     c.state.cgroup.add_task(stage1.as_raw())?;
     parent.send(&Msg::Go)?;
-    let pid = loop {
-        match parent.recv()? {
-            Msg::Pid(p) => {
-                waitpid(stage1, None).map_err(|e| Error::Setup(format!("wait stage 1: {e}")))?;
-                parent.send(&Msg::Go)?;
-                break p;
-            }
-            Msg::Error(e) => return Err(Error::Child(e)),
-            m => return Err(Error::Sync(std::io::Error::other(format!("unexpected {m:?}")))),
+    let pid = match parent.recv()? {
+        Msg::Pid(p) => {
+            waitpid(stage1, None).map_err(|e| Error::Setup(format!("wait stage 1: {e}")))?;
+            parent.send(&Msg::Go)?;
+            p
         }
+        Msg::Error(e) => return Err(Error::Child(e)),
+        m => return Err(Error::Sync(std::io::Error::other(format!("unexpected {m:?}")))),
     };
     let mut guard = guard;
     guard.0 = vec![pid];

@@ -23,13 +23,13 @@ pub fn update(root: &Path, id: &str, resources: &LinuxResources) -> Result<()> {
 fn merge(old: Option<LinuxResources>, new: &LinuxResources) -> LinuxResources {
     let mut r = old.unwrap_or_default();
     if new.memory().is_some() {
-        r.set_memory(new.memory().clone());
+        r.set_memory(*new.memory());
     }
     if new.cpu().is_some() {
         r.set_cpu(new.cpu().clone());
     }
     if new.pids().is_some() {
-        r.set_pids(new.pids().clone());
+        r.set_pids(*new.pids());
     }
     if new.block_io().is_some() {
         r.set_block_io(new.block_io().clone());

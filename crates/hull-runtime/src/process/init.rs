@@ -43,12 +43,20 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
     let spec = &args.bundle.spec;
     let process = spec.process().as_ref().expect("validated");
     unistd::setsid().map_err(|e| Error::Setup(format!("setsid: {e}")))?;
-    if !args.plan.has(CloneFlags::CLONE_NEWNS) {
-        return Err(Error::Setup(
-            "linux.namespaces needs a mount namespace: add {\"type\":\"mount\"}".into(),
-        ));
+    // The fifo is reopened for writing through our fd table once the root has changed;
+    // without a mount namespace there is no /proc inside, so hold the table open now.
+    let fd_table = nix::fcntl::open(
+        "/proc/self/fd",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Setup(format!("open /proc/self/fd: {e}")))?;
+    // Without its own mount namespace a container must not mount anything (it would be
+    // the host's mount table): it only gets chrooted into its rootfs, as runc does.
+    let own_mounts = args.plan.has(CloneFlags::CLONE_NEWNS);
+    if own_mounts {
+        rootfs::prepare(&args.bundle.rootfs, spec, args.cgroup_dirs, args.plan.userns())?;
     }
-    rootfs::prepare(&args.bundle.rootfs, spec, args.cgroup_dirs, args.plan.userns())?;
     chan.send(&Msg::MountsReady)?;
     let state_json = match chan.recv()? {
         Msg::HooksDone(state) => state.into_bytes(),
@@ -61,7 +69,12 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
         hooks.and_then(|h| h.create_container().as_ref()),
         &state_json,
     )?;
-    rootfs::pivot(&args.bundle.rootfs, args.no_pivot)?;
+    if own_mounts {
+        rootfs::pivot(&args.bundle.rootfs, args.no_pivot)?;
+    } else {
+        unistd::chroot(&args.bundle.rootfs).map_err(|e| Error::Setup(format!("chroot: {e}")))?;
+        unistd::chdir("/").map_err(|e| Error::Setup(format!("chdir /: {e}")))?;
+    }
     if process.terminal() == Some(true) {
         let sock = args.console.as_ref().ok_or_else(|| {
             Error::Setup("process.terminal is true but no --console-socket was given".into())
@@ -71,7 +84,9 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
         super::chown_stdio(process.user().uid(), process.user().gid());
     }
     drop(args.console);
-    rootfs::finalize(spec)?;
+    if own_mounts {
+        rootfs::finalize(spec)?;
+    }
     set_names(spec)?;
     if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
         write_sysctls(sysctl)?;
@@ -89,8 +104,9 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
     match args.start {
         StartSignal::Fifo(path_fd) => {
             // Blocks until `hull start` opens the other end.
-            let fifo = nix::fcntl::open(
-                format!("/proc/self/fd/{}", path_fd.as_raw_fd()).as_str(),
+            let fifo = nix::fcntl::openat(
+                &fd_table,
+                path_fd.as_raw_fd().to_string().as_str(),
                 OFlag::O_WRONLY | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )

@@ -50,8 +50,7 @@ pub fn prepare(
     apply_lsm(process)?;
     close_fds_on_exec(preserve_fds)?;
     let cwd = process.cwd();
-    unistd::chdir(cwd)
-        .map_err(|e| Error::Setup(format!("process.cwd {}: {e}", cwd.display())))?;
+    enter_cwd(cwd)?;
     let nnp = process.no_new_privileges() == Some(true);
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
     if !nnp {
@@ -71,24 +70,30 @@ pub fn prepare(
             }
         }
     }
-    // CVE-2024-21626: a cwd reached through a leaked host fd is not inside the root.
+    // Again as the user: a directory only root may enter must fail here, not in exec.
     unistd::chdir(cwd)
         .map_err(|e| Error::Setup(format!("process.cwd {}: {e}", cwd.display())))?;
-    match unistd::getcwd() {
-        Ok(p) if p.is_absolute() && !p.starts_with("(unreachable)") => {}
-        _ => {
-            return Err(Error::Setup(format!(
-                "process.cwd {} is outside the container's root",
-                cwd.display()
-            )))
-        }
-    }
     if nnp {
         nix::sys::prctl::set_no_new_privs()
             .map_err(|e| Error::Setup(format!("process.noNewPrivileges: {e}")))?;
         load_seccomp(seccomp, chan)?;
     }
     program(process)
+}
+
+/// CVE-2024-21626: a cwd reached through a leaked host fd is not inside the root; the
+/// kernel shows such a directory as "(unreachable)". Checked before seccomp, which may
+/// forbid getcwd.
+fn enter_cwd(cwd: &Path) -> Result<()> {
+    unistd::chdir(cwd)
+        .map_err(|e| Error::Setup(format!("process.cwd {}: {e}", cwd.display())))?;
+    match unistd::getcwd() {
+        Ok(p) if p.is_absolute() && !p.starts_with("(unreachable)") => Ok(()),
+        _ => Err(Error::Setup(format!(
+            "process.cwd {} is outside the container's root",
+            cwd.display()
+        ))),
+    }
 }
 
 fn load_seccomp(seccomp: Option<&LinuxSeccomp>, chan: &Channel) -> Result<()> {

@@ -104,6 +104,7 @@ pub fn create_with_console(
 ) -> Result<Created> {
     spec::validate_id(&opts.id)?;
     let bundle = Bundle::load(&opts.bundle)?;
+    tracing::debug!(id = %opts.id, "bundle loaded");
     let plan = Plan::from_linux(bundle.spec.linux().as_ref());
     let console = match (&opts.console_socket, console) {
         (_, Some(fd)) => Some(fd),
@@ -157,6 +158,7 @@ pub fn create_with_console(
     // if this process dies before the end.
     st.cgroup = cgroup.clone();
     dir.save(&st)?;
+    tracing::debug!(path = cgroup.path(), "cgroup created");
     let cgroup_dirs: Vec<(String, PathBuf)> = cgroup
         .hierarchies()
         .map(|h| {
@@ -200,8 +202,18 @@ pub fn create_with_console(
     };
 
     let (parent, child) = Channel::pair()?;
-    // SAFETY: hull is single-threaded up to here (DESIGN.md), so the child may run Rust code.
-    let stage1 = match unsafe { unistd::fork() }.map_err(|e| Error::Setup(format!("fork: {e}")))? {
+    // One process when nothing has to happen between namespaces (runc's and crun's common
+    // case): the init is cloned straight into its new namespaces. A user namespace (id
+    // maps), joined namespaces or time offsets need stage 1 in between.
+    let has_time_offsets = linux.and_then(|l| l.time_offsets().as_ref()).is_some_and(|o| !o.is_empty());
+    let direct = !plan.new_user && plan.join.is_empty() && !has_time_offsets;
+    let fork_result = if direct {
+        fork_into(plan.new - CloneFlags::CLONE_NEWCGROUP)
+    } else {
+        // SAFETY: hull is single-threaded up to here (DESIGN.md).
+        unsafe { unistd::fork() }
+    };
+    let first = match fork_result.map_err(|e| Error::Setup(format!("fork: {e}")))? {
         ForkResult::Child => {
             drop(parent);
             let args = InitArgs {
@@ -215,19 +227,25 @@ pub fn create_with_console(
                 preserve_fds: opts.preserve_fds,
                 id: &opts.id,
             };
-            stage1_main(args, &child)
+            if direct {
+                direct_init_main(args, &child)
+            } else {
+                stage1_main(args, &child)
+            }
         }
         ForkResult::Parent { child: pid } => pid,
     };
     drop(child);
     drop(start);
     drop(console);
-    undo.pids.push(stage1.as_raw());
+    undo.pids.push(first.as_raw());
 
-    let init_pid = drive(&parent, &bundle, &cgroup, stage1, &mut st, &mut undo)?;
+    let init_pid = drive(&parent, &bundle, &cgroup, first, direct, &mut st, &mut undo)?;
     st.pid = init_pid;
     st.start_time = state::process_start_time(init_pid).ok_or(Error::ChildGone)?;
     st.creator = None;
+    // `run` starts the init right after this; one write instead of two on its hot path.
+    st.started = mode == StartMode::Channel;
     dir.save(&st)?;
     if let Some(p) = &opts.pid_file {
         write_pid_file(p, init_pid)?;
@@ -245,12 +263,14 @@ fn drive(
     bundle: &Bundle,
     cgroup: &Cgroup,
     stage1: Pid,
+    stage1_is_init: bool,
     st: &mut ContainerState,
     undo: &mut Undo,
 ) -> Result<i32> {
     cgroup.add_task(stage1.as_raw())?;
+    tracing::debug!("cgroup joined");
     chan.send(&Msg::Go)?;
-    let mut init_pid = 0;
+    let mut init_pid = if stage1_is_init { stage1.as_raw() } else { 0 };
     loop {
         let (msg, fd) = chan.recv_with_fd().map_err(|e| match e {
             Error::ChildGone => Error::Child("the container's init exited during setup".into()),
@@ -262,6 +282,7 @@ fn drive(
                 chan.send(&Msg::MapsDone)?;
             }
             Msg::Pid(pid) => {
+                tracing::debug!(pid, "init forked");
                 init_pid = pid;
                 undo.pids.push(pid);
                 match waitpid(stage1, None) {
@@ -274,6 +295,7 @@ fn drive(
                 chan.send(&Msg::Go)?;
             }
             Msg::MountsReady => {
+                tracing::debug!("init: mounts ready");
                 st.pid = init_pid;
                 st.start_time = state::process_start_time(init_pid).unwrap_or(0);
                 let c = Container {
@@ -295,7 +317,10 @@ fn drive(
                 send_seccomp_fd(bundle, init_pid, st, fd)?;
                 chan.send(&Msg::SeccompDone)?;
             }
-            Msg::Ready => return Ok(init_pid),
+            Msg::Ready => {
+                tracing::debug!("init: ready");
+                return Ok(init_pid);
+            }
             Msg::Error(e) => return Err(Error::Child(e)),
             other => {
                 return Err(Error::Sync(std::io::Error::other(format!("unexpected {other:?}"))))
@@ -314,6 +339,45 @@ fn send_seccomp_fd(bundle: &Bundle, pid: i32, st: &ContainerState, fd: OwnedFd) 
     let state = serde_json::to_value(st.oci(Status::Creating)).unwrap_or_default();
     crate::seccomp::send_to_listener(path, &meta, pid, &state, std::os::fd::AsFd::as_fd(&fd))?;
     Ok(())
+}
+
+/// fork(2) into new namespaces: a raw clone without a stack runs the child on a copy of
+/// the caller's stack, as crun does. glibc's cached thread id stays the parent's in the
+/// child; the child only runs hull's own code up to execve, which does not use it.
+fn fork_into(flags: CloneFlags) -> nix::Result<ForkResult> {
+    // SAFETY: clone with a NULL stack and no CLONE_VM/CLONE_THREAD behaves as fork; hull is
+    // single-threaded here, so the child owns a consistent copy of all memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags.bits() as libc::c_ulong) | libc::SIGCHLD as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    match nix::errno::Errno::result(r)? {
+        0 => Ok(ForkResult::Child),
+        pid => Ok(ForkResult::Parent { child: Pid::from_raw(pid as i32) }),
+    }
+}
+
+/// The init cloned directly into its namespaces. Never returns.
+fn direct_init_main(args: InitArgs, chan: &Channel) -> ! {
+    let r = chan.expect(Msg::Go).and_then(|()| {
+        // The cgroup namespace's root is the cgroup we are in now: the parent has just
+        // moved us into the container's.
+        if args.plan.new.contains(CloneFlags::CLONE_NEWCGROUP) {
+            sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+                .map_err(|e| Error::Setup(format!("unshare cgroup namespace: {e}")))?;
+        }
+        init::run(args, chan)
+    });
+    let Err(e) = r;
+    let _ = chan.send(&Msg::Error(e.to_string()));
+    // SAFETY: end the forked init without unwinding into the parent's frames.
+    unsafe { libc::_exit(1) }
 }
 
 /// Stage 1: namespaces, then fork the init. Never returns.

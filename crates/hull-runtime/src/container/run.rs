@@ -32,7 +32,7 @@ pub fn run(opts: &CreateOptions, detach: bool) -> Result<i32> {
         (None, None)
     };
     let created = create_with_console(opts, StartMode::Channel, console)?;
-    let mut c = created.container;
+    let c = created.container;
     let pty = match relay {
         Some(sock) => Some(receive_pty(&sock).inspect_err(|_| {
             let _ = delete::destroy_after_kill(&c);
@@ -43,14 +43,15 @@ pub fn run(opts: &CreateOptions, detach: bool) -> Result<i32> {
         let _ = delete::destroy_after_kill(&c);
         return Err(e);
     }
-    c.state.started = true;
-    c.dir.save(&c.state)?;
     start::poststart(&c);
     if detach {
         return Ok(0);
     }
+    tracing::debug!("started");
     let code = supervise::wait(c.state.pid, pty);
+    tracing::debug!("exited");
     let cleanup = delete::destroy(&Container { dir: c.dir.clone(), state: c.state.clone() });
+    tracing::debug!("destroyed");
     let code = code?;
     cleanup?;
     Ok(code)

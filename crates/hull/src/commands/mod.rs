@@ -27,6 +27,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Run { create, detach, keep } => {
             hull_runtime::selfexe::ensure_sealed()?;
+            tracing::debug!("sealed");
             let _ = keep;
             Ok(container::run::run(&create_options(g, &create), detach)?)
         }

@@ -73,7 +73,10 @@ fn wait_timeout(pid: i32, secs: i64) -> std::result::Result<bool, String> {
     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
     let ms = (secs.saturating_mul(1000)).min(i32::MAX as i64) as i32;
     loop {
-        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
             Ok(0) => return Ok(false),
             Ok(_) => return Ok(true),
             Err(nix::Error::EINTR) => continue,

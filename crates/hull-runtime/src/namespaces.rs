@@ -54,7 +54,11 @@ impl Plan {
             join: Vec::new(),
             all: CloneFlags::empty(),
         };
-        for ns in linux.and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {
+        for ns in linux
+            .and_then(|l| l.namespaces().as_ref())
+            .into_iter()
+            .flatten()
+        {
             let f = flag(ns.typ());
             p.all |= f;
             match ns.path() {
@@ -80,7 +84,11 @@ impl Plan {
     pub fn join_paths(&self) -> Result<()> {
         for (f, path) in &self.join {
             let fd = std::fs::File::open(path).map_err(|e| {
-                Error::Setup(format!("namespace {} path {}: {e}", proc_name(*f), path.display()))
+                Error::Setup(format!(
+                    "namespace {} path {}: {e}",
+                    proc_name(*f),
+                    path.display()
+                ))
             })?;
             sched::setns(&fd, *f).map_err(|e| {
                 Error::Setup(format!(

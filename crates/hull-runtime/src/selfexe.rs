@@ -50,7 +50,8 @@ pub fn is_sealed() -> bool {
     let Ok(exe) = File::open("/proc/self/exe") else {
         return false;
     };
-    if matches!(fcntl::fcntl(&exe, FcntlArg::F_GET_SEALS), Ok(s) if SealFlag::from_bits_truncate(s).contains(SEALS)) {
+    if matches!(fcntl::fcntl(&exe, FcntlArg::F_GET_SEALS), Ok(s) if SealFlag::from_bits_truncate(s).contains(SEALS))
+    {
         return true;
     }
     is_immutable(&exe)
@@ -119,9 +120,22 @@ fn read_only_bind() -> Result<OwnedFd> {
     sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| io("unshare mount namespace", e))?;
     let r = (|| {
         // Nothing done here may propagate to the host's mounts.
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)?;
-        let path = std::fs::read_link("/proc/self/exe").map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-        mount(Some(&path), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )?;
+        let path = std::fs::read_link("/proc/self/exe")
+            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        mount(
+            Some(&path),
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
         mount(
             None::<&str>,
             &path,

@@ -21,19 +21,31 @@ pub fn parse(text: &str) -> Result<i32> {
         let off: i32 = if rt.is_empty() {
             0
         } else {
-            rt.strip_prefix('+').and_then(|n| n.parse().ok()).ok_or_else(bad)?
+            rt.strip_prefix('+')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(bad)?
         };
         let n = libc::SIGRTMIN() + off;
-        return if n <= libc::SIGRTMAX() { Ok(n) } else { Err(bad()) };
+        return if n <= libc::SIGRTMAX() {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
     }
     if let Some(rt) = name.strip_prefix("RTMAX") {
         let off: i32 = if rt.is_empty() {
             0
         } else {
-            rt.strip_prefix('-').and_then(|n| n.parse().ok()).ok_or_else(bad)?
+            rt.strip_prefix('-')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(bad)?
         };
         let n = libc::SIGRTMAX() - off;
-        return if n >= libc::SIGRTMIN() { Ok(n) } else { Err(bad()) };
+        return if n >= libc::SIGRTMIN() {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
     }
     format!("SIG{name}")
         .parse::<Signal>()

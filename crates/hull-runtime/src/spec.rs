@@ -73,10 +73,14 @@ fn validate(spec: &Spec, config: &Path) -> Result<()> {
         )));
     }
     if spec.root().is_none() {
-        return Err(bad("root is missing: set root.path to the rootfs directory".into()));
+        return Err(bad(
+            "root is missing: set root.path to the rootfs directory".into(),
+        ));
     }
     let Some(process) = spec.process() else {
-        return Err(bad("process is missing: the container needs process.args".into()));
+        return Err(bad(
+            "process is missing: the container needs process.args".into()
+        ));
     };
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(bad("process.args is empty: name the program to run".into()));
@@ -93,7 +97,10 @@ fn validate(spec: &Spec, config: &Path) -> Result<()> {
     let mut seen = Vec::new();
     for ns in linux.namespaces().iter().flatten() {
         if seen.contains(&ns.typ()) {
-            return Err(bad(format!("linux.namespaces: {:?} is listed twice", ns.typ())));
+            return Err(bad(format!(
+                "linux.namespaces: {:?} is listed twice",
+                ns.typ()
+            )));
         }
         seen.push(ns.typ());
         if let Some(path) = ns.path() {
@@ -132,8 +139,7 @@ fn absolutize_bind_sources(spec: &mut Spec, bundle: &Path) {
     };
     for m in mounts.iter_mut() {
         let is_bind = m.typ().as_deref() == Some("bind")
-            || m
-                .options()
+            || m.options()
                 .iter()
                 .flatten()
                 .any(|o| o == "bind" || o == "rbind");

@@ -86,7 +86,11 @@ pub struct OciState<'a> {
 
 impl ContainerState {
     pub fn oci(&self, status: Status) -> OciState<'_> {
-        let pid = if status == Status::Stopped { 0 } else { self.pid };
+        let pid = if status == Status::Stopped {
+            0
+        } else {
+            self.pid
+        };
         OciState {
             oci_version: OCI_VERSION,
             id: &self.id,

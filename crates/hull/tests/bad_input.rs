@@ -13,7 +13,10 @@ fn refused(c: &Container, what: &str, words: &[&str]) {
     out.assert_error(what, words);
     assert_clean(c);
     let list = c.hull(&["list", "-q"]).ok("list");
-    assert_eq!(list.stdout, "", "expected no container listed after a failed create");
+    assert_eq!(
+        list.stdout, "",
+        "expected no container listed after a failed create"
+    );
 }
 
 #[test]
@@ -27,19 +30,27 @@ fn missing_config_json() {
 fn malformed_config_json() {
     let c = Bundle::new(&["true"]).container();
     std::fs::write(c.bundle.dir.join("config.json"), "{bad").unwrap();
-    refused(&c, "create with malformed JSON", &["json", "invalid", "parse", "syntax"]);
+    refused(
+        &c,
+        "create with malformed JSON",
+        &["json", "invalid", "parse", "syntax"],
+    );
 }
 
 #[test]
 fn wrong_type_in_config() {
-    let c = Bundle::new(&["true"]).config(|c| c["process"]["user"]["uid"] = json!(-1)).container();
+    let c = Bundle::new(&["true"])
+        .config(|c| c["process"]["user"]["uid"] = json!(-1))
+        .container();
     refused(&c, "create with uid -1", &["uid"]);
 }
 
 #[test]
 fn unknown_oci_version_major() {
     hull_only!(); // runc 1.1 does not check ociVersion
-    let c = Bundle::new(&["true"]).config(|c| c["ociVersion"] = json!("2.0.0")).container();
+    let c = Bundle::new(&["true"])
+        .config(|c| c["ociVersion"] = json!("2.0.0"))
+        .container();
     refused(&c, "create with ociVersion 2.0.0", &["ociVersion", "2.0.0"]);
 }
 
@@ -59,17 +70,35 @@ fn empty_args() {
 #[test]
 fn unknown_namespace_type() {
     let c = Bundle::new(&["true"])
-        .config(|c| c["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "bogus"})))
+        .config(|c| {
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "bogus"}))
+        })
         .container();
-    refused(&c, "create with namespace type bogus", &["namespace", "bogus"]);
+    refused(
+        &c,
+        "create with namespace type bogus",
+        &["namespace", "bogus"],
+    );
 }
 
 #[test]
 fn duplicate_namespace() {
     let c = Bundle::new(&["true"])
-        .config(|c| c["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "network"})))
+        .config(|c| {
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "network"}))
+        })
         .container();
-    refused(&c, "create with two network namespaces", &["duplicate", "network"]);
+    refused(
+        &c,
+        "create with two network namespaces",
+        &["duplicate", "network"],
+    );
 }
 
 #[test]
@@ -77,13 +106,19 @@ fn namespace_path_that_does_not_exist() {
     let c = Bundle::new(&["true"])
         .config(|c| c["linux"]["namespaces"][1]["path"] = json!("/nonexistent/netns"))
         .container();
-    refused(&c, "create joining a missing netns path", &["/nonexistent/netns", "namespace"]);
+    refused(
+        &c,
+        "create joining a missing netns path",
+        &["/nonexistent/netns", "namespace"],
+    );
 }
 
 #[test]
 fn unknown_rlimit() {
     let c = Bundle::new(&["true"])
-        .config(|c| c["process"]["rlimits"] = json!([{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]))
+        .config(|c| {
+            c["process"]["rlimits"] = json!([{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}])
+        })
         .container();
     refused(&c, "create with RLIMIT_BOGUS", &["RLIMIT_BOGUS", "rlimit"]);
 }
@@ -104,7 +139,11 @@ fn unknown_filesystem_type() {
             c["mounts"].as_array_mut().unwrap().push(m);
         })
         .container();
-    refused(&c, "create mounting type bogusfs", &["/x", "bogusfs", "no such device"]);
+    refused(
+        &c,
+        "create mounting type bogusfs",
+        &["/x", "bogusfs", "no such device"],
+    );
 }
 
 #[test]
@@ -122,7 +161,10 @@ fn invalid_container_ids() {
         let out = c.hull(&["create", "--bundle", &c.dir(), id]);
         out.assert_error(&format!("create with id {id:?}"), &["id"]);
     }
-    assert!(!c.bundle.dir.join("escape").exists(), "expected no state dir outside --root");
+    assert!(
+        !c.bundle.dir.join("escape").exists(),
+        "expected no state dir outside --root"
+    );
 }
 
 #[test]
@@ -134,13 +176,26 @@ fn mount_destination_escaping_root_is_confined_or_refused() {
     let out = c.run();
     if out.code == 0 {
         // Confined: the tmpfs covers the container's /etc, inside its rootfs.
-        assert!(out.stdout.starts_with("tmpfs /etc tmpfs"), "expected a tmpfs at the container's /etc: {out:?}");
-        assert!(out.stdout.ends_with("\n0\n"), "expected the container's /etc to be the empty tmpfs: {out:?}");
+        assert!(
+            out.stdout.starts_with("tmpfs /etc tmpfs"),
+            "expected a tmpfs at the container's /etc: {out:?}"
+        );
+        assert!(
+            out.stdout.ends_with("\n0\n"),
+            "expected the container's /etc to be the empty tmpfs: {out:?}"
+        );
     } else {
         out.assert_error("mount destination ../../etc", &["destination", "../../etc"]);
     }
-    assert_eq!(std::fs::read_dir("/etc").unwrap().count(), host_etc_before, "host /etc unchanged");
-    assert!(c.bundle.rootfs.join("etc/passwd").exists(), "rootfs /etc/passwd untouched");
+    assert_eq!(
+        std::fs::read_dir("/etc").unwrap().count(),
+        host_etc_before,
+        "host /etc unchanged"
+    );
+    assert!(
+        c.bundle.rootfs.join("etc/passwd").exists(),
+        "rootfs /etc/passwd untouched"
+    );
     assert_clean(&c);
 }
 
@@ -163,7 +218,10 @@ fn start_twice_is_refused() {
     c.create().ok("create");
     c.start().ok("first start");
     let out = c.start();
-    out.assert_error("start of a running container", &["running", "not in created state", "already"]);
+    out.assert_error(
+        "start of a running container",
+        &["running", "not in created state", "already"],
+    );
     assert_eq!(c.status(), "running", "still running");
 }
 
@@ -173,7 +231,8 @@ fn start_of_stopped_container_is_refused() {
     c.create().ok("create");
     c.start().ok("start");
     c.wait_status("stopped", Duration::from_secs(10));
-    c.start().assert_error("start of a stopped container", &["stopped"]);
+    c.start()
+        .assert_error("start of a stopped container", &["stopped"]);
 }
 
 #[test]
@@ -182,15 +241,21 @@ fn kill_of_stopped_container_is_refused() {
     c.create().ok("create");
     c.start().ok("start");
     c.wait_status("stopped", Duration::from_secs(10));
-    c.kill("KILL").assert_error("kill of a stopped container", &["not running", "stopped"]);
+    c.kill("KILL")
+        .assert_error("kill of a stopped container", &["not running", "stopped"]);
 }
 
 #[test]
 fn unknown_signal_is_refused() {
     let c = Bundle::new(&["sleep", "1000"]).container();
     c.create().ok("create");
-    c.kill("BOGUS").assert_error("kill with signal BOGUS", &["signal", "BOGUS"]);
-    assert_eq!(c.status(), "created", "a refused kill leaves the container alone");
+    c.kill("BOGUS")
+        .assert_error("kill with signal BOGUS", &["signal", "BOGUS"]);
+    assert_eq!(
+        c.status(),
+        "created",
+        "a refused kill leaves the container alone"
+    );
 }
 
 #[test]
@@ -213,7 +278,10 @@ fn commands_on_a_missing_container() {
 fn delete_force_of_a_missing_container_succeeds() {
     let c = Bundle::new(&["true"]).container();
     let out = c.delete(true);
-    assert_eq!(out.code, 0, "runc's delete --force of a missing container exits 0: {out:?}");
+    assert_eq!(
+        out.code, 0,
+        "runc's delete --force of a missing container exits 0: {out:?}"
+    );
 }
 
 #[test]
@@ -221,6 +289,9 @@ fn terminal_flags_without_terminal_config() {
     let c = Bundle::new(&["true"]).container();
     let sock = c.bundle.dir.join("nothing.sock").display().to_string();
     let out = c.create_with(&["--console-socket", &sock]);
-    out.assert_error("--console-socket with process.terminal false", &["console", "terminal"]);
+    out.assert_error(
+        "--console-socket with process.terminal false",
+        &["console", "terminal"],
+    );
     assert_clean(&c);
 }

@@ -15,12 +15,19 @@ use std::time::{Duration, Instant};
 /// Receives one fd sent with SCM_RIGHTS on the first connection to `listener`.
 fn receive_fd(listener: &UnixListener) -> File {
     listener.set_nonblocking(false).unwrap();
-    let (stream, _) = listener.accept().expect("runtime connects to the console socket");
+    let (stream, _) = listener
+        .accept()
+        .expect("runtime connects to the console socket");
     let mut buf = [0u8; 4096];
     let mut iov = [IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
-        .expect("recvmsg on the console socket");
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .expect("recvmsg on the console socket");
     for cmsg in msg.cmsgs().expect("control messages") {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
             if let Some(&fd) = fds.first() {
@@ -36,7 +43,13 @@ fn receive_fd(listener: &UnixListener) -> File {
 fn read_master(master: &mut File, timeout: Duration) -> String {
     let fd = master.as_raw_fd();
     // SAFETY: fcntl on an fd we own.
-    unsafe { libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK) };
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        )
+    };
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
@@ -45,7 +58,11 @@ fn read_master(master: &mut File, timeout: Duration) -> String {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "pty never closed; got {:?}", String::from_utf8_lossy(&out));
+                assert!(
+                    Instant::now() < deadline,
+                    "pty never closed; got {:?}",
+                    String::from_utf8_lossy(&out)
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
@@ -60,7 +77,8 @@ fn run_on_terminal(c: &Container) -> String {
     let sock = c.bundle.dir.join("console.sock");
     let listener = UnixListener::bind(&sock).expect("bind console socket");
     let accept = std::thread::spawn(move || receive_fd(&listener));
-    c.create_with(&["--console-socket", &sock.display().to_string()]).ok("create --console-socket");
+    c.create_with(&["--console-socket", &sock.display().to_string()])
+        .ok("create --console-socket");
     let mut master = accept.join().expect("receive the pty master");
     c.start().ok("start");
     let out = read_master(&mut master, Duration::from_secs(20));
@@ -74,7 +92,8 @@ fn terminal_bundle(script: &str) -> Bundle {
 
 #[test]
 fn console_socket_receives_the_pty_master() {
-    let c = terminal_bundle("tty; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-ttys; echo $TERM").container();
+    let c = terminal_bundle("tty; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-ttys; echo $TERM")
+        .container();
     let out = run_on_terminal(&c);
     assert_eq!(
         out, "/dev/pts/0\r\nall-ttys\r\nxterm\r\n",
@@ -88,8 +107,14 @@ fn console_socket_receives_the_pty_master() {
 fn dev_console_is_the_terminal() {
     let c = terminal_bundle("[ -c /dev/console ] && echo console-ok; ls /dev/pts").container();
     let out = run_on_terminal(&c);
-    assert!(out.starts_with("console-ok\r\n"), "expected /dev/console as a char device: {out:?}");
-    assert!(out.contains('0') && out.contains("ptmx"), "expected pts/0 and ptmx in the container's devpts: {out:?}");
+    assert!(
+        out.starts_with("console-ok\r\n"),
+        "expected /dev/console as a char device: {out:?}"
+    );
+    assert!(
+        out.contains('0') && out.contains("ptmx"),
+        "expected pts/0 and ptmx in the container's devpts: {out:?}"
+    );
 }
 
 #[test]
@@ -107,19 +132,28 @@ fn terminal_input_reaches_the_container() {
     let sock = c.bundle.dir.join("console.sock");
     let listener = UnixListener::bind(&sock).expect("bind console socket");
     let accept = std::thread::spawn(move || receive_fd(&listener));
-    c.create_with(&["--console-socket", &sock.display().to_string()]).ok("create --console-socket");
+    c.create_with(&["--console-socket", &sock.display().to_string()])
+        .ok("create --console-socket");
     let mut master = accept.join().expect("receive the pty master");
     c.start().ok("start");
     use std::io::Write;
-    master.write_all(b"hello\n").expect("write to the pty master");
+    master
+        .write_all(b"hello\n")
+        .expect("write to the pty master");
     let out = read_master(&mut master, Duration::from_secs(20));
-    assert!(out.ends_with("got:hello\r\n"), "expected the line echoed back through the pty: {out:?}");
+    assert!(
+        out.ends_with("got:hello\r\n"),
+        "expected the line echoed back through the pty: {out:?}"
+    );
 }
 
 #[test]
 fn terminal_without_console_socket_is_refused() {
     let c = terminal_bundle("true").container();
     let out = c.create();
-    out.assert_error("create with terminal but no --console-socket", &["console", "terminal"]);
+    out.assert_error(
+        "create with terminal but no --console-socket",
+        &["console", "terminal"],
+    );
     assert_clean(&c);
 }

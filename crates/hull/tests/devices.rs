@@ -14,7 +14,8 @@ fn run_sh(script: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
 
 #[test]
 fn default_devices_exist_with_right_numbers() {
-    let script = "for d in null zero full random urandom tty; do stat -c '%n %F %t:%T %a' /dev/$d; done";
+    let script =
+        "for d in null zero full random urandom tty; do stat -c '%n %F %t:%T %a' /dev/$d; done";
     let out = run_sh(script, |_| {});
     let want = [
         ("null", "1:3"),
@@ -51,17 +52,19 @@ fn default_devices_work() {
 
 #[test]
 fn linux_devices_entry_is_created() {
-    let out = run_sh("stat -c '%F %t:%T %a %u %g' /dev/hulltest /dev/block0", |c| {
-        c["linux"]["devices"] = json!([
-            {"path": "/dev/hulltest", "type": "c", "major": 1, "minor": 3,
-             "fileMode": 0o640, "uid": 1000, "gid": 1000},
-            {"path": "/dev/block0", "type": "b", "major": 7, "minor": 0,
-             "fileMode": 0o600, "uid": 0, "gid": 6}
-        ]);
-    });
+    let out = run_sh(
+        "stat -c '%F %t:%T %a %u %g' /dev/hulltest /dev/block0",
+        |c| {
+            c["linux"]["devices"] = json!([
+                {"path": "/dev/hulltest", "type": "c", "major": 1, "minor": 3,
+                 "fileMode": 0o640, "uid": 1000, "gid": 1000},
+                {"path": "/dev/block0", "type": "b", "major": 7, "minor": 0,
+                 "fileMode": 0o600, "uid": 0, "gid": 6}
+            ]);
+        },
+    );
     assert_eq!(
-        out,
-        "character special file 1:3 640 1000 1000\nblock special file 7:0 600 0 6\n",
+        out, "character special file 1:3 640 1000 1000\nblock special file 7:0 600 0 6\n",
         "expected the configured type, numbers, mode and owner"
     );
 }
@@ -72,17 +75,27 @@ fn devices_cgroup_denies_unlisted_device() {
     let out = run_sh("{ head -c1 /dev/mem; } 2>&1; echo rc=$?", |c| {
         c["linux"]["devices"] = json!([{"path": "/dev/mem", "type": "c", "major": 1, "minor": 1}]);
         for set in ["bounding", "effective", "permitted"] {
-            c["process"]["capabilities"][set].as_array_mut().unwrap().push(json!("CAP_SYS_RAWIO"));
+            c["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_SYS_RAWIO"));
         }
     });
-    assert!(out.contains("Operation not permitted"), "expected EPERM from the devices cgroup: {out:?}");
-    assert!(out.ends_with("rc=1\n"), "expected reading /dev/mem to fail: {out:?}");
+    assert!(
+        out.contains("Operation not permitted"),
+        "expected EPERM from the devices cgroup: {out:?}"
+    );
+    assert!(
+        out.ends_with("rc=1\n"),
+        "expected reading /dev/mem to fail: {out:?}"
+    );
 }
 
 #[test]
 fn devices_cgroup_allows_listed_device() {
     let out = run_sh("head -c 3 /dev/hullzero | wc -c", |c| {
-        c["linux"]["devices"] = json!([{"path": "/dev/hullzero", "type": "c", "major": 1, "minor": 5}]);
+        c["linux"]["devices"] =
+            json!([{"path": "/dev/hullzero", "type": "c", "major": 1, "minor": 5}]);
         c["linux"]["resources"]["devices"]
             .as_array_mut()
             .unwrap()
@@ -97,7 +110,13 @@ fn devices_cgroup_list_is_written() {
     c.create().ok("create");
     let list = c.cgroup_read("devices", "devices.list");
     for rule in ["c 1:3 rwm", "c 1:5 rwm", "c 1:9 rwm", "c 5:0 rwm"] {
-        assert!(list.lines().any(|l| l == rule), "expected {rule:?} in devices.list: {list:?}");
+        assert!(
+            list.lines().any(|l| l == rule),
+            "expected {rule:?} in devices.list: {list:?}"
+        );
     }
-    assert!(!list.contains("a *:* rwm"), "expected no allow-all rule: {list:?}");
+    assert!(
+        !list.contains("a *:* rwm"),
+        "expected no allow-all rule: {list:?}"
+    );
 }

@@ -22,13 +22,22 @@ fn hooked(args: &[&str]) -> Container {
     let host = b.dir.join("share").display().to_string();
     b.config(|c| {
         let mut hooks = serde_json::Map::new();
-        for kind in ["prestart", "createRuntime", "createContainer", "poststart", "poststop"] {
+        for kind in [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "poststart",
+            "poststop",
+        ] {
             // These run in the runtime's mount namespace (createContainer before
             // pivot_root), so host paths work.
             hooks.insert(kind.into(), json!([recording_hook("/bin/sh", &host, kind)]));
         }
         // startContainer runs inside the container: its path and files are the container's.
-        hooks.insert("startContainer".into(), json!([recording_hook("/bin/sh", "/share", "startContainer")]));
+        hooks.insert(
+            "startContainer".into(),
+            json!([recording_hook("/bin/sh", "/share", "startContainer")]),
+        );
         c["hooks"] = Value::Object(hooks);
     })
     .container()
@@ -36,7 +45,8 @@ fn hooked(args: &[&str]) -> Container {
 
 fn read_state(c: &Container, hook: &str) -> Value {
     let s = c.read_share(&format!("{hook}.json"));
-    serde_json::from_str(&s).unwrap_or_else(|e| panic!("{hook} got no state JSON on stdin ({e}): {s:?}"))
+    serde_json::from_str(&s)
+        .unwrap_or_else(|e| panic!("{hook} got no state JSON on stdin ({e}): {s:?}"))
 }
 
 #[test]
@@ -44,20 +54,32 @@ fn all_six_hooks_run_in_order_with_state() {
     let c = hooked(&["sh", "-c", "while [ ! -e /share/go ]; do sleep 0.05; done"]);
     c.create().ok("create");
     let order = c.read_share("order");
-    assert!(order.starts_with("prestart\ncreateRuntime\ncreateContainer\n"), "hooks run by create, in order: {order:?}");
+    assert!(
+        order.starts_with("prestart\ncreateRuntime\ncreateContainer\n"),
+        "hooks run by create, in order: {order:?}"
+    );
     if common::is_hull() {
         // runc 1.1 runs poststart already in create (fixed in runc 1.2); the spec says
         // after the user process starts.
-        assert_eq!(order, "prestart\ncreateRuntime\ncreateContainer\n", "poststart waits for start");
+        assert_eq!(
+            order, "prestart\ncreateRuntime\ncreateContainer\n",
+            "poststart waits for start"
+        );
     }
     let pid = c.pid();
     for hook in ["prestart", "createRuntime", "createContainer"] {
         let st = read_state(&c, hook);
         assert_eq!(st["id"], c.id.as_str(), "{hook}: state.id");
-        assert_eq!(st["status"], "creating", "{hook}: state.status while creating");
+        assert_eq!(
+            st["status"], "creating",
+            "{hook}: state.status while creating"
+        );
         if hook != "createContainer" || common::is_hull() {
             // runc 1.1 gives createContainer the pid as seen in the container (1).
-            assert_eq!(st["pid"], pid, "{hook}: state.pid is the container's init (host pid)");
+            assert_eq!(
+                st["pid"], pid,
+                "{hook}: state.pid is the container's init (host pid)"
+            );
         }
         assert_eq!(st["bundle"], c.dir().as_str(), "{hook}: state.bundle");
     }
@@ -82,10 +104,16 @@ fn all_six_hooks_run_in_order_with_state() {
 
     std::fs::write(c.share("go"), "").unwrap();
     c.wait_status("stopped", Duration::from_secs(10));
-    assert!(!c.read_share("order").contains("poststop"), "poststop waits for delete");
+    assert!(
+        !c.read_share("order").contains("poststop"),
+        "poststop waits for delete"
+    );
     c.delete(false).ok("delete");
     let order = c.read_share("order");
-    assert!(order.ends_with("\npoststop\n"), "poststop runs at delete, last: {order:?}");
+    assert!(
+        order.ends_with("\npoststop\n"),
+        "poststop runs at delete, last: {order:?}"
+    );
     let st = read_state(&c, "poststop");
     assert_eq!(st["status"], "stopped", "poststop: state.status");
     assert_eq!(st["id"], c.id.as_str(), "poststop: state.id");
@@ -101,13 +129,21 @@ fn run_runs_every_hook_once() {
     sorted.sort();
     assert_eq!(
         sorted,
-        ["createContainer", "createRuntime", "poststart", "poststop", "prestart", "startContainer"],
+        [
+            "createContainer",
+            "createRuntime",
+            "poststart",
+            "poststop",
+            "prestart",
+            "startContainer"
+        ],
         "expected each hook once: {order:?}"
     );
     if common::is_hull() {
         // runc 1.1 runs poststart before startContainer.
         assert_eq!(
-            order, "prestart\ncreateRuntime\ncreateContainer\nstartContainer\npoststart\npoststop\n",
+            order,
+            "prestart\ncreateRuntime\ncreateContainer\nstartContainer\npoststart\npoststop\n",
             "expected the spec's order"
         );
     }
@@ -128,7 +164,11 @@ fn hook_gets_its_args_and_env() {
         })
         .container();
     c.run().ok("run");
-    assert_eq!(c.read_share("env"), format!("{out} from-hook\n"), "expected hook args and env");
+    assert_eq!(
+        c.read_share("env"),
+        format!("{out} from-hook\n"),
+        "expected hook args and env"
+    );
 }
 
 #[test]
@@ -139,7 +179,10 @@ fn failing_prestart_hook_fails_create_and_leaves_nothing() {
         })
         .container();
     let out = c.create();
-    assert_ne!(out.code, 0, "expected create to fail when prestart fails: {out:?}");
+    assert_ne!(
+        out.code, 0,
+        "expected create to fail when prestart fails: {out:?}"
+    );
     assert!(!out.stderr.trim().is_empty(), "expected an error on stderr");
     assert_clean(&c);
 }
@@ -152,7 +195,10 @@ fn failing_create_runtime_hook_fails_run() {
         })
         .container();
     let out = c.run();
-    assert_ne!(out.code, 0, "expected run to fail when createRuntime fails: {out:?}");
+    assert_ne!(
+        out.code, 0,
+        "expected run to fail when createRuntime fails: {out:?}"
+    );
     assert_clean(&c);
 }
 
@@ -165,8 +211,14 @@ fn hook_timeout_is_enforced() {
         .container();
     let start = std::time::Instant::now();
     let out = c.create();
-    assert_ne!(out.code, 0, "expected create to fail on a hook timeout: {out:?}");
-    assert!(start.elapsed() < Duration::from_secs(20), "expected the 1 s timeout to cut the hook");
+    assert_ne!(
+        out.code, 0,
+        "expected create to fail on a hook timeout: {out:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "expected the 1 s timeout to cut the hook"
+    );
     assert_clean(&c);
 }
 

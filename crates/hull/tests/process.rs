@@ -29,16 +29,33 @@ fn env_is_exactly_the_configured_one_plus_home() {
     });
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("bar baz"), "expected FOO with its space");
-    assert_eq!(lines.next(), Some("/root"), "expected HOME from /etc/passwd for root");
-    let env: Vec<&str> = lines.filter(|l| !["SHLVL=", "PWD=", "_="].iter().any(|p| l.starts_with(p))).collect();
-    assert_eq!(env, ["EMPTY=", "FOO=bar baz", "HOME=/root", "PATH=/bin:/usr/bin"], "expected only the configured env");
+    assert_eq!(
+        lines.next(),
+        Some("/root"),
+        "expected HOME from /etc/passwd for root"
+    );
+    let env: Vec<&str> = lines
+        .filter(|l| !["SHLVL=", "PWD=", "_="].iter().any(|p| l.starts_with(p)))
+        .collect();
+    assert_eq!(
+        env,
+        ["EMPTY=", "FOO=bar baz", "HOME=/root", "PATH=/bin:/usr/bin"],
+        "expected only the configured env"
+    );
 }
 
 #[test]
 fn cwd_is_set_and_created_if_missing() {
-    assert_eq!(run_sh("pwd", |c| c["process"]["cwd"] = json!("/etc")), "/etc\n", "cwd /etc");
+    assert_eq!(
+        run_sh("pwd", |c| c["process"]["cwd"] = json!("/etc")),
+        "/etc\n",
+        "cwd /etc"
+    );
     let out = run_sh("pwd", |c| c["process"]["cwd"] = json!("/home/test/new/dir"));
-    assert_eq!(out, "/home/test/new/dir\n", "expected a missing cwd to be created");
+    assert_eq!(
+        out, "/home/test/new/dir\n",
+        "expected a missing cwd to be created"
+    );
 }
 
 #[test]
@@ -58,7 +75,10 @@ fn non_root_user_cannot_write_root_owned_files() {
         c["process"]["user"] = json!({"uid": 65534, "gid": 65534});
         common::add_tmpfs(c, "/tmp/root-only", &["mode=755"]);
     });
-    assert!(out.contains("Permission denied"), "expected EACCES for nobody: {out:?}");
+    assert!(
+        out.contains("Permission denied"),
+        "expected EACCES for nobody: {out:?}"
+    );
 }
 
 #[test]
@@ -67,17 +87,23 @@ fn umask_is_applied() {
         c["process"]["user"]["umask"] = json!(0o027);
         common::add_tmpfs(c, "/tmp", &["mode=1777"]);
     });
-    assert_eq!(out, "0027\n640\n", "expected umask 0027 and a file created 0640");
+    assert_eq!(
+        out, "0027\n640\n",
+        "expected umask 0027 and a file created 0640"
+    );
 }
 
 #[test]
 fn rlimits_are_applied() {
-    let out = run_sh("ulimit -n; ulimit -Hn; grep core /proc/self/limits | tr -s ' '", |c| {
-        c["process"]["rlimits"] = json!([
-            {"type": "RLIMIT_NOFILE", "soft": 512, "hard": 1000},
-            {"type": "RLIMIT_CORE", "soft": 0, "hard": 4096}
-        ]);
-    });
+    let out = run_sh(
+        "ulimit -n; ulimit -Hn; grep core /proc/self/limits | tr -s ' '",
+        |c| {
+            c["process"]["rlimits"] = json!([
+                {"type": "RLIMIT_NOFILE", "soft": 512, "hard": 1000},
+                {"type": "RLIMIT_CORE", "soft": 0, "hard": 4096}
+            ]);
+        },
+    );
     assert_eq!(
         out, "512\n1000\nMax core file size 0 4096 bytes \n",
         "expected the configured NOFILE and CORE limits"
@@ -86,16 +112,28 @@ fn rlimits_are_applied() {
 
 #[test]
 fn oom_score_adj_is_applied() {
-    let out = run_sh("cat /proc/self/oom_score_adj", |c| c["process"]["oomScoreAdj"] = json!(500));
+    let out = run_sh("cat /proc/self/oom_score_adj", |c| {
+        c["process"]["oomScoreAdj"] = json!(500)
+    });
     assert_eq!(out, "500\n", "expected oom_score_adj 500");
 }
 
 #[test]
 fn no_new_privileges_true_and_false() {
     let on = run_sh("cat /proc/self/status", |_| {});
-    assert_eq!(status_field(&on, "NoNewPrivs"), "1", "expected NoNewPrivs 1 (runc spec sets it)");
-    let off = run_sh("cat /proc/self/status", |c| c["process"]["noNewPrivileges"] = json!(false));
-    assert_eq!(status_field(&off, "NoNewPrivs"), "0", "expected NoNewPrivs 0 when false");
+    assert_eq!(
+        status_field(&on, "NoNewPrivs"),
+        "1",
+        "expected NoNewPrivs 1 (runc spec sets it)"
+    );
+    let off = run_sh("cat /proc/self/status", |c| {
+        c["process"]["noNewPrivileges"] = json!(false)
+    });
+    assert_eq!(
+        status_field(&off, "NoNewPrivs"),
+        "0",
+        "expected NoNewPrivs 0 when false"
+    );
 }
 
 #[test]
@@ -127,7 +165,11 @@ fn capabilities_all_five_sets_for_non_root() {
     });
     // CAP_CHOWN (0) and CAP_NET_RAW (13), kept across the uid change through ambient.
     for field in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert_eq!(status_field(&st, field), "0000000000002001", "expected {field} = CHOWN|NET_RAW");
+        assert_eq!(
+            status_field(&st, field),
+            "0000000000002001",
+            "expected {field} = CHOWN|NET_RAW"
+        );
     }
 }
 
@@ -136,11 +178,17 @@ fn dropped_capability_is_enforced() {
     // Without CAP_CHOWN root cannot chown; with it, it can.
     let script = "touch /tmp/f; chown 1000 /tmp/f 2>&1; echo rc=$?";
     let denied = run_sh(script, |c| common::add_tmpfs(c, "/tmp", &[]));
-    assert!(denied.ends_with("rc=1\n"), "expected chown to fail without CAP_CHOWN: {denied:?}");
+    assert!(
+        denied.ends_with("rc=1\n"),
+        "expected chown to fail without CAP_CHOWN: {denied:?}"
+    );
     let allowed = run_sh(script, |c| {
         common::add_tmpfs(c, "/tmp", &[]);
         for set in ["bounding", "effective", "permitted"] {
-            c["process"]["capabilities"][set].as_array_mut().unwrap().push(json!("CAP_CHOWN"));
+            c["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_CHOWN"));
         }
     });
     assert_eq!(allowed, "rc=0\n", "expected chown to work with CAP_CHOWN");
@@ -149,24 +197,42 @@ fn dropped_capability_is_enforced() {
 #[test]
 fn sysctl_is_applied_in_the_containers_namespaces() {
     let host_shmmax = std::fs::read_to_string("/proc/sys/kernel/shmmax").unwrap();
-    let out = run_sh("cat /proc/sys/kernel/shmmax /proc/sys/net/ipv4/ip_forward", |c| {
-        c["linux"]["sysctl"] = json!({"kernel.shmmax": "123456789", "net.ipv4.ip_forward": "1"});
-    });
-    assert_eq!(out, "123456789\n1\n", "expected the configured sysctls inside");
+    let out = run_sh(
+        "cat /proc/sys/kernel/shmmax /proc/sys/net/ipv4/ip_forward",
+        |c| {
+            c["linux"]["sysctl"] =
+                json!({"kernel.shmmax": "123456789", "net.ipv4.ip_forward": "1"});
+        },
+    );
+    assert_eq!(
+        out, "123456789\n1\n",
+        "expected the configured sysctls inside"
+    );
     let after = std::fs::read_to_string("/proc/sys/kernel/shmmax").unwrap();
-    assert_eq!(host_shmmax, after, "expected the host's kernel.shmmax unchanged");
+    assert_eq!(
+        host_shmmax, after,
+        "expected the host's kernel.shmmax unchanged"
+    );
 }
 
 #[test]
 fn args_are_passed_verbatim() {
     let c = Bundle::new(&["/bin/echo", "a b", "", "$HOME", "*"]).container();
     let out = c.run().ok("echo");
-    assert_eq!(out.stdout, "a b  $HOME *\n", "expected args without shell expansion");
+    assert_eq!(
+        out.stdout, "a b  $HOME *\n",
+        "expected args without shell expansion"
+    );
 }
 
 #[test]
 fn personality_linux32() {
     hull_only!(); // runc 1.1 ignores linux.personality
-    let out = run_sh("uname -m", |c| c["linux"]["personality"] = json!({"domain": "LINUX32"}));
-    assert_eq!(out, "i686\n", "expected a 32-bit machine name under LINUX32");
+    let out = run_sh("uname -m", |c| {
+        c["linux"]["personality"] = json!({"domain": "LINUX32"})
+    });
+    assert_eq!(
+        out, "i686\n",
+        "expected a 32-bit machine name under LINUX32"
+    );
 }

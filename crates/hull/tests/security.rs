@@ -27,16 +27,26 @@ fn runtime_binary_cannot_be_overwritten_through_proc_exe() {
                   while [ ! -e /share/go ]; do sleep 0.05; done; \
                   for i in 1 2 3 4 5; do { echo x >> /proc/self/fd/3; } 2>/dev/null && echo via-fd >> /share/wrote; sleep 0.1; done; \
                   echo done > /share/finished";
-    c.exec_with(&["-d"], &["sh", "-c", attack]).ok("exec -d into the created container");
+    c.exec_with(&["-d"], &["sh", "-c", attack])
+        .ok("exec -d into the created container");
     c.wait_share("ready", Duration::from_secs(10));
     c.start().ok("start");
     // Now pid 1 runs the user's program: the runtime binary is no longer busy.
     std::fs::write(c.share("go"), "").unwrap();
     c.wait_share("finished", Duration::from_secs(10));
 
-    assert_eq!(c.read_share("wrote"), "", "expected every write to the runtime binary to fail");
+    assert_eq!(
+        c.read_share("wrote"),
+        "",
+        "expected every write to the runtime binary to fail"
+    );
     let after = std::fs::read(&copy).unwrap();
-    assert!(before == after, "expected the runtime binary unchanged ({} -> {} bytes)", before.len(), after.len());
+    assert!(
+        before == after,
+        "expected the runtime binary unchanged ({} -> {} bytes)",
+        before.len(),
+        after.len()
+    );
     c.delete(true).ok("delete --force");
     assert_clean(&c);
 }
@@ -52,11 +62,20 @@ fn leaked_fd_as_cwd_cannot_escape_the_root() {
             .container();
         let out = c.run();
         if out.code == 0 {
-            assert!(!out.stdout.contains("unreachable"), "fd {n}: cwd outside the root: {out:?}");
+            assert!(
+                !out.stdout.contains("unreachable"),
+                "fd {n}: cwd outside the root: {out:?}"
+            );
             let fds = out.stdout.lines().nth(1).unwrap_or_default();
-            assert_eq!(fds, "0 1 2 3 ", "fd {n}: expected only stdio (+ ls's own fd) in the container");
+            assert_eq!(
+                fds, "0 1 2 3 ",
+                "fd {n}: expected only stdio (+ ls's own fd) in the container"
+            );
         } else {
-            assert!(!out.stderr.trim().is_empty(), "fd {n}: expected an error on stderr: {out:?}");
+            assert!(
+                !out.stderr.trim().is_empty(),
+                "fd {n}: expected an error on stderr: {out:?}"
+            );
         }
         assert_clean(&c);
     }
@@ -69,35 +88,64 @@ fn leaked_fd_as_exec_cwd_cannot_escape_the_root() {
     c.start().ok("start");
     for n in 3..=9 {
         let cwd = format!("/proc/self/fd/{n}");
-        let out = c.exec_with(&["--cwd", &cwd], &["sh", "-c", "pwd; ls /proc/self/fd | tr '\\n' ' '"]);
+        let out = c.exec_with(
+            &["--cwd", &cwd],
+            &["sh", "-c", "pwd; ls /proc/self/fd | tr '\\n' ' '"],
+        );
         if out.code == 0 {
-            assert!(!out.stdout.contains("unreachable"), "exec cwd fd {n}: outside the root: {out:?}");
-            assert_eq!(out.stdout.lines().nth(1), Some("0 1 2 3 "), "exec cwd fd {n}: stray fds");
+            assert!(
+                !out.stdout.contains("unreachable"),
+                "exec cwd fd {n}: outside the root: {out:?}"
+            );
+            assert_eq!(
+                out.stdout.lines().nth(1),
+                Some("0 1 2 3 "),
+                "exec cwd fd {n}: stray fds"
+            );
         } else {
-            assert!(!out.stderr.trim().is_empty(), "exec cwd fd {n}: expected an error: {out:?}");
+            assert!(
+                !out.stderr.trim().is_empty(),
+                "exec cwd fd {n}: expected an error: {out:?}"
+            );
         }
     }
 }
 
 #[test]
 fn no_runtime_fds_leak_into_the_container() {
-    let c = Bundle::new(&["sh", "-c", "ls /proc/self/fd | tr '\\n' ' '; ls /proc/1/fd | tr '\\n' ' '"]).container();
+    // ls as the container's init itself: no shell that could hold pipe fds of its own.
+    // Its one extra fd (3) is the directory it lists.
+    let c = Bundle::new(&["ls", "/proc/self/fd"]).container();
     let out = c.run().ok("list fds");
-    // ls's own directory fd is 3; pid 1 (sh) has only its stdio.
-    assert_eq!(out.stdout, "0 1 2 3 0 1 2 ", "expected only stdio in the container");
+    assert_eq!(
+        out.stdout, "0\n1\n2\n3\n",
+        "expected only stdio in the container's init"
+    );
 
     let c = Bundle::new(&["sleep", "1000"]).container();
     c.create().ok("create");
     c.start().ok("start");
-    let out = c.exec(&["sh", "-c", "ls /proc/self/fd | tr '\\n' ' '"]).ok("exec");
-    assert_eq!(out.stdout, "0 1 2 3 ", "expected only stdio in an exec'd process");
+    let out = c.exec(&["ls", "/proc/self/fd"]).ok("exec");
+    assert_eq!(
+        out.stdout, "0\n1\n2\n3\n",
+        "expected only stdio in an exec'd process"
+    );
+    let out = c.exec(&["ls", "/proc/1/fd"]).ok("exec");
+    assert_eq!(
+        out.stdout, "0\n1\n2\n",
+        "expected only stdio in the running init"
+    );
 }
 
 #[test]
 fn mount_destination_through_symlink_stays_in_rootfs() {
     // CVE-2021-30465-style: destinations that are symlinks out of the rootfs must be
     // resolved inside it.
-    let b = Bundle::new(&["sh", "-c", "ls /etc; grep -E ' /(etc|tmp) ' /proc/mounts | cut -d' ' -f2,3"]);
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "ls /etc; grep -E ' /(etc|tmp) ' /proc/mounts | cut -d' ' -f2,3",
+    ]);
     std::os::unix::fs::symlink("/etc", b.rootfs.join("evil")).unwrap();
     std::os::unix::fs::symlink("../../../../../../../../tmp", b.rootfs.join("evil2")).unwrap();
     let marker = b.dir.join("marker-dir");
@@ -113,28 +161,42 @@ fn mount_destination_through_symlink_stays_in_rootfs() {
         .container();
     let host_tmp_mounts = common::mounts_under(std::path::Path::new("/tmp")).len();
     let out = c.run();
-    assert!(!std::path::Path::new("/etc").join(&name).exists(), "host /etc untouched");
-    assert_eq!(common::mounts_under(std::path::Path::new("/etc")), Vec::<String>::new(), "no mount on host /etc");
-    assert_eq!(common::mounts_under(std::path::Path::new("/tmp")).len(), host_tmp_mounts, "no new mount on host /tmp");
+    assert!(
+        !std::path::Path::new("/etc").join(&name).exists(),
+        "host /etc untouched"
+    );
+    assert_eq!(
+        common::mounts_under(std::path::Path::new("/etc")),
+        Vec::<String>::new(),
+        "no mount on host /etc"
+    );
+    assert_eq!(
+        common::mounts_under(std::path::Path::new("/tmp")).len(),
+        host_tmp_mounts,
+        "no new mount on host /tmp"
+    );
     if out.code == 0 {
+        let lines: Vec<&str> = out.stdout.lines().collect();
         assert_eq!(
-            out.stdout,
-            format!("{name}\n/etc none\n/tmp tmpfs\n").replace("none", &mount_fstype(&out.stdout)),
-            "expected both mounts inside the rootfs: the marker at /etc, a tmpfs at /tmp"
+            lines.first(),
+            Some(&name.as_str()),
+            "expected the marker alone in the container's /etc: {out:?}"
         );
-        assert!(out.stdout.starts_with(&format!("{name}\n")), "expected the marker in the container's /etc");
+        assert!(
+            lines.iter().any(|l| l.starts_with("/etc ")),
+            "expected a mount at the container's /etc: {out:?}"
+        );
+        assert!(
+            lines.contains(&"/tmp tmpfs"),
+            "expected the tmpfs at the container's /tmp: {out:?}"
+        );
     } else {
-        assert!(!out.stderr.trim().is_empty(), "expected an error when refusing: {out:?}");
+        assert!(
+            !out.stderr.trim().is_empty(),
+            "expected an error when refusing: {out:?}"
+        );
     }
     assert_clean(&c);
-}
-
-/// The fstype of /etc in `grep | cut` output (a bind mount shows its source's fs).
-fn mount_fstype(out: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix("/etc "))
-        .unwrap_or("?")
-        .to_string()
 }
 
 #[test]
@@ -150,7 +212,10 @@ fn container_cannot_undo_masks_or_remount() {
         out.stdout, "0\nsysrq=1\nremount=1\nmount=1\ncgmkdir=1\n",
         "expected masks to stay, and writes, remounts and new mounts to fail"
     );
-    assert!(!c.cgroup_dir("memory").join("escape").exists(), "no cgroup made from inside");
+    assert!(
+        !c.cgroup_dir("memory").join("escape").exists(),
+        "no cgroup made from inside"
+    );
     assert_clean(&c);
 }
 
@@ -159,5 +224,8 @@ fn container_cannot_see_host_processes() {
     let c = Bundle::new(&["sh", "-c", "ls /proc | grep -c '^[0-9]'"]).container();
     let out = c.run().ok("count processes");
     let n: u32 = out.stdout.trim().parse().unwrap_or(99);
-    assert!(n <= 3, "expected only the container's own processes in its /proc, saw {n}");
+    assert!(
+        n <= 3,
+        "expected only the container's own processes in its /proc, saw {n}"
+    );
 }

@@ -7,21 +7,30 @@ use serde_json::json;
 
 fn userns_bundle(args: &[&str]) -> Bundle {
     Bundle::new(args).config(|c| {
-        c["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
         c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
         c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
         // A cgroup mount needs privileges over the hierarchy that a userns root lacks.
-        c["mounts"].as_array_mut().unwrap().retain(|m| m["type"] != "cgroup");
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["type"] != "cgroup");
     })
 }
 
 fn words(s: &str) -> Vec<Vec<String>> {
-    s.lines().map(|l| l.split_whitespace().map(str::to_string).collect()).collect()
+    s.lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
 }
 
 #[test]
 fn maps_are_visible_inside() {
-    let script = "cat /proc/self/uid_map; cat /proc/self/gid_map; id -u; id -g; readlink /proc/self/ns/user";
+    let script =
+        "cat /proc/self/uid_map; cat /proc/self/gid_map; id -u; id -g; readlink /proc/self/ns/user";
     let c = userns_bundle(&["sh", "-c", script]).container();
     let out = c.run().ok("run in a user namespace");
     let w = words(&out.stdout);
@@ -48,8 +57,16 @@ fn container_process_runs_as_the_mapped_host_ids() {
             .map(|l| l.split_whitespace().skip(1).map(str::to_string).collect())
             .unwrap_or_default()
     };
-    assert_eq!(field("Uid:"), ["100000"; 4], "expected host uid 100000 for container root");
-    assert_eq!(field("Gid:"), ["200000"; 4], "expected host gid 200000 for container root");
+    assert_eq!(
+        field("Uid:"),
+        ["100000"; 4],
+        "expected host uid 100000 for container root"
+    );
+    assert_eq!(
+        field("Gid:"),
+        ["200000"; 4],
+        "expected host gid 200000 for container root"
+    );
     c.delete(true).ok("delete --force");
     assert_clean(&c);
 }
@@ -59,5 +76,8 @@ fn unmapped_files_show_as_overflow_ids() {
     // The rootfs belongs to host root, which has no mapping in the container.
     let c = userns_bundle(&["stat", "-c", "%u:%g", "/bin/busybox"]).container();
     let out = c.run().ok("stat in a user namespace");
-    assert_eq!(out.stdout, "65534:65534\n", "expected unmapped owner as nobody:nogroup");
+    assert_eq!(
+        out.stdout, "65534:65534\n",
+        "expected unmapped owner as nobody:nogroup"
+    );
 }

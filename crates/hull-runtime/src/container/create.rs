@@ -73,7 +73,10 @@ impl Drop for Undo {
         for &pid in &self.pids {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             // Our children are reaped here; the init (a grandchild) goes to its reaper.
-            let _ = waitpid(Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::__WALL));
+            let _ = waitpid(
+                Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::__WALL),
+            );
         }
         if let Some(cg) = &self.cgroup {
             if let Ok(pids) = cg.pids() {
@@ -108,10 +111,12 @@ pub fn create_with_console(
     let plan = Plan::from_linux(bundle.spec.linux().as_ref());
     let console = match (&opts.console_socket, console) {
         (_, Some(fd)) => Some(fd),
-        (Some(p), None) => Some(OwnedFd::from(UnixStream::connect(p).map_err(|source| Error::Io {
-            what: "cannot connect to --console-socket",
-            path: p.clone(),
-            source,
+        (Some(p), None) => Some(OwnedFd::from(UnixStream::connect(p).map_err(|source| {
+            Error::Io {
+                what: "cannot connect to --console-socket",
+                path: p.clone(),
+                source,
+            }
         })?)),
         (None, None) => None,
     };
@@ -125,7 +130,9 @@ pub fn create_with_console(
         });
     }
     let linux = bundle.spec.linux().as_ref();
-    let cgroups_path = linux.and_then(|l| l.cgroups_path().as_ref()).and_then(|p| p.to_str());
+    let cgroups_path = linux
+        .and_then(|l| l.cgroups_path().as_ref())
+        .and_then(|p| p.to_str());
     let cgroup = Cgroup::resolve(cgroups_path, &opts.id)?;
 
     let dir = StateDir::create(&opts.root, &opts.id)?;
@@ -164,7 +171,11 @@ pub fn create_with_console(
         .map(|h| {
             let name = match cgroup.version() {
                 CgroupVersion::V2 => String::new(),
-                _ => h.mount_point().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                _ => h
+                    .mount_point()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
             };
             (name, h.dir().to_path_buf())
         })
@@ -205,7 +216,9 @@ pub fn create_with_console(
     // One process when nothing has to happen between namespaces (runc's and crun's common
     // case): the init is cloned straight into its new namespaces. A user namespace (id
     // maps), joined namespaces or time offsets need stage 1 in between.
-    let has_time_offsets = linux.and_then(|l| l.time_offsets().as_ref()).is_some_and(|o| !o.is_empty());
+    let has_time_offsets = linux
+        .and_then(|l| l.time_offsets().as_ref())
+        .is_some_and(|o| !o.is_empty());
     let direct = !plan.new_user && plan.join.is_empty() && !has_time_offsets;
     let fork_result = if direct {
         fork_into(plan.new - CloneFlags::CLONE_NEWCGROUP)
@@ -304,7 +317,11 @@ fn drive(
                 };
                 let json = c.oci_json(Status::Created);
                 let h = bundle.spec.hooks().as_ref();
-                hooks::run_all("prestart", h.and_then(|h| h.prestart().as_ref()), json.as_bytes())?;
+                hooks::run_all(
+                    "prestart",
+                    h.and_then(|h| h.prestart().as_ref()),
+                    json.as_bytes(),
+                )?;
                 hooks::run_all(
                     "createRuntime",
                     h.and_then(|h| h.create_runtime().as_ref()),
@@ -323,19 +340,27 @@ fn drive(
             }
             Msg::Error(e) => return Err(Error::Child(e)),
             other => {
-                return Err(Error::Sync(std::io::Error::other(format!("unexpected {other:?}"))))
+                return Err(Error::Sync(std::io::Error::other(format!(
+                    "unexpected {other:?}"
+                ))))
             }
         }
     }
 }
 
 fn send_seccomp_fd(bundle: &Bundle, pid: i32, st: &ContainerState, fd: OwnedFd) -> Result<()> {
-    let seccomp = bundle.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let seccomp = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref());
     let Some(path) = seccomp.and_then(|s| s.listener_path().as_ref()) else {
         // No agent configured: the fd is dropped, as runc does.
         return Ok(());
     };
-    let meta = seccomp.and_then(|s| s.listener_metadata().clone()).unwrap_or_default();
+    let meta = seccomp
+        .and_then(|s| s.listener_metadata().clone())
+        .unwrap_or_default();
     let state = serde_json::to_value(st.oci(Status::Creating)).unwrap_or_default();
     crate::seccomp::send_to_listener(path, &meta, pid, &state, std::os::fd::AsFd::as_fd(&fd))?;
     Ok(())
@@ -359,7 +384,9 @@ fn fork_into(flags: CloneFlags) -> nix::Result<ForkResult> {
     };
     match nix::errno::Errno::result(r)? {
         0 => Ok(ForkResult::Child),
-        pid => Ok(ForkResult::Parent { child: Pid::from_raw(pid as i32) }),
+        pid => Ok(ForkResult::Parent {
+            child: Pid::from_raw(pid as i32),
+        }),
     }
 }
 
@@ -394,7 +421,13 @@ fn stage1_main(args: InitArgs, chan: &Channel) -> ! {
             become_root()?;
         }
         sched::unshare(plan.new).map_err(|e| Error::Setup(format!("unshare namespaces: {e}")))?;
-        if let Some(offsets) = args.bundle.spec.linux().as_ref().and_then(|l| l.time_offsets().as_ref()) {
+        if let Some(offsets) = args
+            .bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.time_offsets().as_ref())
+        {
             write_time_offsets(offsets)?;
         }
         // SAFETY: single-threaded child of a single-threaded parent.
@@ -422,10 +455,16 @@ fn stage1_main(args: InitArgs, chan: &Channel) -> ! {
 fn become_root() -> Result<()> {
     let root = unistd::Uid::from_raw(0);
     let rootg = unistd::Gid::from_raw(0);
-    unistd::setresgid(rootg, rootg, rootg)
-        .map_err(|e| Error::Setup(format!("setresgid 0 in user namespace (is gid 0 mapped?): {e}")))?;
-    unistd::setresuid(root, root, root)
-        .map_err(|e| Error::Setup(format!("setresuid 0 in user namespace (is uid 0 mapped?): {e}")))
+    unistd::setresgid(rootg, rootg, rootg).map_err(|e| {
+        Error::Setup(format!(
+            "setresgid 0 in user namespace (is gid 0 mapped?): {e}"
+        ))
+    })?;
+    unistd::setresuid(root, root, root).map_err(|e| {
+        Error::Setup(format!(
+            "setresuid 0 in user namespace (is uid 0 mapped?): {e}"
+        ))
+    })
 }
 
 fn write_time_offsets(
@@ -433,7 +472,11 @@ fn write_time_offsets(
 ) -> Result<()> {
     let mut text = String::new();
     for (clock, o) in offsets {
-        text += &format!("{clock} {} {}\n", o.secs().unwrap_or(0), o.nanosecs().unwrap_or(0));
+        text += &format!(
+            "{clock} {} {}\n",
+            o.secs().unwrap_or(0),
+            o.nanosecs().unwrap_or(0)
+        );
     }
     std::fs::write("/proc/self/timens_offsets", text)
         .map_err(|e| Error::Setup(format!("linux.timeOffsets: {e}")))
@@ -448,15 +491,28 @@ fn write_id_maps(pid: i32, bundle: &Bundle) -> Result<()> {
             .collect::<String>()
     };
     for (file, maps) in [
-        ("uid_map", fmt(linux.and_then(|l| l.uid_mappings().as_ref()))),
-        ("gid_map", fmt(linux.and_then(|l| l.gid_mappings().as_ref()))),
+        (
+            "uid_map",
+            fmt(linux.and_then(|l| l.uid_mappings().as_ref())),
+        ),
+        (
+            "gid_map",
+            fmt(linux.and_then(|l| l.gid_mappings().as_ref())),
+        ),
     ] {
         if maps.is_empty() {
             continue;
         }
         let path = format!("/proc/{pid}/{file}");
         std::fs::write(&path, &maps).map_err(|e| {
-            Error::Setup(format!("linux.{}: writing {path}: {e}", if file == "uid_map" { "uidMappings" } else { "gidMappings" }))
+            Error::Setup(format!(
+                "linux.{}: writing {path}: {e}",
+                if file == "uid_map" {
+                    "uidMappings"
+                } else {
+                    "gidMappings"
+                }
+            ))
         })?;
     }
     Ok(())
@@ -474,7 +530,13 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-fn device_rule(allow: bool, typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str) -> LinuxDeviceCgroup {
+fn device_rule(
+    allow: bool,
+    typ: LinuxDeviceType,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> LinuxDeviceCgroup {
     let mut r = LinuxDeviceCgroup::default();
     r.set_allow(allow);
     r.set_typ(Some(typ));
@@ -509,7 +571,13 @@ fn effective_resources(bundle: &Bundle) -> Option<LinuxResources> {
         device_rule(true, C, Some(10), Some(200), "rwm"),
     ]);
     for d in linux.devices().iter().flatten() {
-        rules.push(device_rule(true, d.typ(), Some(d.major()), Some(d.minor()), "rwm"));
+        rules.push(device_rule(
+            true,
+            d.typ(),
+            Some(d.major()),
+            Some(d.minor()),
+            "rwm",
+        ));
     }
     res.set_devices(Some(rules));
     Some(res)

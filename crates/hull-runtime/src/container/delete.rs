@@ -13,6 +13,10 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Ok(c) => c,
         // A state dir without a readable state.json (hull killed mid-create) is removable.
         Err(Error::CorruptState { .. }) if force => return StateDir::new(root, id).remove(),
+        Err(Error::NotFound(_)) if force && root.join(id).is_dir() => {
+            crate::spec::validate_id(id)?;
+            return StateDir::new(root, id).remove();
+        }
         Err(e) => return Err(e),
     };
     let status = c.status();
@@ -46,7 +50,11 @@ pub fn destroy(c: &Container) -> Result<()> {
     let dir = c.dir.remove();
     let json = c.oci_json(Status::Stopped);
     let h = c.state.config.hooks().as_ref();
-    if let Err(e) = hooks::run_all("poststop", h.and_then(|h| h.poststop().as_ref()), json.as_bytes()) {
+    if let Err(e) = hooks::run_all(
+        "poststop",
+        h.and_then(|h| h.poststop().as_ref()),
+        json.as_bytes(),
+    ) {
         // runtime-spec: a failing poststop hook is a warning; deletion goes on.
         tracing::warn!("{e}");
         eprintln!("hull: warning: {e}");

@@ -22,7 +22,10 @@ pub struct Event<'a> {
 
 pub fn stats(root: &Path, id: &str) -> Result<String> {
     let c = Container::load(root, id)?;
-    c.require("events", &[Status::Created, Status::Running, Status::Paused])?;
+    c.require(
+        "events",
+        &[Status::Created, Status::Running, Status::Paused],
+    )?;
     event_json(&c)
 }
 
@@ -39,7 +42,10 @@ fn event_json(c: &Container) -> Result<String> {
 /// Calls `out` with one stats event per interval until the container stops.
 pub fn stream(root: &Path, id: &str, interval: Duration, mut out: impl FnMut(&str)) -> Result<()> {
     let c = Container::load(root, id)?;
-    c.require("events", &[Status::Created, Status::Running, Status::Paused])?;
+    c.require(
+        "events",
+        &[Status::Created, Status::Running, Status::Paused],
+    )?;
     loop {
         if c.status() == Status::Stopped {
             return Ok(());

@@ -40,10 +40,12 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
     }
     let (console, relay) = match (&opts.console_socket, terminal) {
         (Some(p), true) => (
-            Some(OwnedFd::from(UnixStream::connect(p).map_err(|source| Error::Io {
-                what: "cannot connect to --console-socket",
-                path: p.clone(),
-                source,
+            Some(OwnedFd::from(UnixStream::connect(p).map_err(|source| {
+                Error::Io {
+                    what: "cannot connect to --console-socket",
+                    path: p.clone(),
+                    source,
+                }
             })?)),
             None,
         ),
@@ -53,17 +55,27 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
             ))
         }
         (None, true) => {
-            let (a, b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-                .map_err(|e| Error::Setup(format!("socketpair: {e}")))?;
+            let (a, b) = socketpair(
+                AddressFamily::Unix,
+                SockType::Stream,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| Error::Setup(format!("socketpair: {e}")))?;
             (Some(a), Some(b))
         }
         (_, false) => (None, None),
     };
     let join = namespaces_to_join(&c)?;
     let plan = Plan::from_linux(c.state.config.linux().as_ref());
-    let pidfd = pidfd_open(c.state.pid).map_err(|e| Error::Setup(format!("pidfd_open init: {e}")))?;
+    let pidfd =
+        pidfd_open(c.state.pid).map_err(|e| Error::Setup(format!("pidfd_open init: {e}")))?;
     if !c.state.init_alive() {
-        return Err(Error::WrongState { id: opts.id.clone(), action: "exec", status: Status::Stopped });
+        return Err(Error::WrongState {
+            id: opts.id.clone(),
+            action: "exec",
+            status: Status::Stopped,
+        });
     }
     let (parent, child) = Channel::pair()?;
     // SAFETY: single-threaded up to here.
@@ -86,7 +98,11 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
             p
         }
         Msg::Error(e) => return Err(Error::Child(e)),
-        m => return Err(Error::Sync(std::io::Error::other(format!("unexpected {m:?}")))),
+        m => {
+            return Err(Error::Sync(std::io::Error::other(format!(
+                "unexpected {m:?}"
+            ))))
+        }
     };
     let mut guard = guard;
     guard.0 = vec![pid];
@@ -96,8 +112,14 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
             // The seccomp notify fd of an exec'd process has no listener to go to.
             Ok((Msg::SeccompFd, _)) => parent.send(&Msg::SeccompDone)?,
             Ok((Msg::Error(e), _)) => return Err(Error::Child(e)),
-            Ok((m, _)) => return Err(Error::Sync(std::io::Error::other(format!("unexpected {m:?}")))),
-            Err(Error::ChildGone) => return Err(Error::Child("the exec'd process died during setup".into())),
+            Ok((m, _)) => {
+                return Err(Error::Sync(std::io::Error::other(format!(
+                    "unexpected {m:?}"
+                ))))
+            }
+            Err(Error::ChildGone) => {
+                return Err(Error::Child("the exec'd process died during setup".into()))
+            }
             Err(e) => return Err(e),
         }
     }
@@ -180,12 +202,15 @@ fn stage1_main(
         chan.expect(Msg::Go)?;
         // One setns with a pidfd enters all of them atomically, user namespace included.
         if !join.is_empty() {
-            sched::setns(pidfd, join).map_err(|e| Error::Setup(format!("setns into the container: {e}")))?;
+            sched::setns(pidfd, join)
+                .map_err(|e| Error::Setup(format!("setns into the container: {e}")))?;
         }
         // SAFETY: single-threaded.
         match unsafe { unistd::fork() }.map_err(|e| Error::Setup(format!("fork: {e}")))? {
             ForkResult::Child => {
-                let r = chan.expect(Msg::Go).and_then(|()| stage2(c, opts, plan, console, chan));
+                let r = chan
+                    .expect(Msg::Go)
+                    .and_then(|()| stage2(c, opts, plan, console, chan));
                 if let Err(e) = r {
                     let _ = chan.send(&Msg::Error(e.to_string()));
                 }
@@ -223,8 +248,14 @@ fn stage2(
         crate::process::chown_stdio(process.user().uid(), process.user().gid());
     }
     drop(console);
-    let seccomp = c.state.config.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-    let program = crate::process::prepare(process, seccomp, plan.userns(), opts.preserve_fds, chan)?;
+    let seccomp = c
+        .state
+        .config
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref());
+    let program =
+        crate::process::prepare(process, seccomp, plan.userns(), opts.preserve_fds, chan)?;
     chan.send(&Msg::Ready)?;
     crate::process::exec(&program)
 }

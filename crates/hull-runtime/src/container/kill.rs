@@ -47,7 +47,13 @@ pub(crate) fn signal_init(c: &Container, signal: i32) -> Result<()> {
     }
     // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no siginfo, no flags.
     let r = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<u8>(),
+            0,
+        )
     };
     if r < 0 {
         return Err(Error::Signal {

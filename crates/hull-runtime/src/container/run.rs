@@ -22,11 +22,17 @@ pub fn run(opts: &CreateOptions, detach: bool) -> Result<i32> {
     let (console, relay) = if bundle_terminal && opts.console_socket.is_none() {
         if detach {
             return Err(Error::Setup(
-                "process.terminal is true with --detach: pass --console-socket to receive the pty".into(),
+                "process.terminal is true with --detach: pass --console-socket to receive the pty"
+                    .into(),
             ));
         }
-        let (a, b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| Error::Setup(format!("socketpair: {e}")))?;
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Error::Setup(format!("socketpair: {e}")))?;
         (Some(a), Some(b))
     } else {
         (None, None)
@@ -50,7 +56,10 @@ pub fn run(opts: &CreateOptions, detach: bool) -> Result<i32> {
     tracing::debug!("started");
     let code = supervise::wait(c.state.pid, pty);
     tracing::debug!("exited");
-    let cleanup = delete::destroy(&Container { dir: c.dir.clone(), state: c.state.clone() });
+    let cleanup = delete::destroy(&Container {
+        dir: c.dir.clone(),
+        state: c.state.clone(),
+    });
     tracing::debug!("destroyed");
     let code = code?;
     cleanup?;

@@ -68,7 +68,11 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
 pub fn poststart(c: &Container) {
     let json = c.oci_json(Status::Running);
     let h = c.state.config.hooks().as_ref();
-    if let Err(e) = hooks::run_all("poststart", h.and_then(|h| h.poststart().as_ref()), json.as_bytes()) {
+    if let Err(e) = hooks::run_all(
+        "poststart",
+        h.and_then(|h| h.poststart().as_ref()),
+        json.as_bytes(),
+    ) {
         tracing::warn!("{e}");
         eprintln!("hull: warning: {e}");
     }

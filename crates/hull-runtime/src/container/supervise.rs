@@ -15,7 +15,14 @@ use crate::error::{Error, Result};
 /// Signals hull relays to the container rather than acting on.
 fn forwarded() -> SigSet {
     let mut set = SigSet::all();
-    for s in [Signal::SIGKILL, Signal::SIGSTOP, Signal::SIGSEGV, Signal::SIGBUS, Signal::SIGILL, Signal::SIGFPE] {
+    for s in [
+        Signal::SIGKILL,
+        Signal::SIGSTOP,
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGILL,
+        Signal::SIGFPE,
+    ] {
         set.remove(s);
     }
     set
@@ -63,7 +70,12 @@ impl Drop for RawMode {
 }
 
 fn copy_winsize(master: &OwnedFd) {
-    let mut ws: libc::winsize = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws: libc::winsize = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ/TIOCSWINSZ read or write one winsize struct at a valid pointer.
     unsafe {
         if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
@@ -95,7 +107,10 @@ pub fn wait(pid: i32, pty: Option<OwnedFd>) -> Result<i32> {
     loop {
         // Reap first: a child that exited before the signalfd existed sent no SIGCHLD to it.
         loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+            match waitpid(
+                Pid::from_raw(-1),
+                Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+            ) {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(ws) if ws.pid() == Some(Pid::from_raw(pid)) => {
                     if let Some(m) = &pty {
@@ -166,7 +181,10 @@ pub fn wait(pid: i32, pty: Option<OwnedFd>) -> Result<i32> {
 }
 
 fn drain(m: &OwnedFd, buf: &mut [u8]) {
-    let _ = nix::fcntl::fcntl(m, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+    let _ = nix::fcntl::fcntl(
+        m,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
     while let Ok(n) = unistd::read(m, buf) {
         if n == 0 {
             break;

@@ -10,9 +10,19 @@ use crate::state::Status;
 
 pub fn update(root: &Path, id: &str, resources: &LinuxResources) -> Result<()> {
     let mut c = Container::load(root, id)?;
-    c.require("update", &[Status::Created, Status::Running, Status::Paused])?;
+    c.require(
+        "update",
+        &[Status::Created, Status::Running, Status::Paused],
+    )?;
     c.state.cgroup.apply(resources)?;
-    let merged = merge(c.state.config.linux().as_ref().and_then(|l| l.resources().clone()), resources);
+    let merged = merge(
+        c.state
+            .config
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone()),
+        resources,
+    );
     if let Some(linux) = c.state.config.linux_mut() {
         linux.set_resources(Some(merged));
     }

@@ -36,8 +36,15 @@ pub fn apply(c: &LinuxCapabilities) -> Result<()> {
     let effective = convert(c.effective());
     let inheritable = convert(c.inheritable());
     // Order matters: effective must stay a subset of permitted at each step.
-    caps::set(None, CapSet::Effective, &effective.intersection(&caps::read(None, CapSet::Permitted).unwrap_or_default()).copied().collect())
-        .map_err(|e| fail("set effective", e))?;
+    caps::set(
+        None,
+        CapSet::Effective,
+        &effective
+            .intersection(&caps::read(None, CapSet::Permitted).unwrap_or_default())
+            .copied()
+            .collect(),
+    )
+    .map_err(|e| fail("set effective", e))?;
     caps::set(None, CapSet::Inheritable, &inheritable).map_err(|e| fail("set inheritable", e))?;
     caps::set(None, CapSet::Permitted, &permitted).map_err(|e| fail("set permitted", e))?;
     caps::set(None, CapSet::Effective, &effective).map_err(|e| fail("set effective", e))?;

@@ -51,15 +51,24 @@ pub fn setup(socket: &OwnedFd, size: Option<ConsoleSize>, mount_console: bool) -
         if !target.exists() {
             std::fs::File::create(target).map_err(|e| fail("create /dev/console", e))?;
         }
-        mount(Some(Path::new(&name)), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| fail("bind /dev/console", e))?;
+        mount(
+            Some(Path::new(&name)),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| fail("bind /dev/console", e))?;
     }
     unistd::dup2_stdin(&slave).map_err(|e| fail("dup2", e))?;
     unistd::dup2_stdout(&slave).map_err(|e| fail("dup2", e))?;
     unistd::dup2_stderr(&slave).map_err(|e| fail("dup2", e))?;
     // SAFETY: TIOCSCTTY on our own session's new terminal; arg 0 means do not steal.
     if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-        return Err(fail("set controlling terminal", std::io::Error::last_os_error()));
+        return Err(fail(
+            "set controlling terminal",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }

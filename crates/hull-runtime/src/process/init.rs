@@ -55,13 +55,22 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
     // the host's mount table): it only gets chrooted into its rootfs, as runc does.
     let own_mounts = args.plan.has(CloneFlags::CLONE_NEWNS);
     if own_mounts {
-        rootfs::prepare(&args.bundle.rootfs, spec, args.cgroup_dirs, args.plan.userns())?;
+        rootfs::prepare(
+            &args.bundle.rootfs,
+            spec,
+            args.cgroup_dirs,
+            args.plan.userns(),
+        )?;
     }
     chan.send(&Msg::MountsReady)?;
     let state_json = match chan.recv()? {
         Msg::HooksDone(state) => state.into_bytes(),
         Msg::Error(e) => return Err(Error::Child(e)),
-        other => return Err(Error::Sync(std::io::Error::other(format!("unexpected {other:?}")))),
+        other => {
+            return Err(Error::Sync(std::io::Error::other(format!(
+                "unexpected {other:?}"
+            ))))
+        }
     };
     let hooks = spec.hooks().as_ref();
     hooks::run_all(
@@ -98,8 +107,13 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
         set_personality(p)?;
     }
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-    let program: Program =
-        super::prepare(process, seccomp, args.plan.userns(), args.preserve_fds, chan)?;
+    let program: Program = super::prepare(
+        process,
+        seccomp,
+        args.plan.userns(),
+        args.preserve_fds,
+        chan,
+    )?;
     chan.send(&Msg::Ready)?;
     match args.start {
         StartSignal::Fifo(path_fd) => {
@@ -111,7 +125,8 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
                 Mode::empty(),
             )
             .map_err(|e| Error::Setup(format!("open exec fifo: {e}")))?;
-            unistd::write(&fifo, b"0").map_err(|e| Error::Setup(format!("write exec fifo: {e}")))?;
+            unistd::write(&fifo, b"0")
+                .map_err(|e| Error::Setup(format!("write exec fifo: {e}")))?;
         }
         StartSignal::Channel => chan.expect(Msg::Go)?,
     }
@@ -143,11 +158,12 @@ fn set_names(spec: &oci_spec::runtime::Spec) -> Result<()> {
 fn write_sysctls(sysctl: &std::collections::HashMap<String, String>) -> Result<()> {
     for (k, v) in sysctl {
         if k.contains("..") || k.starts_with('/') {
-            return Err(Error::Setup(format!("linux.sysctl {k:?} is not a sysctl name")));
+            return Err(Error::Setup(format!(
+                "linux.sysctl {k:?} is not a sysctl name"
+            )));
         }
         let path = format!("/proc/sys/{}", k.replace('.', "/"));
-        std::fs::write(&path, v)
-            .map_err(|e| Error::Setup(format!("linux.sysctl {k}={v}: {e}")))?;
+        std::fs::write(&path, v).map_err(|e| Error::Setup(format!("linux.sysctl {k}={v}: {e}")))?;
     }
     Ok(())
 }
@@ -156,7 +172,13 @@ fn write_sysctls(sysctl: &std::collections::HashMap<String, String>) -> Result<(
 fn join_session_keyring(id: &str) {
     let name = std::ffi::CString::new(id).unwrap_or_default();
     // SAFETY: KEYCTL_JOIN_SESSION_KEYRING takes a NUL-terminated name.
-    let r = unsafe { libc::syscall(libc::SYS_keyctl, libc::KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            libc::KEYCTL_JOIN_SESSION_KEYRING,
+            name.as_ptr(),
+        )
+    };
     if r < 0 {
         // Kernels without keyrings, or seccomp'd hosts: runc warns and goes on too.
         tracing::debug!("join session keyring: {}", std::io::Error::last_os_error());

@@ -65,14 +65,18 @@ pub fn prepare(
     match process.capabilities() {
         Some(c) => capabilities::apply(c)?,
         None => {
-            for set in [caps::CapSet::Effective, caps::CapSet::Permitted, caps::CapSet::Inheritable, caps::CapSet::Ambient] {
+            for set in [
+                caps::CapSet::Effective,
+                caps::CapSet::Permitted,
+                caps::CapSet::Inheritable,
+                caps::CapSet::Ambient,
+            ] {
                 let _ = caps::clear(None, set);
             }
         }
     }
     // Again as the user: a directory only root may enter must fail here, not in exec.
-    unistd::chdir(cwd)
-        .map_err(|e| Error::Setup(format!("process.cwd {}: {e}", cwd.display())))?;
+    unistd::chdir(cwd).map_err(|e| Error::Setup(format!("process.cwd {}: {e}", cwd.display())))?;
     if nnp {
         nix::sys::prctl::set_no_new_privs()
             .map_err(|e| Error::Setup(format!("process.noNewPrivileges: {e}")))?;
@@ -85,8 +89,7 @@ pub fn prepare(
 /// kernel shows such a directory as "(unreachable)". Checked before seccomp, which may
 /// forbid getcwd.
 fn enter_cwd(cwd: &Path) -> Result<()> {
-    unistd::chdir(cwd)
-        .map_err(|e| Error::Setup(format!("process.cwd {}: {e}", cwd.display())))?;
+    unistd::chdir(cwd).map_err(|e| Error::Setup(format!("process.cwd {}: {e}", cwd.display())))?;
     match unistd::getcwd() {
         Ok(p) if p.is_absolute() && !p.starts_with("(unreachable)") => Ok(()),
         _ => Err(Error::Setup(format!(
@@ -110,8 +113,14 @@ fn set_keep_caps(on: bool) -> Result<()> {
 }
 
 fn apply_lsm(process: &Process) -> Result<()> {
-    if let Some(profile) = process.apparmor_profile().as_deref().filter(|p| !p.is_empty()) {
-        if !Path::new("/sys/kernel/security/apparmor").exists() && !Path::new("/sys/module/apparmor").exists() {
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        if !Path::new("/sys/kernel/security/apparmor").exists()
+            && !Path::new("/sys/module/apparmor").exists()
+        {
             return Err(Error::Setup(format!(
                 "process.apparmorProfile {profile:?}: this host kernel has no AppArmor; remove the field or run on an AppArmor host"
             )));
@@ -137,9 +146,19 @@ fn apply_lsm(process: &Process) -> Result<()> {
 fn close_fds_on_exec(preserve_fds: i32) -> Result<()> {
     let first = 3 + preserve_fds.max(0) as u32;
     // SAFETY: close_range only changes flags of this process's fds.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     if r != 0 {
-        return Err(Error::Setup(format!("close_range: {}", std::io::Error::last_os_error())));
+        return Err(Error::Setup(format!(
+            "close_range: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     Ok(())
 }
@@ -158,8 +177,14 @@ fn program(process: &Process) -> Result<Program> {
     let exe = resolve(&args[0], path_var)?;
     Ok(Program {
         path: cstring(exe.to_str().unwrap_or(&args[0]), "process.args[0]")?,
-        args: args.iter().map(|a| cstring(a, "process.args")).collect::<Result<_>>()?,
-        env: env.iter().map(|e| cstring(e, "process.env")).collect::<Result<_>>()?,
+        args: args
+            .iter()
+            .map(|a| cstring(a, "process.args"))
+            .collect::<Result<_>>()?,
+        env: env
+            .iter()
+            .map(|e| cstring(e, "process.env"))
+            .collect::<Result<_>>()?,
     })
 }
 

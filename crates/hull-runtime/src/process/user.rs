@@ -15,8 +15,8 @@ pub fn switch(user: &User, userns: bool) -> Result<()> {
         .map(|g| Gid::from_raw(*g))
         .collect();
     // With setgroups denied in a user namespace only an empty request can be skipped.
-    let denied = userns
-        && std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
+    let denied =
+        userns && std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
     if !denied {
         unistd::setgroups(&groups).map_err(|e| fail("setgroups", e))?;
     } else if !groups.is_empty() {
@@ -28,9 +28,9 @@ pub fn switch(user: &User, userns: bool) -> Result<()> {
     unistd::setresgid(gid, gid, gid).map_err(|e| fail(&format!("setresgid {gid}"), e))?;
     let uid = Uid::from_raw(user.uid());
     unistd::setresuid(uid, uid, uid).map_err(|e| fail(&format!("setresuid {uid}"), e))?;
-    if let Some(mask) = user.umask() {
-        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
-    }
+    // runc's default when the config names none: the caller's umask must not leak in.
+    let mask = user.umask().unwrap_or(0o022);
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     Ok(())
 }
 

@@ -75,7 +75,8 @@ pub fn create_all(rootfd: &OwnedFd, devices: &[Device], userns: bool) -> Result<
 }
 
 fn create(rootfd: &OwnedFd, d: &Device, userns: bool) -> Result<()> {
-    let fail = |what: &str, e: Errno| Error::Setup(format!("device {}: {what}: {e}", d.path.display()));
+    let fail =
+        |what: &str, e: Errno| Error::Setup(format!("device {}: {what}: {e}", d.path.display()));
     let rel = relative(&d.path);
     if !rel.starts_with("dev") {
         return Err(Error::Setup(format!(
@@ -87,11 +88,19 @@ fn create(rootfd: &OwnedFd, d: &Device, userns: bool) -> Result<()> {
         let host = Path::new("/").join(&rel);
         let spot = create_file_in_root(rootfd, &d.path, Mode::from_bits_truncate(0o644))
             .map_err(|e| fail("create bind target", e))?;
-        return mount(Some(&host), &proc_path(&spot), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| fail(&format!("bind host {}", host.display()), e));
+        return mount(
+            Some(&host),
+            &proc_path(&spot),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| fail(&format!("bind host {}", host.display()), e));
     }
     let parent = rel.parent().unwrap_or(Path::new(""));
-    let name = rel.file_name().ok_or_else(|| fail("no file name", Errno::EINVAL))?;
+    let name = rel
+        .file_name()
+        .ok_or_else(|| fail("no file name", Errno::EINVAL))?;
     let dir = mkdir_all_in_root(rootfd, parent, Mode::from_bits_truncate(0o755))
         .map_err(|e| fail("create parent", e))?;
     let kind = match d.kind {
@@ -103,8 +112,14 @@ fn create(rootfd: &OwnedFd, d: &Device, userns: bool) -> Result<()> {
     // A stale file from the image is replaced, as runc does.
     let _ = unistd::unlinkat(dir.as_fd(), name, unistd::UnlinkatFlags::NoRemoveDir);
     // O_PATH fds work as dirfd for the *at calls.
-    stat::mknodat(dir.as_fd(), name, kind, Mode::from_bits_truncate(d.mode & 0o7777), dev)
-        .map_err(|e| fail("mknod", e))?;
+    stat::mknodat(
+        dir.as_fd(),
+        name,
+        kind,
+        Mode::from_bits_truncate(d.mode & 0o7777),
+        dev,
+    )
+    .map_err(|e| fail("mknod", e))?;
     unistd::fchownat(
         dir.as_fd(),
         name,

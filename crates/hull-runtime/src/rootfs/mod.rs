@@ -43,7 +43,8 @@ pub fn prepare(
     } else {
         MsFlags::MS_SLAVE | MsFlags::MS_REC
     };
-    mount(None::<&str>, "/", None::<&str>, sever, None::<&str>).map_err(|e| setup("make / rslave", e))?;
+    mount(None::<&str>, "/", None::<&str>, sever, None::<&str>)
+        .map_err(|e| setup("make / rslave", e))?;
     mount(
         Some(rootfs),
         rootfs,
@@ -52,8 +53,12 @@ pub fn prepare(
         None::<&str>,
     )
     .map_err(|e| setup("bind the rootfs onto itself", e))?;
-    let rootfd = nix::fcntl::open(rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| setup("open rootfs", e))?;
+    let rootfd = nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| setup("open rootfs", e))?;
     let ctx = mounts::MountContext {
         rootfd: &rootfd,
         cgroup_dirs,
@@ -64,7 +69,10 @@ pub fn prepare(
         mounts::mount_entry(&ctx, m)?;
         if secure::relative(m.destination()) == Path::new("dev")
             && (m.typ().as_deref() == Some("bind")
-                || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind"))
+                || m.options()
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "bind" || o == "rbind"))
         {
             dev_is_bound = true;
         }
@@ -72,12 +80,23 @@ pub fn prepare(
     if !dev_is_bound {
         setup_dev(&rootfd, spec, userns)?;
     }
+    // runc and crun create a missing process.cwd; a read-only root keeps it missing and
+    // the later chdir reports that.
+    if let Some(p) = spec.process() {
+        let _ = secure::mkdir_all_in_root(&rootfd, p.cwd(), Mode::from_bits_truncate(0o755));
+    }
     Ok(())
 }
 
 fn setup_dev(rootfd: &OwnedFd, spec: &Spec, userns: bool) -> Result<()> {
     let mut devs = devices::defaults();
-    for d in spec.linux().as_ref().and_then(|l| l.devices().as_ref()).into_iter().flatten() {
+    for d in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().as_ref())
+        .into_iter()
+        .flatten()
+    {
         let d = devices::from_spec(d);
         devs.retain(|x| x.path != d.path);
         devs.push(d);
@@ -91,15 +110,27 @@ fn setup_dev(rootfd: &OwnedFd, spec: &Spec, userns: bool) -> Result<()> {
 pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
     unistd::chdir(rootfs).map_err(|e| setup("chdir rootfs", e))?;
     if no_pivot {
-        mount(Some(rootfs), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(|e| setup("move rootfs to /", e))?;
+        mount(
+            Some(rootfs),
+            "/",
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|e| setup("move rootfs to /", e))?;
         unistd::chroot(".").map_err(|e| setup("chroot", e))?;
     } else {
         // pivot_root(".", ".") stacks the old root on top of the new one; detaching it
         // then leaves the new root alone without needing a directory for the old one.
         unistd::pivot_root(".", ".").map_err(|e| setup("pivot_root", e))?;
-        mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-            .map_err(|e| setup("make old root rslave", e))?;
+        mount(
+            None::<&str>,
+            ".",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| setup("make old root rslave", e))?;
         umount2(".", MntFlags::MNT_DETACH).map_err(|e| setup("detach old root", e))?;
     }
     unistd::chdir("/").map_err(|e| setup("chdir /", e))
@@ -124,8 +155,12 @@ pub fn finalize(spec: &Spec) -> Result<()> {
         }
     }
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
-        let root = nix::fcntl::open("/", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| setup("open /", e))?;
+        let root = nix::fcntl::open(
+            "/",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| setup("open /", e))?;
         let keep = mounts::current_flags(&root).map_err(|e| setup("statvfs /", e))?;
         mounts::remount_bind(&root, keep | MsFlags::MS_RDONLY)
             .map_err(|e| setup("remount root read-only", e))?;

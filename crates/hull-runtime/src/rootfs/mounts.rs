@@ -56,10 +56,12 @@ pub fn mount_entry(ctx: &MountContext, m: &Mount) -> Result<()> {
 }
 
 fn bind(ctx: &MountContext, m: &Mount, dest: &Path, opts: &MountOptions) -> Result<OwnedFd> {
-    let src = m
-        .source()
-        .as_deref()
-        .ok_or_else(|| Error::Setup(format!("mount {}: bind mount without a source", dest.display())))?;
+    let src = m.source().as_deref().ok_or_else(|| {
+        Error::Setup(format!(
+            "mount {}: bind mount without a source",
+            dest.display()
+        ))
+    })?;
     let meta = std::fs::metadata(src).map_err(|e| {
         Error::Setup(format!(
             "mount {}: bind source {}: {e}",
@@ -74,8 +76,14 @@ fn bind(ctx: &MountContext, m: &Mount, dest: &Path, opts: &MountOptions) -> Resu
     }
     .map_err(|e| fail(dest, "cannot create the destination inside the root", e))?;
     let flags = opts.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
-    mount(Some(src), &proc_path(&spot), None::<&str>, flags, None::<&str>)
-        .map_err(|e| fail(dest, &format!("bind {}", src.display()), e))?;
+    mount(
+        Some(src),
+        &proc_path(&spot),
+        None::<&str>,
+        flags,
+        None::<&str>,
+    )
+    .map_err(|e| fail(dest, &format!("bind {}", src.display()), e))?;
     let target = reopen(ctx, dest)?;
     if opts.flags.intersects(REMOUNT_FLAGS) {
         remount_bind(&target, opts.flags & REMOUNT_FLAGS)
@@ -89,10 +97,22 @@ fn bind(ctx: &MountContext, m: &Mount, dest: &Path, opts: &MountOptions) -> Resu
 pub fn remount_bind(target: &OwnedFd, flags: MsFlags) -> nix::Result<()> {
     let path = proc_path(target);
     let base = MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
-    match mount(None::<&str>, &path, None::<&str>, base | flags, None::<&str>) {
+    match mount(
+        None::<&str>,
+        &path,
+        None::<&str>,
+        base | flags,
+        None::<&str>,
+    ) {
         Err(Errno::EPERM) => {
             let locked = current_flags(target)?;
-            mount(None::<&str>, &path, None::<&str>, base | flags | locked, None::<&str>)
+            mount(
+                None::<&str>,
+                &path,
+                None::<&str>,
+                base | flags | locked,
+                None::<&str>,
+            )
         }
         r => r,
     }
@@ -134,7 +154,10 @@ fn mount_fs(
         .map(|s| s.as_os_str().to_owned())
         .unwrap_or_else(|| typ.into());
     let copy = if opts.tmpcopyup && typ == "tmpfs" {
-        Some(spot.try_clone().map_err(|e| fail(dest, "dup", Errno::from_raw(e.raw_os_error().unwrap_or(0))))?)
+        Some(
+            spot.try_clone()
+                .map_err(|e| fail(dest, "dup", Errno::from_raw(e.raw_os_error().unwrap_or(0))))?,
+        )
     } else {
         None
     };
@@ -152,7 +175,11 @@ fn mount_fs(
         // Without its own network (sysfs) or IPC (mqueue) namespace a user namespace may
         // not mount these; bind the host's read-only instead, as runc does.
         Err(Errno::EPERM) if ctx.userns && (typ == "sysfs" || typ == "mqueue") => {
-            let host = if typ == "sysfs" { "/sys" } else { "/dev/mqueue" };
+            let host = if typ == "sysfs" {
+                "/sys"
+            } else {
+                "/dev/mqueue"
+            };
             mount(
                 Some(host),
                 &proc_path(&spot),
@@ -169,9 +196,8 @@ fn mount_fs(
     }
     let target = reopen(ctx, dest)?;
     if let Some(under) = copy {
-        copy_up(&under, &target).map_err(|e| {
-            Error::Setup(format!("mount {}: tmpcopyup: {e}", dest.display()))
-        })?;
+        copy_up(&under, &target)
+            .map_err(|e| Error::Setup(format!("mount {}: tmpcopyup: {e}", dest.display())))?;
     }
     Ok(target)
 }
@@ -197,8 +223,14 @@ fn reopen(ctx: &MountContext, dest: &Path) -> Result<OwnedFd> {
 
 fn finish(dest: &Path, target: &OwnedFd, opts: &MountOptions) -> Result<()> {
     for p in &opts.propagation {
-        mount(None::<&str>, &proc_path(target), None::<&str>, *p, None::<&str>)
-            .map_err(|e| fail(dest, "set propagation", e))?;
+        mount(
+            None::<&str>,
+            &proc_path(target),
+            None::<&str>,
+            *p,
+            None::<&str>,
+        )
+        .map_err(|e| fail(dest, "set propagation", e))?;
     }
     if opts.recursive_set != 0 || opts.recursive_clear != 0 {
         set_attr_recursive(target, opts.recursive_set, opts.recursive_clear)
@@ -249,8 +281,14 @@ fn mount_cgroup(ctx: &MountContext, dest: &Path, opts: &MountOptions) -> Result<
     let unified_only = ctx.cgroup_dirs.len() == 1 && ctx.cgroup_dirs[0].0.is_empty();
     if unified_only {
         let host = &ctx.cgroup_dirs[0].1;
-        mount(Some(host), &proc_path(&spot), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| fail(dest, &format!("bind {}", host.display()), e))?;
+        mount(
+            Some(host),
+            &proc_path(&spot),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| fail(dest, &format!("bind {}", host.display()), e))?;
         let t = reopen(ctx, dest)?;
         return remount_bind(&t, ro | keep).map_err(|e| fail(dest, "remount", e));
     }
@@ -267,8 +305,14 @@ fn mount_cgroup(ctx: &MountContext, dest: &Path, opts: &MountOptions) -> Result<
         let sub = dest.join(name);
         let spot = mkdir_all_in_root(ctx.rootfd, &sub, Mode::from_bits_truncate(0o755))
             .map_err(|e| fail(&sub, "mkdir", e))?;
-        mount(Some(host), &proc_path(&spot), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| fail(&sub, &format!("bind {}", host.display()), e))?;
+        mount(
+            Some(host),
+            &proc_path(&spot),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| fail(&sub, &format!("bind {}", host.display()), e))?;
         let t = reopen(ctx, &sub)?;
         remount_bind(&t, ro | keep).map_err(|e| fail(&sub, "remount", e))?;
         // Co-mounted controllers ("cpu,cpuacct") are also reachable by each name.

@@ -177,8 +177,17 @@ mod tests {
 
     #[test]
     fn parses_flags_data_and_propagation() {
-        let o = parse(&["nosuid", "strictatime", "mode=755", "size=65536k", "rprivate", "ro"]);
-        assert!(o.flags.contains(MsFlags::MS_NOSUID | MsFlags::MS_RDONLY | MsFlags::MS_STRICTATIME));
+        let o = parse(&[
+            "nosuid",
+            "strictatime",
+            "mode=755",
+            "size=65536k",
+            "rprivate",
+            "ro",
+        ]);
+        assert!(o
+            .flags
+            .contains(MsFlags::MS_NOSUID | MsFlags::MS_RDONLY | MsFlags::MS_STRICTATIME));
         assert_eq!(o.data().as_deref(), Some("mode=755,size=65536k"));
         assert_eq!(o.propagation, vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
     }

@@ -49,7 +49,11 @@ pub fn open_in_root(root: impl AsFd, path: &Path, flags: OFlag) -> nix::Result<O
 /// `mkdir -p` inside `root`; returns an O_PATH fd of the final directory.
 pub fn mkdir_all_in_root(root: impl AsFd, path: &Path, mode: Mode) -> nix::Result<OwnedFd> {
     let rel = relative(path);
-    let mut cur = open_in_root(root.as_fd(), Path::new("."), OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+    let mut cur = open_in_root(
+        root.as_fd(),
+        Path::new("."),
+        OFlag::O_PATH | OFlag::O_DIRECTORY,
+    )?;
     let mut sofar = PathBuf::new();
     for comp in rel.components() {
         sofar.push(comp);
@@ -131,12 +135,23 @@ mod tests {
         // An absolute symlink to a host dir must resolve inside the root.
         symlink(&outside, root.join("evil")).unwrap();
         let rootfd = fcntl::open(&root, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
-        mkdir_all_in_root(&rootfd, Path::new("/evil/sub"), Mode::from_bits_truncate(0o755))
-            .unwrap();
+        mkdir_all_in_root(
+            &rootfd,
+            Path::new("/evil/sub"),
+            Mode::from_bits_truncate(0o755),
+        )
+        .unwrap();
         assert!(!outside.join("sub").exists(), "escaped the root");
-        assert!(root.join(outside.strip_prefix("/").unwrap()).join("sub").is_dir());
-        create_file_in_root(&rootfd, Path::new("/evil/../../f"), Mode::from_bits_truncate(0o644))
-            .unwrap();
+        assert!(root
+            .join(outside.strip_prefix("/").unwrap())
+            .join("sub")
+            .is_dir());
+        create_file_in_root(
+            &rootfd,
+            Path::new("/evil/../../f"),
+            Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
         assert!(root.join("f").is_file());
         std::fs::remove_dir_all(&d).unwrap();
     }

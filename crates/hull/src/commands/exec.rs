@@ -11,9 +11,14 @@ use crate::cli::{ExecArgs, Global};
 pub fn exec(g: &Global, a: ExecArgs) -> Result<i32> {
     let process = match &a.process {
         Some(path) => {
-            let text = std::fs::read(path).with_context(|| format!("cannot read --process {}", path.display()))?;
-            serde_json::from_slice::<Process>(&text)
-                .with_context(|| format!("--process {}: not a runtime-spec process JSON", path.display()))?
+            let text = std::fs::read(path)
+                .with_context(|| format!("cannot read --process {}", path.display()))?;
+            serde_json::from_slice::<Process>(&text).with_context(|| {
+                format!(
+                    "--process {}: not a runtime-spec process JSON",
+                    path.display()
+                )
+            })?
         }
         None => from_args(g, &a)?,
     };
@@ -54,14 +59,18 @@ fn from_args(g: &Global, a: &ExecArgs) -> Result<Process> {
     p.set_env(Some(env));
     if let Some(u) = &a.user {
         let (uid, gid) = match u.split_once(':') {
-            Some((u, g)) => (u.parse().context("--user uid")?, g.parse().context("--user gid")?),
+            Some((u, g)) => (
+                u.parse().context("--user uid")?,
+                g.parse().context("--user gid")?,
+            ),
             None => (u.parse().context("--user takes uid[:gid] numbers")?, 0),
         };
         p.user_mut().set_uid(uid);
         p.user_mut().set_gid(gid);
     }
     if !a.additional_gids.is_empty() {
-        p.user_mut().set_additional_gids(Some(a.additional_gids.clone()));
+        p.user_mut()
+            .set_additional_gids(Some(a.additional_gids.clone()));
     }
     if a.no_new_privs {
         p.set_no_new_privileges(Some(true));
@@ -77,7 +86,10 @@ fn from_args(g: &Global, a: &ExecArgs) -> Result<Process> {
         let add: Capabilities = a
             .cap
             .iter()
-            .map(|c| serde_json::from_value::<Capability>(serde_json::Value::String(c.clone())).with_context(|| format!("--cap {c}: unknown capability")))
+            .map(|c| {
+                serde_json::from_value::<Capability>(serde_json::Value::String(c.clone()))
+                    .with_context(|| format!("--cap {c}: unknown capability"))
+            })
             .collect::<Result<_>>()?;
         let extend = |set: &Option<Capabilities>| {
             let mut s = set.clone().unwrap_or_default();

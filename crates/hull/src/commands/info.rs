@@ -53,7 +53,11 @@ pub fn list(root: &Path, format: &str, quiet: bool) -> Result<i32> {
     }
     let mut rows = vec![["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"].map(String::from)];
     for (c, s) in &all {
-        let pid = if *s == Status::Stopped { 0 } else { c.state.pid };
+        let pid = if *s == Status::Stopped {
+            0
+        } else {
+            c.state.pid
+        };
         rows.push([
             c.id().to_string(),
             pid.to_string(),
@@ -95,13 +99,21 @@ pub fn ps(root: &Path, id: &str, format: &str, args: &[String]) -> Result<i32> {
         println!("{}", serde_json::to_string(&pids)?);
         return Ok(0);
     }
-    let args: Vec<String> = if args.is_empty() { vec!["-ef".into()] } else { args.to_vec() };
+    let args: Vec<String> = if args.is_empty() {
+        vec!["-ef".into()]
+    } else {
+        args.to_vec()
+    };
     let out = std::process::Command::new("ps")
         .args(&args)
         .output()
         .context("cannot run ps")?;
     if !out.status.success() {
-        bail!("ps {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ps {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
@@ -113,7 +125,10 @@ pub fn ps(root: &Path, id: &str, format: &str, args: &[String]) -> Result<i32> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{header}")?;
     for l in lines {
-        let pid = l.split_whitespace().nth(col).and_then(|p| p.parse::<i32>().ok());
+        let pid = l
+            .split_whitespace()
+            .nth(col)
+            .and_then(|p| p.parse::<i32>().ok());
         if pid.is_some_and(|p| pids.contains(&p)) {
             writeln!(stdout, "{l}")?;
         }
@@ -143,10 +158,16 @@ fn parse_duration(s: &str) -> Result<Duration> {
         bail!("--interval: empty duration");
     }
     while !rest.is_empty() {
-        let n_end = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
-        let n: f64 = rest[..n_end].parse().with_context(|| format!("--interval {s:?}: bad number"))?;
+        let n_end = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let n: f64 = rest[..n_end]
+            .parse()
+            .with_context(|| format!("--interval {s:?}: bad number"))?;
         rest = &rest[n_end..];
-        let u_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let u_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..u_end] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -184,6 +205,9 @@ mod tests {
             ["a", "1", "running", "/b", "t", "root"].map(String::from),
         ];
         let t = tabulate(&rows);
-        assert!(t.starts_with("ID          PID         STATUS      BUNDLE      CREATED     OWNER\n"), "{t}");
+        assert!(
+            t.starts_with("ID          PID         STATUS      BUNDLE      CREATED     OWNER\n"),
+            "{t}"
+        );
     }
 }

@@ -25,7 +25,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             container::create::create(&create_options(g, &a), StartMode::Fifo)?;
             Ok(0)
         }
-        Command::Run { create, detach, keep } => {
+        Command::Run {
+            create,
+            detach,
+            keep,
+        } => {
             hull_runtime::selfexe::ensure_sealed()?;
             tracing::debug!("sealed");
             let _ = keep;
@@ -46,7 +50,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::List { format, quiet } => info::list(root, &format, quiet),
-        Command::Ps { format, id, ps_args } => info::ps(root, &id, &format, &ps_args),
+        Command::Ps {
+            format,
+            id,
+            ps_args,
+        } => info::ps(root, &id, &format, &ps_args),
         Command::Exec(a) => {
             hull_runtime::selfexe::ensure_sealed()?;
             exec::exec(g, a)
@@ -59,7 +67,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             container::pause::resume(root, &id)?;
             Ok(0)
         }
-        Command::Events { stats, interval, id } => info::events(root, &id, stats, &interval),
+        Command::Events {
+            stats,
+            interval,
+            id,
+        } => info::events(root, &id, stats, &interval),
         Command::Update(a) => update::update(root, a),
         Command::Spec { bundle, rootless } => write_spec(&bundle, rootless),
         Command::Features => {
@@ -96,6 +108,7 @@ fn write_spec(bundle: &Path, rootless: bool) -> Result<i32> {
         bail!("{} exists: remove it first", path.display());
     }
     let text = serde_json::to_string_pretty(&spec::default_spec(rootless))?;
-    std::fs::write(&path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::write(&path, text + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(0)
 }

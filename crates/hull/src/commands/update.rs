@@ -17,7 +17,8 @@ pub fn update(root: &Path, a: UpdateArgs) -> Result<i32> {
             if p.as_os_str() == "-" {
                 std::io::stdin().read_to_string(&mut text)?;
             } else {
-                text = std::fs::read_to_string(p).with_context(|| format!("cannot read -r {}", p.display()))?;
+                text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read -r {}", p.display()))?;
             }
             serde_json::from_str(&text).context("-r: not a LinuxResources JSON object")?
         }
@@ -65,7 +66,8 @@ pub fn update(root: &Path, a: UpdateArgs) -> Result<i32> {
     if let Some(x) = a.pids_limit {
         set("pids", "limit", x.into());
     }
-    let res: LinuxResources = serde_json::from_value(v).context("resources do not form a valid LinuxResources")?;
+    let res: LinuxResources =
+        serde_json::from_value(v).context("resources do not form a valid LinuxResources")?;
     container::update::update(root, &a.id, &res)?;
     Ok(0)
 }
@@ -84,7 +86,9 @@ fn parse_bytes(s: &str) -> Result<i64> {
         Some('t') => (&lower[..lower.len() - 1], 1 << 40),
         _ => (lower, 1),
     };
-    let n: f64 = num.parse().with_context(|| format!("{s:?} is not a size (e.g. 64m, 1g, 1048576)"))?;
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a size (e.g. 64m, 1g, 1048576)"))?;
     if n < 0.0 {
         bail!("{s:?}: sizes are positive, or -1 for no limit");
     }

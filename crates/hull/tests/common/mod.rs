@@ -5,6 +5,9 @@
 //! tests themselves against runc), else the `hull` binary of this package.
 #![allow(dead_code)]
 
+mod cleanup;
+
+pub use cleanup::*;
 use serde_json::{json, Value};
 use std::fs;
 use std::io::Write;
@@ -27,7 +30,11 @@ pub fn hull_bin() -> String {
 /// True when the binary under test is hull (not a peer such as runc or crun).
 pub fn is_hull() -> bool {
     let bin = hull_bin();
-    let name = Path::new(&bin).file_name().unwrap_or_default().to_string_lossy().to_string();
+    let name = Path::new(&bin)
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
     name.contains("hull")
 }
 
@@ -36,7 +43,10 @@ pub fn is_hull() -> bool {
 macro_rules! hull_only {
     () => {
         if !common::is_hull() {
-            eprintln!("skipped: hull-only behaviour, runtime is {}", common::hull_bin());
+            eprintln!(
+                "skipped: hull-only behaviour, runtime is {}",
+                common::hull_bin()
+            );
             return;
         }
     };
@@ -129,9 +139,19 @@ impl Out {
     /// As `assert_error`, with exit code `code` (runc's `exec` fails with 255, so that
     /// its own errors differ from the process's exit codes).
     pub fn assert_error_code(&self, what: &str, code: i32, words: &[&str]) {
-        assert_eq!(self.code, code, "expected `{what}` to exit {code}, got {self:?}");
-        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert!(!lines.is_empty(), "expected an error on stderr for `{what}`, got {self:?}");
+        assert_eq!(
+            self.code, code,
+            "expected `{what}` to exit {code}, got {self:?}"
+        );
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        assert!(
+            !lines.is_empty(),
+            "expected an error on stderr for `{what}`, got {self:?}"
+        );
         assert!(
             lines.len() == 1,
             "expected one clear error line for `{what}`, got {} lines: {self:?}",
@@ -168,7 +188,9 @@ pub fn run_with_timeout(cmd: &mut Command, dir: &Path, timeout: Duration) -> Out
         std::thread::sleep(Duration::from_millis(5));
     };
     use std::os::unix::process::ExitStatusExt;
-    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     Out {
         code,
         stdout: fs::read_to_string(&out_path).unwrap_or_default(),
@@ -196,7 +218,12 @@ impl Bundle {
         config["process"]["terminal"] = json!(false);
         config["process"]["args"] = json!(args);
         config["linux"]["cgroupsPath"] = json!(format!("/{name}/{name}"));
-        Bundle { name, dir, rootfs, config }
+        Bundle {
+            name,
+            dir,
+            rootfs,
+            config,
+        }
     }
 
     /// Edits the config.json value.
@@ -212,7 +239,12 @@ impl Bundle {
         fs::create_dir_all(&share).expect("mkdir share");
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&share, fs::Permissions::from_mode(0o777)).unwrap();
-        add_bind(&mut self.config, &share.display().to_string(), "/share", &["rw"]);
+        add_bind(
+            &mut self.config,
+            &share.display().to_string(),
+            "/share",
+            &["rw"],
+        );
         self
     }
 
@@ -232,7 +264,16 @@ impl Bundle {
 /// Writes a busybox rootfs: /bin/busybox plus one symlink per applet, /etc/passwd,
 /// /etc/group and the usual empty mount points.
 pub fn make_busybox_rootfs(rootfs: &Path) {
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "home/test"] {
+    for d in [
+        "bin",
+        "etc",
+        "tmp",
+        "proc",
+        "sys",
+        "dev",
+        "root",
+        "home/test",
+    ] {
         fs::create_dir_all(rootfs.join(d)).expect("mkdir rootfs dir");
     }
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
@@ -240,7 +281,10 @@ pub fn make_busybox_rootfs(rootfs: &Path) {
         .find(|p| Path::new(p).exists())
         .expect("busybox-static is installed (scripts/install-deps)");
     fs::copy(busybox, rootfs.join("bin/busybox")).expect("copy busybox");
-    let list = Command::new(busybox).arg("--list").output().expect("busybox --list");
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if !applet.is_empty() && applet != "busybox" {
             symlink("busybox", rootfs.join("bin").join(applet)).expect("applet symlink");
@@ -274,14 +318,20 @@ impl Container {
     /// `hull --root ROOT <args...>`.
     pub fn hull(&self, args: &[&str]) -> Out {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("--root").arg(&self.root).args(args).stdin(Stdio::null());
+        cmd.arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null());
         run_with_timeout(&mut cmd, &self.bundle.dir, CMD_TIMEOUT)
     }
 
     /// `hull --root ROOT <args...>` run from the bundle dir with a custom Command edit.
     pub fn hull_with(&self, args: &[&str], f: impl FnOnce(&mut Command)) -> Out {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("--root").arg(&self.root).args(args).current_dir(&self.bundle.dir);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .current_dir(&self.bundle.dir);
         cmd.stdin(Stdio::null());
         f(&mut cmd);
         run_with_timeout(&mut cmd, &self.bundle.dir, CMD_TIMEOUT)
@@ -320,7 +370,10 @@ impl Container {
             if let Some(st) = child.try_wait().unwrap() {
                 break st;
             }
-            assert!(Instant::now() < deadline, "create did not return within {CMD_TIMEOUT:?}");
+            assert!(
+                Instant::now() < deadline,
+                "create did not return within {CMD_TIMEOUT:?}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         };
         Out {
@@ -348,7 +401,10 @@ impl Container {
     }
 
     pub fn status(&self) -> String {
-        self.state()["status"].as_str().unwrap_or_default().to_string()
+        self.state()["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Container init pid from `state`.
@@ -364,7 +420,10 @@ impl Container {
             if st == want {
                 return;
             }
-            assert!(Instant::now() < deadline, "expected status {want:?}, still {st:?}");
+            assert!(
+                Instant::now() < deadline,
+                "expected status {want:?}, still {st:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -432,7 +491,10 @@ impl Container {
             if !s.is_empty() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "expected /share/{name} to be written");
+            assert!(
+                Instant::now() < deadline,
+                "expected /share/{name} to be written"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -440,138 +502,10 @@ impl Container {
     /// Writes a file into the bundle dir (next to config.json) and returns its path.
     pub fn write_file(&self, name: &str, data: &str) -> String {
         let p = self.bundle.dir.join(name);
-        fs::File::create(&p).and_then(|mut f| f.write_all(data.as_bytes())).unwrap();
+        fs::File::create(&p)
+            .and_then(|mut f| f.write_all(data.as_bytes()))
+            .unwrap();
         p.display().to_string()
-    }
-}
-
-/// Every cgroup hierarchy root on this host (v1 controllers and the v2 mount).
-pub fn cgroup_hierarchies() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for line in fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
-        let fstype = fields.get(sep + 1).copied().unwrap_or("");
-        if fstype == "cgroup" || fstype == "cgroup2" {
-            out.push(PathBuf::from(fields[4]));
-        }
-    }
-    out
-}
-
-/// Mount points (as listed in our mountinfo) at or below `dir`.
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = dir.display().to_string();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .filter(|m| m == &prefix || m.starts_with(&format!("{prefix}/")))
-        .collect()
-}
-
-/// True if `pid` exists and is not a zombie. (Host init here reaps orphans lazily, and
-/// a zombie holds nothing but its pid.)
-pub fn alive(pid: i32) -> bool {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("State:"))
-        .is_some_and(|l| !l.contains("Z (zombie)") && !l.contains("X (dead)"))
-}
-
-/// Pids of all live (non-zombie) processes whose /proc/<pid>/cgroup mentions `needle`.
-pub fn pids_in_cgroup(needle: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        if let Ok(cg) = fs::read_to_string(format!("/proc/{pid}/cgroup")) {
-            if cg.contains(needle) && alive(pid) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
-}
-
-/// Asserts that nothing of the container is left: state dir, cgroups, processes, mounts.
-pub fn assert_clean(c: &Container) {
-    let state = c.root.join(&c.id);
-    assert!(!state.exists(), "expected no state dir left, found {}", state.display());
-    for h in cgroup_hierarchies() {
-        let leaf = h.join(c.cgroup_path().trim_start_matches('/'));
-        assert!(!leaf.exists(), "expected no cgroup left, found {}", leaf.display());
-    }
-    let needle = format!("/{}/", c.id);
-    let pids = pids_in_cgroup(&needle);
-    assert!(pids.is_empty(), "expected no process left in cgroup {needle}, found {pids:?}");
-    let mounts = mounts_under(&c.bundle.dir);
-    assert!(mounts.is_empty(), "expected no mount left under the bundle, found {mounts:?}");
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut cmd = Command::new(&self.bin);
-            cmd.arg("--root").arg(&self.root).args(["delete", "--force", &self.id]);
-            cmd.stdin(Stdio::null());
-            run_with_timeout(&mut cmd, &self.bundle.dir, Duration::from_secs(30))
-        }));
-        remove_test_cgroups(&self.id);
-        remove_bundle_dir(&self.bundle.dir);
-    }
-}
-
-impl Drop for Bundle {
-    fn drop(&mut self) {
-        // A Bundle that never became a Container (or whose Container is gone).
-        remove_test_cgroups(&self.name);
-        remove_bundle_dir(&self.dir);
-    }
-}
-
-/// Thaws, kills and removes `/<name>/<name>` and `/<name>` in every hierarchy. These
-/// cgroups belong to this test alone (the name holds our pid and a counter).
-pub fn remove_test_cgroups(name: &str) {
-    for h in cgroup_hierarchies() {
-        let parent = h.join(name);
-        if !parent.exists() {
-            continue;
-        }
-        let leaf = parent.join(name);
-        for dir in [&leaf, &parent] {
-            if !dir.exists() {
-                continue;
-            }
-            let _ = fs::write(dir.join("freezer.state"), "THAWED");
-            for _ in 0..100 {
-                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
-                for pid in &pids {
-                    unsafe { libc::kill(*pid, libc::SIGKILL) };
-                }
-                if fs::remove_dir(dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-/// Detaches any mount left below `dir` (deepest first) and removes the dir: never
-/// recurse into a mount, it could be a host directory.
-pub fn remove_bundle_dir(dir: &Path) {
-    if !dir.exists() {
-        return;
-    }
-    let mut mounts = mounts_under(dir);
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in &mounts {
-        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-    }
-    if mounts_under(dir).is_empty() {
-        let _ = fs::remove_dir_all(dir);
     }
 }
 

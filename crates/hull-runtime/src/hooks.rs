@@ -36,6 +36,16 @@ fn run(h: &Hook, state: &[u8]) -> std::result::Result<(), String> {
         }
     }
     cmd.stdin(Stdio::piped());
+    // A hook must not outlive a hull that was killed while waiting for it.
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that does not read its stdin is fine.

@@ -145,19 +145,44 @@ pub enum SeccompError {
 /// filter; `None` otherwise, including when every NOTIFY rule named only syscalls this
 /// libseccomp does not know.
 pub fn load(seccomp: &LinuxSeccomp) -> Result<Option<OwnedFd>, SeccompError> {
+    compile(seccomp)?.load()
+}
+
+/// A filter built from the config but not loaded yet: building is where a bad profile
+/// fails, so it can happen while errors still reach the parent; loading can then wait
+/// until the last moment before execve.
+pub struct Compiled {
+    ctx: ScmpFilterContext,
+    notify: bool,
+}
+
+pub fn compile(seccomp: &LinuxSeccomp) -> Result<Compiled, SeccompError> {
     let (ctx, notify) = build(seccomp)?;
-    ctx.load().map_err(load_error)?;
-    if !notify {
-        return Ok(None);
+    Ok(Compiled { ctx, notify })
+}
+
+impl Compiled {
+    /// Whether loading returns a notify fd that must go to the runtime.
+    pub fn notifies(&self) -> bool {
+        self.notify
     }
-    let raw = ctx
-        .get_notify_fd()
-        .map_err(|source| SeccompError::NotifyFd { source })?;
-    // SAFETY: `raw` is the listener the kernel returned to libseccomp's seccomp() call in
-    // this process (close-on-exec). libseccomp keeps the number only in its global state
-    // and closes it only in seccomp_reset(NULL), which hull never calls, so we take sole
-    // ownership as runc and youki do.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(raw) }))
+
+    /// Loads the filter into the calling thread; see [`load`].
+    pub fn load(self) -> Result<Option<OwnedFd>, SeccompError> {
+        let Compiled { ctx, notify } = self;
+        ctx.load().map_err(load_error)?;
+        if !notify {
+            return Ok(None);
+        }
+        let raw = ctx
+            .get_notify_fd()
+            .map_err(|source| SeccompError::NotifyFd { source })?;
+        // SAFETY: `raw` is the listener the kernel returned to libseccomp's seccomp() call in
+        // this process (close-on-exec). libseccomp keeps the number only in its global state
+        // and closes it only in seccomp_reset(NULL), which hull never calls, so we take sole
+        // ownership as runc and youki do.
+        Ok(Some(unsafe { OwnedFd::from_raw_fd(raw) }))
+    }
 }
 
 /// Whether any rule uses SCMP_ACT_NOTIFY (then `listenerPath` must be set).

@@ -33,9 +33,19 @@ impl Bundle {
             path: config.clone(),
             source,
         })?;
-        let mut spec: Spec = serde_json::from_slice(&text).map_err(|e| Error::InvalidConfig {
-            path: config.clone(),
-            reason: e.to_string(),
+        // The error names the field (process.user.uid), not just a line and column.
+        let de = &mut serde_json::Deserializer::from_slice(&text);
+        let mut spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            Error::InvalidConfig {
+                path: config.clone(),
+                reason: if path == "." {
+                    inner.to_string()
+                } else {
+                    format!("{path}: {inner}")
+                },
+            }
         })?;
         validate(&spec, &config)?;
         let root = spec.root().as_ref().expect("validated").path().clone();

@@ -9,6 +9,13 @@ use clap::Parser;
 fn main() {
     let cli = cli::Cli::parse();
     let log = logging::init(&cli.global);
+    // runc's exit code for exec's own failures, so callers can tell them from the
+    // process's exit status.
+    let failure = if matches!(cli.command, cli::Command::Exec(_)) {
+        255
+    } else {
+        1
+    };
     let code = match commands::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -18,7 +25,7 @@ fn main() {
                 tracing::error!("{msg}");
             }
             eprintln!("hull: {msg}");
-            1
+            failure
         }
     };
     std::process::exit(code);

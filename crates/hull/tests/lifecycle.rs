@@ -436,12 +436,22 @@ fn run_detach_returns_while_container_runs() {
 }
 
 #[test]
-fn delete_without_force_removes_a_created_container() {
-    // runc 1.1: `delete` of a created (never started) container kills its init.
+fn delete_of_a_created_container() {
     let c = Bundle::new(&["sleep", "1000"]).container();
     c.create().ok("create");
     let pid = c.pid();
-    c.delete(false).ok("delete of a created container");
+    if common::is_hull() {
+        // runtime-spec (and the OCI validation suite): deleting a container that is not
+        // stopped is an error with no effect; --force removes it.
+        c.delete(false)
+            .assert_error("delete of a created container", &["created"]);
+        assert_eq!(c.status(), "created", "a refused delete leaves it created");
+        assert!(common::alive(pid), "a refused delete leaves the init alive");
+        c.delete(true).ok("delete --force of a created container");
+    } else {
+        // runc 1.1 deletes a created (never started) container without --force.
+        c.delete(false).ok("delete of a created container");
+    }
     assert!(
         !common::alive(pid),
         "expected the created init {pid} to be gone"

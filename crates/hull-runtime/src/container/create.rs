@@ -315,7 +315,9 @@ fn drive(
                     dir: StateDir::new(Path::new("/"), ""),
                     state: st.clone(),
                 };
-                let json = c.oci_json(Status::Created);
+                // runtime-spec: the create-time hooks see "creating"; startContainer,
+                // run by the init after `start`, sees "created".
+                let json = c.oci_json(Status::Creating);
                 let h = bundle.spec.hooks().as_ref();
                 hooks::run_all(
                     "prestart",
@@ -327,7 +329,8 @@ fn drive(
                     h.and_then(|h| h.create_runtime().as_ref()),
                     json.as_bytes(),
                 )?;
-                chan.send(&Msg::HooksDone(json))?;
+                let both = format!("{json}\n{}", c.oci_json(Status::Created));
+                chan.send(&Msg::HooksDone(both))?;
             }
             Msg::SeccompFd => {
                 let fd = fd.ok_or_else(|| Error::Child("seccomp fd missing".into()))?;
@@ -547,8 +550,7 @@ fn device_rule(
 }
 
 /// The config's resources plus the device rules every container needs (runc's
-/// AllowedDevices) and one for each `linux.devices` entry, when the config restricts
-/// devices at all.
+/// AllowedDevices), when the config restricts devices at all.
 fn effective_resources(bundle: &Bundle) -> Option<LinuxResources> {
     let linux = bundle.spec.linux().as_ref()?;
     let mut res = linux.resources().clone()?;
@@ -570,15 +572,8 @@ fn effective_resources(bundle: &Bundle) -> Option<LinuxResources> {
         device_rule(true, C, Some(5), Some(2), "rwm"),
         device_rule(true, C, Some(10), Some(200), "rwm"),
     ]);
-    for d in linux.devices().iter().flatten() {
-        rules.push(device_rule(
-            true,
-            d.typ(),
-            Some(d.major()),
-            Some(d.minor()),
-            "rwm",
-        ));
-    }
+    // linux.devices entries get no rule of their own: creating a node does not grant
+    // access to it, resources.devices does (runc and crun agree).
     res.set_devices(Some(rules));
     Some(res)
 }

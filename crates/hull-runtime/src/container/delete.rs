@@ -13,7 +13,8 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Ok(c) => c,
         // A state dir without a readable state.json (hull killed mid-create) is removable.
         Err(Error::CorruptState { .. }) if force => return StateDir::new(root, id).remove(),
-        Err(Error::NotFound(_)) if force && root.join(id).is_dir() => {
+        // `delete --force` of what is not there is done already (runc exits 0 too).
+        Err(Error::NotFound(_)) if force => {
             crate::spec::validate_id(id)?;
             return StateDir::new(root, id).remove();
         }

@@ -254,8 +254,8 @@ fn stage2(
         .linux()
         .as_ref()
         .and_then(|l| l.seccomp().as_ref());
-    let program =
+    let mut program =
         crate::process::prepare(process, seccomp, plan.userns(), opts.preserve_fds, chan)?;
-    chan.send(&Msg::Ready)?;
+    program.report_ready(chan)?;
     crate::process::exec(&program)
 }

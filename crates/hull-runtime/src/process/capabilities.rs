@@ -45,16 +45,32 @@ pub fn apply(c: &LinuxCapabilities) -> Result<()> {
             .collect(),
     )
     .map_err(|e| fail("set effective", e))?;
+    // capset refuses to add to inheritable what is not bounding, or to permitted what is
+    // not permitted already; say which capability instead of a bare EPERM.
+    let bounding = caps::read(None, CapSet::Bounding).unwrap_or_default();
+    let have = caps::read(None, CapSet::Permitted).unwrap_or_default();
+    let mut missing: Vec<String> = inheritable
+        .iter()
+        .filter(|c| !bounding.contains(c))
+        .chain(permitted.iter().filter(|c| !have.contains(c)))
+        .map(|c| c.to_string())
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if !missing.is_empty() {
+        return Err(Error::Setup(format!(
+            "process.capabilities: {} cannot be granted (not in hull's own or the configured bounding set; this host may withhold it): remove it from the config",
+            missing.join(", ")
+        )));
+    }
     caps::set(None, CapSet::Inheritable, &inheritable).map_err(|e| fail("set inheritable", e))?;
     caps::set(None, CapSet::Permitted, &permitted).map_err(|e| fail("set permitted", e))?;
     caps::set(None, CapSet::Effective, &effective).map_err(|e| fail("set effective", e))?;
     caps::clear(None, CapSet::Ambient).map_err(|e| fail("clear ambient", e))?;
     for cap in convert(c.ambient()) {
         // Raising an ambient capability needs it permitted and inheritable; like runc,
-        // skip the ones that are not rather than failing the container.
-        if let Err(e) = caps::raise(None, CapSet::Ambient, cap) {
-            tracing::warn!("cannot raise ambient {cap}: {e}");
-        }
+        // skip the ones that are not, silently: stderr here is the container's.
+        let _ = caps::raise(None, CapSet::Ambient, cap);
     }
     Ok(())
 }

@@ -63,8 +63,11 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
         )?;
     }
     chan.send(&Msg::MountsReady)?;
-    let state_json = match chan.recv()? {
-        Msg::HooksDone(state) => state.into_bytes(),
+    let (creating_json, created_json) = match chan.recv()? {
+        Msg::HooksDone(both) => match both.split_once('\n') {
+            Some((a, b)) => (a.as_bytes().to_vec(), b.as_bytes().to_vec()),
+            None => (both.clone().into_bytes(), both.into_bytes()),
+        },
         Msg::Error(e) => return Err(Error::Child(e)),
         other => {
             return Err(Error::Sync(std::io::Error::other(format!(
@@ -76,7 +79,7 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
     hooks::run_all(
         "createContainer",
         hooks.and_then(|h| h.create_container().as_ref()),
-        &state_json,
+        &creating_json,
     )?;
     if own_mounts {
         rootfs::pivot(&args.bundle.rootfs, args.no_pivot)?;
@@ -93,13 +96,14 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
         super::chown_stdio(process.user().uid(), process.user().gid());
     }
     drop(args.console);
+    // Before finalize: /proc/sys is usually among the read-only paths.
+    if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
+        write_sysctls(sysctl)?;
+    }
     if own_mounts {
         rootfs::finalize(spec)?;
     }
     set_names(spec)?;
-    if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
-        write_sysctls(sysctl)?;
-    }
     if !args.no_new_keyring {
         join_session_keyring(args.id);
     }
@@ -107,14 +111,14 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
         set_personality(p)?;
     }
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-    let program: Program = super::prepare(
+    let mut program: Program = super::prepare(
         process,
         seccomp,
         args.plan.userns(),
         args.preserve_fds,
         chan,
     )?;
-    chan.send(&Msg::Ready)?;
+    program.report_ready(chan)?;
     match args.start {
         StartSignal::Fifo(path_fd) => {
             // Blocks until `hull start` opens the other end.
@@ -133,7 +137,7 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
     hooks::run_all(
         "startContainer",
         hooks.and_then(|h| h.start_container().as_ref()),
-        &state_json,
+        &created_json,
     )?;
     super::exec(&program)
 }

@@ -23,6 +23,21 @@ pub struct Program {
     pub path: CString,
     pub args: Vec<CString>,
     pub env: Vec<CString>,
+    /// A no_new_privs filter, loaded after Ready so it need not allow hull's own socket
+    /// calls (runc's order).
+    late_seccomp: Option<crate::seccomp::Compiled>,
+}
+
+impl Program {
+    /// Tells the parent that setup is done, then loads the filter kept for last. Only
+    /// the exec fifo's open/write and execve run under it after this.
+    pub fn report_ready(&mut self, chan: &Channel) -> Result<()> {
+        chan.send(&Msg::Ready)?;
+        if let Some(f) = self.late_seccomp.take() {
+            f.load()?;
+        }
+        Ok(())
+    }
 }
 
 fn cstring(s: &str, what: &str) -> Result<CString> {
@@ -77,12 +92,24 @@ pub fn prepare(
     }
     // Again as the user: a directory only root may enter must fail here, not in exec.
     unistd::chdir(cwd).map_err(|e| Error::Setup(format!("process.cwd {}: {e}", cwd.display())))?;
+    let mut late = None;
     if nnp {
         nix::sys::prctl::set_no_new_privs()
             .map_err(|e| Error::Setup(format!("process.noNewPrivileges: {e}")))?;
-        load_seccomp(seccomp, chan)?;
+        if let Some(s) = seccomp {
+            let compiled = crate::seccomp::compile(s)?;
+            if compiled.notifies() {
+                // The notify fd travels over the channel: load now, the profile must
+                // allow sendto (as runc requires write).
+                send_notify_fd(compiled.load()?, chan)?;
+            } else {
+                late = Some(compiled);
+            }
+        }
     }
-    program(process)
+    let mut p = program(process)?;
+    p.late_seccomp = late;
+    Ok(p)
 }
 
 /// CVE-2024-21626: a cwd reached through a leaked host fd is not inside the root; the
@@ -101,7 +128,11 @@ fn enter_cwd(cwd: &Path) -> Result<()> {
 
 fn load_seccomp(seccomp: Option<&LinuxSeccomp>, chan: &Channel) -> Result<()> {
     let Some(s) = seccomp else { return Ok(()) };
-    if let Some(fd) = crate::seccomp::load(s)? {
+    send_notify_fd(crate::seccomp::load(s)?, chan)
+}
+
+fn send_notify_fd(fd: Option<std::os::fd::OwnedFd>, chan: &Channel) -> Result<()> {
+    if let Some(fd) = fd {
         chan.send_with_fd(&Msg::SeccompFd, std::os::fd::AsFd::as_fd(&fd))?;
         chan.expect(Msg::SeccompDone)?;
     }
@@ -176,6 +207,7 @@ fn program(process: &Process) -> Result<Program> {
         .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     let exe = resolve(&args[0], path_var)?;
     Ok(Program {
+        late_seccomp: None,
         path: cstring(exe.to_str().unwrap_or(&args[0]), "process.args[0]")?,
         args: args
             .iter()
@@ -199,7 +231,7 @@ fn resolve(arg0: &str, path_var: &str) -> Result<PathBuf> {
             Ok(p)
         } else {
             Err(Error::Setup(format!(
-                "process.args[0] {arg0:?}: no such executable in the container"
+                "process.args[0] {arg0:?}: executable not found in the container"
             )))
         };
     }

@@ -46,31 +46,67 @@ pub fn open_in_root(root: impl AsFd, path: &Path, flags: OFlag) -> nix::Result<O
     }
 }
 
-/// `mkdir -p` inside `root`; returns an O_PATH fd of the final directory.
+/// `mkdir -p` inside `root`; returns an O_PATH fd of the final directory. Symlinks on
+/// the way are followed as if `root` were `/` (an absolute link to a missing host path
+/// creates that path inside the root), like runc's securejoin.MkdirAll.
 pub fn mkdir_all_in_root(root: impl AsFd, path: &Path, mode: Mode) -> nix::Result<OwnedFd> {
-    let rel = relative(path);
-    let mut cur = open_in_root(
-        root.as_fd(),
-        Path::new("."),
-        OFlag::O_PATH | OFlag::O_DIRECTORY,
-    )?;
+    const MAX_LINKS: usize = 40;
+    let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+    let mut todo: Vec<std::ffi::OsString> = relative(path)
+        .components()
+        .rev()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
     let mut sofar = PathBuf::new();
-    for comp in rel.components() {
-        sofar.push(comp);
-        match open_in_root(root.as_fd(), &sofar, OFlag::O_PATH | OFlag::O_DIRECTORY) {
-            Ok(fd) => cur = fd,
-            Err(Errno::ENOENT) => {
-                // `cur` was resolved in the root, so creating a child of it stays inside.
-                match stat::mkdirat(cur.as_fd(), comp.as_os_str(), mode) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => return Err(e),
-                }
-                cur = open_in_root(root.as_fd(), &sofar, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
-            }
-            Err(e) => return Err(e),
+    let mut parent = open_in_root(root.as_fd(), Path::new("."), dir_flags)?;
+    let mut links = 0;
+    while let Some(comp) = todo.pop() {
+        if comp == ".." {
+            sofar.pop();
+            parent = open_in_root(root.as_fd(), &sofar, dir_flags)?;
+            continue;
         }
+        if comp == "." || comp.is_empty() {
+            continue;
+        }
+        match stat::fstatat(
+            parent.as_fd(),
+            comp.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Err(Errno::ENOENT) => match stat::mkdirat(parent.as_fd(), comp.as_os_str(), mode) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            },
+            Err(e) => return Err(e),
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(Errno::ELOOP);
+                }
+                let target = nix::fcntl::readlinkat(parent.as_fd(), comp.as_os_str())?;
+                let target = Path::new(&target);
+                if target.is_absolute() {
+                    sofar = PathBuf::new();
+                    parent = open_in_root(root.as_fd(), Path::new("."), dir_flags)?;
+                }
+                todo.extend(
+                    target
+                        .components()
+                        .filter(|c| !matches!(c, Component::RootDir))
+                        .map(|c| c.as_os_str().to_owned())
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev(),
+                );
+                continue;
+            }
+            Ok(_) => {}
+        }
+        sofar.push(&comp);
+        parent = open_in_root(root.as_fd(), &sofar, dir_flags)?;
     }
-    Ok(cur)
+    Ok(parent)
 }
 
 /// Ensures a regular file (a bind-mount target) exists at `path` inside `root`, creating

@@ -33,20 +33,10 @@ impl Bundle {
             path: config.clone(),
             source,
         })?;
-        // The error names the field (process.user.uid), not just a line and column.
-        let de = &mut serde_json::Deserializer::from_slice(&text);
-        let mut spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            Error::InvalidConfig {
-                path: config.clone(),
-                reason: if path == "." {
-                    inner.to_string()
-                } else {
-                    format!("{path}: {inner}")
-                },
-            }
-        })?;
+        let mut spec: Spec = match serde_json::from_slice(&text) {
+            Ok(s) => s,
+            Err(_) => return Err(explain_parse_error(&text, &config)),
+        };
         validate(&spec, &config)?;
         let root = spec.root().as_ref().expect("validated").path().clone();
         let rootfs = if root.is_absolute() {
@@ -67,6 +57,30 @@ impl Bundle {
         }
         absolutize_bind_sources(&mut spec, &dir);
         Ok(Bundle { dir, rootfs, spec })
+    }
+}
+
+/// Parses again, tracking the path, so the error names the field (process.user.uid)
+/// rather than a line and column. Only on the error path: the tracking deserializer is
+/// slower and its code stays cold.
+#[cold]
+fn explain_parse_error(text: &[u8], config: &Path) -> Error {
+    let de = &mut serde_json::Deserializer::from_slice(text);
+    let reason = match serde_path_to_error::deserialize::<_, Spec>(de) {
+        Ok(_) => "cannot be parsed".to_string(),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            }
+        }
+    };
+    Error::InvalidConfig {
+        path: config.to_path_buf(),
+        reason,
     }
 }
 

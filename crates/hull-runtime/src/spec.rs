@@ -60,28 +60,44 @@ impl Bundle {
     }
 }
 
-/// Parses again, tracking the path, so the error names the field (process.user.uid)
-/// rather than a line and column. Only on the error path: the tracking deserializer is
-/// slower and its code stays cold.
+/// serde_json reports a line and column; name the field found there too (the key whose
+/// value did not fit), so "invalid type: integer `-1`, expected u32" says where.
 #[cold]
 fn explain_parse_error(text: &[u8], config: &Path) -> Error {
-    let de = &mut serde_json::Deserializer::from_slice(text);
-    let reason = match serde_path_to_error::deserialize::<_, Spec>(de) {
-        Ok(_) => "cannot be parsed".to_string(),
-        Err(e) => {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." {
-                inner.to_string()
-            } else {
-                format!("{path}: {inner}")
+    let err = match serde_json::from_slice::<Spec>(text) {
+        Err(e) => e,
+        Ok(_) => {
+            return Error::InvalidConfig {
+                path: config.to_path_buf(),
+                reason: "cannot be parsed".into(),
             }
         }
+    };
+    let reason = match key_before(text, err.line(), err.column()) {
+        Some(key) if err.is_data() => format!("field {key:?}: {err}"),
+        _ => err.to_string(),
     };
     Error::InvalidConfig {
         path: config.to_path_buf(),
         reason,
     }
+}
+
+/// The last `"key":` at or before 1-based `line`:`column` of `text`.
+fn key_before(text: &[u8], line: usize, column: usize) -> Option<String> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut offset = 0;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        if i + 1 == line {
+            offset += column.min(l.len());
+            break;
+        }
+        offset += l.len();
+    }
+    let before = &text[..offset.min(text.len())];
+    let colon = before.rfind("\":")?;
+    let open = before[..colon].rfind('"')?;
+    Some(before[open + 1..colon].to_string())
 }
 
 fn validate(spec: &Spec, config: &Path) -> Result<()> {
@@ -198,6 +214,14 @@ pub fn validate_id(id: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_the_field_of_a_type_error() {
+        let text =
+            br#"{"ociVersion": "1.0.2", "process": {"user": {"uid": -1, "gid": 0}, "cwd": "/"}}"#;
+        let e = explain_parse_error(text, Path::new("config.json")).to_string();
+        assert!(e.contains("\"uid\""), "{e}");
+    }
 
     #[test]
     fn ids() {

@@ -80,7 +80,11 @@ impl tracing::Subscriber for StderrWarnings {
     fn event(&self, e: &Event<'_>) {
         let mut line = Line(String::new());
         e.record(&mut line);
-        let kind = if *e.metadata().level() == Level::ERROR { "error" } else { "warning" };
+        let kind = if *e.metadata().level() == Level::ERROR {
+            "error"
+        } else {
+            "warning"
+        };
         eprintln!("hull: {kind}: {}", line.0);
     }
     fn enter(&self, _: &tracing::span::Id) {}

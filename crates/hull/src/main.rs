@@ -1,13 +1,22 @@
 //! hull: a secure container runtime with runc's command line.
 
+mod args;
 mod cli;
 mod commands;
 mod logging;
 
-use clap::Parser;
-
 fn main() {
-    let cli = cli::Cli::parse();
+    let cli = match args::parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(args::Stop::Help(text) | args::Stop::Version(text)) => {
+            print!("{text}");
+            return;
+        }
+        Err(args::Stop::Usage(text)) => {
+            eprintln!("{}", text.trim_end());
+            std::process::exit(1);
+        }
+    };
     let log = logging::init(&cli.global);
     // runc's exit code for exec's own failures, so callers can tell them from the
     // process's exit status.

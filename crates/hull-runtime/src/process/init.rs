@@ -63,11 +63,8 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
         )?;
     }
     chan.send(&Msg::MountsReady)?;
-    let (creating_json, created_json) = match chan.recv()? {
-        Msg::HooksDone(both) => match both.split_once('\n') {
-            Some((a, b)) => (a.as_bytes().to_vec(), b.as_bytes().to_vec()),
-            None => (both.clone().into_bytes(), both.into_bytes()),
-        },
+    let state_json = match chan.recv()? {
+        Msg::HooksDone(state) => state.into_bytes(),
         Msg::Error(e) => return Err(Error::Child(e)),
         other => {
             return Err(Error::Sync(std::io::Error::other(format!(
@@ -79,7 +76,7 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
     hooks::run_all(
         "createContainer",
         hooks.and_then(|h| h.create_container().as_ref()),
-        &creating_json,
+        &state_json,
     )?;
     if own_mounts {
         rootfs::pivot(&args.bundle.rootfs, args.no_pivot)?;
@@ -137,7 +134,7 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
     hooks::run_all(
         "startContainer",
         hooks.and_then(|h| h.start_container().as_ref()),
-        &created_json,
+        &state_json,
     )?;
     super::exec(&program)
 }

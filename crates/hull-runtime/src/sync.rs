@@ -138,6 +138,36 @@ impl Channel {
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+
+    /// Ends a forked child: an error is reported to the parent first. Never unwinds into
+    /// the frames the child inherited from its parent.
+    pub fn finish_child(&self, r: Result<()>) -> ! {
+        let code = match r {
+            Ok(()) => 0,
+            Err(e) => {
+                let _ = self.send(&Msg::Error(e.to_string()));
+                1
+            }
+        };
+        // SAFETY: _exit ends this forked process without running inherited destructors.
+        unsafe { libc::_exit(code) }
+    }
+
+    /// Stage 1's last act: fork the process that waits for the parent's Go and then runs
+    /// `body`, and report its pid.
+    pub fn fork_and_report(
+        &self,
+        body: impl FnOnce() -> Result<std::convert::Infallible>,
+    ) -> Result<()> {
+        // SAFETY: called only from hull's single-threaded children.
+        match unsafe { nix::unistd::fork() }.map_err(|e| Error::Setup(format!("fork: {e}")))? {
+            nix::unistd::ForkResult::Child => {
+                let Err(e) = self.expect(Msg::Go).and_then(|()| body());
+                self.finish_child(Err(e))
+            }
+            nix::unistd::ForkResult::Parent { child } => self.send(&Msg::Pid(child.as_raw())),
+        }
+    }
 }
 
 #[cfg(test)]

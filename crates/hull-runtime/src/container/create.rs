@@ -404,9 +404,7 @@ fn direct_init_main(args: InitArgs, chan: &Channel) -> ! {
         init::run(args, chan)
     });
     let Err(e) = r;
-    let _ = chan.send(&Msg::Error(e.to_string()));
-    // SAFETY: end the forked init without unwinding into the parent's frames.
-    unsafe { libc::_exit(1) }
+    chan.finish_child(Err(e))
 }
 
 /// Stage 1: namespaces, then fork the init. Never returns.
@@ -432,26 +430,9 @@ fn stage1_main(args: InitArgs, chan: &Channel) -> ! {
         {
             write_time_offsets(offsets)?;
         }
-        // SAFETY: single-threaded child of a single-threaded parent.
-        match unsafe { unistd::fork() }.map_err(|e| Error::Setup(format!("fork init: {e}")))? {
-            ForkResult::Child => {
-                let Err(e) = chan.expect(Msg::Go).and_then(|()| init::run(args, chan));
-                let _ = chan.send(&Msg::Error(e.to_string()));
-                // SAFETY: end the forked init without unwinding into the parent's frames.
-                unsafe { libc::_exit(1) }
-            }
-            ForkResult::Parent { child } => chan.send(&Msg::Pid(child.as_raw())),
-        }
+        chan.fork_and_report(|| init::run(args, chan))
     })();
-    let code = match r {
-        Ok(()) => 0,
-        Err(e) => {
-            let _ = chan.send(&Msg::Error(e.to_string()));
-            1
-        }
-    };
-    // SAFETY: see above.
-    unsafe { libc::_exit(code) }
+    chan.finish_child(r)
 }
 
 fn become_root() -> Result<()> {

@@ -6,7 +6,6 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use nix::sched::{self, CloneFlags};
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::waitpid;
 use nix::unistd::{self, ForkResult};
 use oci_spec::runtime::Process;
@@ -55,13 +54,7 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
             ))
         }
         (None, true) => {
-            let (a, b) = socketpair(
-                AddressFamily::Unix,
-                SockType::Stream,
-                None,
-                SockFlag::SOCK_CLOEXEC,
-            )
-            .map_err(|e| Error::Setup(format!("socketpair: {e}")))?;
+            let (a, b) = supervise::pty_relay_pair()?;
             (Some(a), Some(b))
         }
         (_, false) => (None, None),
@@ -132,13 +125,7 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
         })?;
     }
     let pty = match relay {
-        Some(sock) => {
-            let mut buf = [0u8; 64];
-            match crate::fdpass::recv_fd(std::os::fd::AsFd::as_fd(&sock), &mut buf) {
-                Ok((_, Some(fd))) => Some(fd),
-                _ => None,
-            }
-        }
+        Some(sock) => Some(supervise::receive_pty(&sock)?),
         None => None,
     };
     if opts.detach {
@@ -205,30 +192,9 @@ fn stage1_main(
             sched::setns(pidfd, join)
                 .map_err(|e| Error::Setup(format!("setns into the container: {e}")))?;
         }
-        // SAFETY: single-threaded.
-        match unsafe { unistd::fork() }.map_err(|e| Error::Setup(format!("fork: {e}")))? {
-            ForkResult::Child => {
-                let r = chan
-                    .expect(Msg::Go)
-                    .and_then(|()| stage2(c, opts, plan, console, chan));
-                if let Err(e) = r {
-                    let _ = chan.send(&Msg::Error(e.to_string()));
-                }
-                // SAFETY: end the forked child without unwinding into the parent's frames.
-                unsafe { libc::_exit(1) }
-            }
-            ForkResult::Parent { child } => chan.send(&Msg::Pid(child.as_raw())),
-        }
+        chan.fork_and_report(|| stage2(c, opts, plan, console, chan))
     })();
-    let code = match r {
-        Ok(()) => 0,
-        Err(e) => {
-            let _ = chan.send(&Msg::Error(e.to_string()));
-            1
-        }
-    };
-    // SAFETY: see above.
-    unsafe { libc::_exit(code) }
+    chan.finish_child(r)
 }
 
 fn stage2(
@@ -237,7 +203,7 @@ fn stage2(
     plan: &Plan,
     console: Option<OwnedFd>,
     chan: &Channel,
-) -> Result<()> {
+) -> Result<std::convert::Infallible> {
     let process = &opts.process;
     if process.terminal() == Some(true) {
         unistd::setsid().map_err(|e| Error::Setup(format!("setsid: {e}")))?;

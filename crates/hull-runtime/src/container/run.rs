@@ -1,10 +1,6 @@
 //! `hull run`: create and start in one process, then (unless detached) wait for the
 //! container, relaying signals and the terminal, and delete it when it exits.
 
-use std::os::fd::OwnedFd;
-
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-
 use super::create::{create_with_console, CreateOptions, StartMode};
 use super::{delete, start, supervise, Container};
 use crate::error::{Error, Result};
@@ -26,13 +22,7 @@ pub fn run(opts: &CreateOptions, detach: bool) -> Result<i32> {
                     .into(),
             ));
         }
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| Error::Setup(format!("socketpair: {e}")))?;
+        let (a, b) = supervise::pty_relay_pair()?;
         (Some(a), Some(b))
     } else {
         (None, None)
@@ -40,7 +30,7 @@ pub fn run(opts: &CreateOptions, detach: bool) -> Result<i32> {
     let created = create_with_console(opts, StartMode::Channel, console)?;
     let c = created.container;
     let pty = match relay {
-        Some(sock) => Some(receive_pty(&sock).inspect_err(|_| {
+        Some(sock) => Some(supervise::receive_pty(&sock).inspect_err(|_| {
             let _ = delete::destroy_after_kill(&c);
         })?),
         None => None,
@@ -74,13 +64,4 @@ fn terminal_requested(opts: &CreateOptions) -> bool {
         .ok()
         .and_then(|v| v.pointer("/process/terminal").and_then(|t| t.as_bool()))
         .unwrap_or(false)
-}
-
-fn receive_pty(sock: &OwnedFd) -> Result<OwnedFd> {
-    let mut buf = [0u8; 64];
-    match crate::fdpass::recv_fd(std::os::fd::AsFd::as_fd(sock), &mut buf) {
-        Ok((_, Some(fd))) => Ok(fd),
-        Ok((_, None)) => Err(Error::Child("the container sent no pty".into())),
-        Err(e) => Err(Error::Sync(e)),
-    }
 }

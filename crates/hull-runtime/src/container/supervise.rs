@@ -28,6 +28,28 @@ fn forwarded() -> SigSet {
     set
 }
 
+/// A socketpair standing in for --console-socket when hull itself relays the terminal:
+/// the init sends the pty master on one end, `receive_pty` takes it from the other.
+pub fn pty_relay_pair() -> Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::Setup(format!("socketpair: {e}")))
+}
+
+pub fn receive_pty(sock: &OwnedFd) -> Result<OwnedFd> {
+    let mut buf = [0u8; 64];
+    match crate::fdpass::recv_fd(sock.as_fd(), &mut buf) {
+        Ok((_, Some(fd))) => Ok(fd),
+        Ok((_, None)) => Err(Error::Child("the container sent no pty".into())),
+        Err(e) => Err(Error::Sync(e)),
+    }
+}
+
 /// Blocks the forwarded signals so they queue for the signalfd; call before forking the
 /// container so none is lost in between. Children unblock before exec.
 pub fn block_signals() -> Result<()> {

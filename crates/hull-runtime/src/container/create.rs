@@ -95,18 +95,20 @@ impl Drop for Undo {
 }
 
 pub fn create(opts: &CreateOptions, mode: StartMode) -> Result<Created> {
-    create_with_console(opts, mode, None)
-}
-
-/// `console`: a socket for the pty master that the caller made itself (`hull run` with
-/// a terminal and no --console-socket relays the pty).
-pub fn create_with_console(
-    opts: &CreateOptions,
-    mode: StartMode,
-    console: Option<OwnedFd>,
-) -> Result<Created> {
     spec::validate_id(&opts.id)?;
     let bundle = Bundle::load(&opts.bundle)?;
+    create_from(opts, mode, bundle, None)
+}
+
+/// Create from a bundle the caller has loaded. `console`: a socket for the pty master
+/// that the caller made itself (`hull run` with a terminal and no --console-socket
+/// relays the pty).
+pub fn create_from(
+    opts: &CreateOptions,
+    mode: StartMode,
+    bundle: Bundle,
+    console: Option<OwnedFd>,
+) -> Result<Created> {
     tracing::debug!(id = %opts.id, "bundle loaded");
     let plan = Plan::from_linux(bundle.spec.linux().as_ref());
     let console = match (&opts.console_socket, console) {

@@ -1,14 +1,16 @@
 //! `hull run`: create and start in one process, then (unless detached) wait for the
 //! container, relaying signals and the terminal, and delete it when it exits.
 
-use super::create::{create_with_console, CreateOptions, StartMode};
+use super::create::{create_from, CreateOptions, StartMode};
 use super::{delete, start, supervise, Container};
 use crate::error::{Error, Result};
 use crate::sync::Msg;
 
 /// Returns the container's exit code (0 when detached).
 pub fn run(opts: &CreateOptions, detach: bool) -> Result<i32> {
-    let bundle_terminal = terminal_requested(opts);
+    crate::spec::validate_id(&opts.id)?;
+    let bundle = crate::spec::Bundle::load(&opts.bundle)?;
+    let bundle_terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
     // The container must become our child when stage 1 exits, so we can wait for it.
     if !detach {
         nix::sys::prctl::set_child_subreaper(true)
@@ -27,7 +29,7 @@ pub fn run(opts: &CreateOptions, detach: bool) -> Result<i32> {
     } else {
         (None, None)
     };
-    let created = create_with_console(opts, StartMode::Channel, console)?;
+    let created = create_from(opts, StartMode::Channel, bundle, console)?;
     let c = created.container;
     let pty = match relay {
         Some(sock) => Some(supervise::receive_pty(&sock).inspect_err(|_| {
@@ -54,14 +56,4 @@ pub fn run(opts: &CreateOptions, detach: bool) -> Result<i32> {
     let code = code?;
     cleanup?;
     Ok(code)
-}
-
-fn terminal_requested(opts: &CreateOptions) -> bool {
-    let Ok(text) = std::fs::read(opts.bundle.join("config.json")) else {
-        return false;
-    };
-    serde_json::from_slice::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v.pointer("/process/terminal").and_then(|t| t.as_bool()))
-        .unwrap_or(false)
 }

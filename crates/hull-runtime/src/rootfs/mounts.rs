@@ -270,6 +270,26 @@ fn set_attr_recursive(target: &OwnedFd, set: u64, clear: u64) -> nix::Result<()>
     Errno::result(r).map(drop)
 }
 
+/// Binds the container's cgroup directory `host` onto `spot` (`dest` inside the root).
+fn bind_cgroup_dir(
+    ctx: &MountContext,
+    host: &Path,
+    dest: &Path,
+    spot: &OwnedFd,
+    flags: MsFlags,
+) -> Result<()> {
+    mount(
+        Some(host),
+        &proc_path(spot),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| fail(dest, &format!("bind {}", host.display()), e))?;
+    let t = reopen(ctx, dest)?;
+    remount_bind(&t, flags).map_err(|e| fail(dest, "remount", e))
+}
+
 /// A cgroup mount: on v2 the container's cgroup directory; on v1 and hybrid hosts a tmpfs
 /// with the container's directory of each hierarchy under it, as runc lays it out. Bind
 /// mounts rather than new cgroup mounts, so it works in user namespaces too.
@@ -280,17 +300,7 @@ fn mount_cgroup(ctx: &MountContext, dest: &Path, opts: &MountOptions) -> Result<
         .map_err(|e| fail(dest, "cannot create the destination inside the root", e))?;
     let unified_only = ctx.cgroup_dirs.len() == 1 && ctx.cgroup_dirs[0].0.is_empty();
     if unified_only {
-        let host = &ctx.cgroup_dirs[0].1;
-        mount(
-            Some(host),
-            &proc_path(&spot),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| fail(dest, &format!("bind {}", host.display()), e))?;
-        let t = reopen(ctx, dest)?;
-        return remount_bind(&t, ro | keep).map_err(|e| fail(dest, "remount", e));
+        return bind_cgroup_dir(ctx, &ctx.cgroup_dirs[0].1, dest, &spot, ro | keep);
     }
     mount(
         Some("tmpfs"),
@@ -305,16 +315,7 @@ fn mount_cgroup(ctx: &MountContext, dest: &Path, opts: &MountOptions) -> Result<
         let sub = dest.join(name);
         let spot = mkdir_all_in_root(ctx.rootfd, &sub, Mode::from_bits_truncate(0o755))
             .map_err(|e| fail(&sub, "mkdir", e))?;
-        mount(
-            Some(host),
-            &proc_path(&spot),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| fail(&sub, &format!("bind {}", host.display()), e))?;
-        let t = reopen(ctx, &sub)?;
-        remount_bind(&t, ro | keep).map_err(|e| fail(&sub, "remount", e))?;
+        bind_cgroup_dir(ctx, host, &sub, &spot, ro | keep)?;
         // Co-mounted controllers ("cpu,cpuacct") are also reachable by each name.
         if name.contains(',') {
             for part in name.split(',') {

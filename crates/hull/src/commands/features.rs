@@ -78,8 +78,6 @@ const MOUNT_OPTIONS: &[&str] = &[
     "sync",
     "tmpcopyup",
     "unbindable",
-    "idmap",
-    "ridmap",
 ];
 
 const NAMESPACES: &[&str] = &[

@@ -202,18 +202,44 @@ fn mount_fs(
     Ok(target)
 }
 
-/// tmpcopyup: the tmpfs starts with what the image had at that path.
+/// tmpcopyup: the tmpfs starts with what the image had at that path (files, dirs and
+/// symlinks, with their modes and owners; device nodes are not copied).
 fn copy_up(under: &OwnedFd, target: &OwnedFd) -> std::io::Result<()> {
-    let status = std::process::Command::new("/bin/cp")
-        .arg("-a")
-        .arg(format!("{}/.", proc_path(under).display()))
-        .arg(proc_path(target))
-        .status();
-    match status {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(std::io::Error::other(format!("cp exited with {s}"))),
-        Err(e) => Err(e),
+    // Paths through our own fd table, as host procfs names us (getpid says 1 here).
+    let me = std::fs::read_link("/proc/self")?;
+    let fd_path = |fd: &OwnedFd| {
+        use std::os::fd::AsRawFd;
+        Path::new("/proc")
+            .join(&me)
+            .join("fd")
+            .join(fd.as_raw_fd().to_string())
+    };
+    copy_tree(&fd_path(under), &fd_path(target))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{lchown, MetadataExt, PermissionsExt};
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let meta = std::fs::symlink_metadata(&src)?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir(&dst)?;
+            copy_tree(&src, &dst)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst)?;
+        } else {
+            continue;
+        }
+        lchown(&dst, Some(meta.uid()), Some(meta.gid()))?;
+        if !ft.is_symlink() {
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        }
     }
+    Ok(())
 }
 
 fn reopen(ctx: &MountContext, dest: &Path) -> Result<OwnedFd> {

@@ -306,11 +306,45 @@ fn existing_cgroup_is_joined_not_removed() {
     assert!(g.cg.hierarchies().all(|h| h.dir().is_dir()));
 }
 
+/// Disables `controller` in `root`'s cgroup.subtree_control on drop if it was off before.
+struct RestoreSubtree {
+    file: std::path::PathBuf,
+    controller: &'static str,
+    was_on: bool,
+}
+
+impl RestoreSubtree {
+    fn new(root: &str, controller: &'static str) -> RestoreSubtree {
+        let file = std::path::Path::new(root).join("cgroup.subtree_control");
+        let was_on = std::fs::read_to_string(&file)
+            .is_ok_and(|s| s.split_whitespace().any(|c| c == controller));
+        RestoreSubtree {
+            file,
+            controller,
+            was_on,
+        }
+    }
+}
+
+impl Drop for RestoreSubtree {
+    fn drop(&mut self) {
+        let on = std::fs::read_to_string(&self.file)
+            .is_ok_and(|s| s.split_whitespace().any(|c| c == self.controller));
+        if on && !self.was_on {
+            let _ = std::fs::write(&self.file, format!("-{}", self.controller));
+        }
+    }
+}
+
 #[test]
 fn hugetlb_limit_where_the_host_has_it() {
     if !root() {
         return;
     }
+    // Declared first, dropped last (after the cgroups are gone): the test must not leave
+    // +hugetlb in the cgroup2 root's subtree_control, where it would stop crun's bench
+    // setup (binding hugetlb to a v1 hierarchy) on this hybrid host.
+    let _restore = RestoreSubtree::new("/sys/fs/cgroup/unified", "hugetlb");
     let mut g = Guard::new("huge");
     let in_v1 = hier(&g.cg, "hugetlb").is_some();
     let in_v2 = g.cg.unified.as_ref().is_some_and(|u| {

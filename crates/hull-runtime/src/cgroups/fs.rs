@@ -55,7 +55,10 @@ pub(crate) fn read_opt(dir: &Path, file: &str) -> Result<Option<String>, CgroupE
 pub(super) fn mkdir_recording(h: &mut Hierarchy) -> Result<(), CgroupError> {
     fn made(h: &mut Hierarchy, dir: PathBuf) {
         tracing::debug!(dir = %dir.display(), "cgroup created");
-        h.created.push(dir);
+        // `Cgroup::plan_dirs` may have recorded it already.
+        if !h.created.contains(&dir) {
+            h.created.push(dir);
+        }
     }
     // Usually only the leaf is new, so try it first and walk up only on ENOENT.
     let mut pending = Vec::new();

@@ -122,6 +122,25 @@ impl Cgroup {
 
     /// Create the directories and apply `resources`. On failure, whatever this call
     /// created is removed again before the error is returned.
+    /// Records, before anything is made, the directories `create` will make (those
+    /// missing now, parents first), so that the caller can save that record first: a
+    /// hull killed half-way through `create` then leaves nothing `destroy` cannot find.
+    pub fn plan_dirs(&mut self) {
+        for h in self.all_mut() {
+            let mut missing = Vec::new();
+            let mut cur = h.dir.clone();
+            while cur != h.mount && !cur.exists() {
+                missing.push(cur.clone());
+                match cur.parent() {
+                    Some(p) => cur = p.to_path_buf(),
+                    None => break,
+                }
+            }
+            missing.reverse();
+            h.created = missing;
+        }
+    }
+
     pub fn create(&mut self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
         let result = self.create_inner(resources);
         if result.is_err() {

@@ -157,16 +157,15 @@ pub fn create_from(
         cgroup: cgroup.clone(),
         config: bundle.spec.clone(),
     };
-    dir.save(&st)?;
-
+    // One save before anything else is made, naming the cgroup directories about to
+    // be created: `delete --force` finds everything even if this process dies now.
     let mut cgroup = cgroup;
-    let resources = effective_resources(&bundle);
-    cgroup.create(resources.as_ref())?;
-    undo.cgroup = Some(cgroup.clone());
-    // The cgroup now knows which directories it made: `delete --force` needs that even
-    // if this process dies before the end.
+    cgroup.plan_dirs();
     st.cgroup = cgroup.clone();
     dir.save(&st)?;
+    undo.cgroup = Some(cgroup.clone());
+    let resources = effective_resources(&bundle);
+    cgroup.create(resources.as_ref())?;
     tracing::debug!(path = cgroup.path(), "cgroup created");
     let cgroup_dirs: Vec<(String, PathBuf)> = cgroup
         .hierarchies()

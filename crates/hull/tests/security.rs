@@ -14,7 +14,19 @@ fn runtime_binary_cannot_be_overwritten_through_proc_exe() {
     // corrupts only the copy.
     let b = Bundle::new(&["sleep", "1000"]).with_share();
     let copy = b.dir.join("runtime-copy");
-    std::fs::copy(common::hull_bin(), &copy).expect("copy the runtime binary");
+    // HULL_BIN may name a runtime on PATH (HULL_BIN=runc).
+    let bin = common::hull_bin();
+    let src = if bin.contains('/') {
+        std::path::PathBuf::from(&bin)
+    } else {
+        std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .map(|d| std::path::Path::new(d).join(&bin))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{bin} not found on PATH"))
+    };
+    std::fs::copy(&src, &copy).expect("copy the runtime binary");
     let before = std::fs::read(&copy).unwrap();
     let mut c = b.container();
     c.bin = copy.display().to_string();

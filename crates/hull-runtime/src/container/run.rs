@@ -41,6 +41,25 @@ pub fn run(opts: &CreateOptions, detach: bool) -> Result<i32> {
         let _ = delete::destroy_after_kill(&c);
         return Err(e);
     }
+    // The init's end of the channel closes at execve: only then is the user's program
+    // running, and poststart may come.
+    match created.chan.recv() {
+        Err(Error::ChildGone) => {}
+        Ok(Msg::Error(e)) => {
+            let _ = delete::destroy_after_kill(&c);
+            return Err(Error::Child(e));
+        }
+        Ok(m) => {
+            let _ = delete::destroy_after_kill(&c);
+            return Err(Error::Sync(std::io::Error::other(format!(
+                "unexpected {m:?}"
+            ))));
+        }
+        Err(e) => {
+            let _ = delete::destroy_after_kill(&c);
+            return Err(e);
+        }
+    }
     start::poststart(&c);
     if detach {
         return Ok(0);

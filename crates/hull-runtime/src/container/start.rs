@@ -59,7 +59,28 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     let _ = std::fs::remove_file(&fifo_path);
     c.state.started = true;
     c.dir.save(&c.state)?;
+    wait_for_exec(&c, &fifo)?;
     poststart(&c);
+    Ok(())
+}
+
+/// The init holds its end of the fifo until execve closes it: end-of-file means the
+/// user's program has replaced hull (or the init died in a startContainer hook).
+fn wait_for_exec(c: &Container, fifo: &std::os::fd::OwnedFd) -> Result<()> {
+    let _ = nix::fcntl::fcntl(fifo, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()));
+    let mut b = [0u8; 16];
+    loop {
+        match nix::unistd::read(fifo, &mut b) {
+            Ok(0) => break,
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(Error::Sync(e.into())),
+        }
+    }
+    if !c.state.init_alive() {
+        return Err(Error::Child(
+            "the container's init exited before running the process (a startContainer hook failed?)".into(),
+        ));
+    }
     Ok(())
 }
 

@@ -116,7 +116,9 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
         chan,
     )?;
     program.report_ready(chan)?;
-    match args.start {
+    // Held open (close-on-exec) until execve: its closing tells `start` that the user's
+    // program runs, so poststart hooks come after startContainer ones.
+    let _exec_marker = match args.start {
         StartSignal::Fifo(path_fd) => {
             // Blocks until `hull start` opens the other end.
             let fifo = nix::fcntl::openat(
@@ -128,9 +130,14 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
             .map_err(|e| Error::Setup(format!("open exec fifo: {e}")))?;
             unistd::write(&fifo, b"0")
                 .map_err(|e| Error::Setup(format!("write exec fifo: {e}")))?;
+            Some(fifo)
         }
-        StartSignal::Channel => chan.expect(Msg::Go)?,
-    }
+        // The channel itself is close-on-exec: the parent sees it close at execve.
+        StartSignal::Channel => {
+            chan.expect(Msg::Go)?;
+            None
+        }
+    };
     hooks::run_all(
         "startContainer",
         hooks.and_then(|h| h.start_container().as_ref()),

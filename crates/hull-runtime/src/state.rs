@@ -104,9 +104,19 @@ impl ContainerState {
         }
     }
 
-    /// Whether the recorded init is still the same live process.
+    /// Whether the recorded init is still the same live process (a zombie counts as
+    /// alive here: it still holds its pid).
     pub fn init_alive(&self) -> bool {
-        self.pid > 0 && process_start_time(self.pid) == Some(self.start_time)
+        self.init_stat().is_some()
+    }
+
+    /// The init's state letter (R, S, Z, ...) if the recorded pid is still our init.
+    pub fn init_stat(&self) -> Option<char> {
+        if self.pid <= 0 {
+            return None;
+        }
+        let (state, start) = process_stat(self.pid)?;
+        (start == self.start_time).then_some(state)
     }
 }
 
@@ -206,22 +216,20 @@ impl StateDir {
 
 /// Field 22 (starttime, in clock ticks since boot) of /proc/<pid>/stat.
 pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_start_time(&stat)
+    process_stat(pid).map(|(_, start)| start)
 }
 
-fn parse_start_time(stat: &str) -> Option<u64> {
+/// The state letter (field 3) and start time (field 22) of /proc/<pid>/stat, one read.
+pub fn process_stat(pid: i32) -> Option<(char, u64)> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
     // comm (field 2) may hold spaces and parentheses: fields after the last ')' are safe.
     let rest = &stat[stat.rfind(')')? + 2..];
     // rest starts at field 3 (state); starttime is field 22.
-    rest.split(' ').nth(19)?.parse().ok()
-}
-
-/// The process state letter of /proc/<pid>/stat (R, S, D, Z, T, ...).
-pub fn process_state(pid: i32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.chars().next()
+    let state = rest.chars().next()?;
+    Some((state, rest.split(' ').nth(19)?.parse().ok()?))
 }
 
 /// Now as RFC 3339 with nanoseconds in UTC, as runc's `created` field.
@@ -260,7 +268,7 @@ mod tests {
     #[test]
     fn start_time_survives_odd_comm() {
         let stat = "42 (a) b) c) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 123456 1000 10";
-        assert_eq!(parse_start_time(stat), Some(123456));
+        assert_eq!(parse_stat(stat), Some(('S', 123456)));
     }
 
     #[test]

@@ -312,13 +312,9 @@ fn drive(
                 tracing::debug!("init: mounts ready");
                 st.pid = init_pid;
                 st.start_time = state::process_start_time(init_pid).unwrap_or(0);
-                let c = Container {
-                    dir: StateDir::new(Path::new("/"), ""),
-                    state: st.clone(),
-                };
                 // The create-time hooks see "created", as the OCI validation suite
                 // (hooks_stdin) and crun have it; runc 1.1 says "creating".
-                let json = c.oci_json(Status::Created);
+                let json = serde_json::to_string(&st.oci(Status::Created)).unwrap_or_default();
                 let h = bundle.spec.hooks().as_ref();
                 hooks::run_all(
                     "prestart",

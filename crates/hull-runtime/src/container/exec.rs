@@ -59,8 +59,8 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
         }
         (_, false) => (None, None),
     };
-    let join = namespaces_to_join(&c)?;
     let plan = Plan::from_linux(c.state.config.linux().as_ref());
+    let join = namespaces_to_join(&c, &plan)?;
     let pidfd =
         pidfd_open(c.state.pid).map_err(|e| Error::Setup(format!("pidfd_open init: {e}")))?;
     if !c.state.init_alive() {
@@ -147,9 +147,8 @@ impl Drop for KillOnDrop {
 }
 
 /// The namespaces of the init that differ from ours: setns to one's own namespace fails.
-fn namespaces_to_join(c: &Container) -> Result<CloneFlags> {
+fn namespaces_to_join(c: &Container, plan: &Plan) -> Result<CloneFlags> {
     let mut flags = CloneFlags::empty();
-    let plan = Plan::from_linux(c.state.config.linux().as_ref());
     for f in [
         CloneFlags::CLONE_NEWUSER,
         CloneFlags::CLONE_NEWNS,

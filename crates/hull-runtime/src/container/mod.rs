@@ -16,7 +16,7 @@ pub mod update;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::state::{process_state, ContainerState, StateDir, Status};
+use crate::state::{ContainerState, StateDir, Status};
 
 /// A container that exists in the state directory.
 #[derive(Debug)]
@@ -48,7 +48,7 @@ impl Container {
                 Status::Stopped
             };
         }
-        if !s.init_alive() || process_state(s.pid) == Some('Z') {
+        if matches!(s.init_stat(), None | Some('Z')) {
             return Status::Stopped;
         }
         if s.cgroup.is_frozen().unwrap_or(false) {

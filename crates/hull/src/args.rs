@@ -66,6 +66,8 @@ Commands:
   update    change a container's resource limits (-r FILE or flags)
   spec      write an example config.json (--rootless)
   features  print what hull supports (runtime-spec features JSON)
+  check     report what this host offers for VM isolation (--format json)
+  guest build  build the VM guest kernel and initramfs (cached)
 ";
 
 fn usage() -> String {
@@ -100,6 +102,8 @@ fn command_help(cmd: &str) -> String {
         "update" => {
             "  -r, --resources FILE   LinuxResources JSON (- for stdin)\n      --memory SIZE --memory-reservation SIZE --memory-swap SIZE\n      --cpu-share N --cpu-period N --cpu-quota N --cpu-rt-period N --cpu-rt-runtime N\n      --cpuset-cpus LIST --cpuset-mems LIST --blkio-weight N --pids-limit N\n"
         }
+        "check" => "  -f, --format text|json\n",
+        "guest" => "  build   build or reuse the guest kernel and initramfs\n      --dir DIR        cache directory (default /var/lib/hull/guest)\n      --agent FILE     the static hull-agent (default: next to hull)\n      --source FILE    kernel source tarball (default /usr/src/linux-source-6.1.tar.xz)\n",
         "spec" => "  -b, --bundle DIR   where to write config.json (default .)\n      --rootless     a spec for running without root\n",
         _ => "",
     };
@@ -194,6 +198,7 @@ fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
     let mut interval = "5s".to_string();
     let mut exec = ExecArgs::default();
     let mut update = UpdateArgs::default();
+    let mut guest = crate::cli::GuestBuildArgs::default();
     let mut seen = Seen { positional: vec![] };
     // exec and ps pass everything after the container id on untouched.
     let passes_rest = matches!(name, "exec" | "ps");
@@ -241,7 +246,18 @@ fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
                     )));
                 }
             }
+            ("check", "-f" | "--format") => {
+                format = text(p.value()?, "--format")?;
+                if format != "text" && format != "json" {
+                    return Err(Stop::Usage(format!(
+                        "--format {format:?}: use text or json"
+                    )));
+                }
+            }
             ("list", "-q" | "--quiet") => quiet = true,
+            ("guest", "--dir") => guest.dir = Some(p.value()?.into()),
+            ("guest", "--agent") => guest.agent = Some(p.value()?.into()),
+            ("guest", "--source") => guest.source = Some(p.value()?.into()),
             ("events", "--stats") => stats = true,
             ("events", "--interval") => interval = text(p.value()?, "--interval")?,
             ("spec", "--rootless") => rootless = true,
@@ -322,6 +338,21 @@ fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
             rootless,
         },
         "features" => Command::Features,
+        "check" => {
+            if !seen.positional.is_empty() {
+                return Err(Stop::Usage("hull check takes no arguments".into()));
+            }
+            Command::Check {
+                json: format == "json",
+            }
+        }
+        "guest" => match seen.positional.as_slice() {
+            [sub] if sub == "build" => Command::GuestBuild(guest),
+            _ => return Err(Stop::Usage(
+                "hull guest: usage: hull guest build [--dir DIR] [--agent FILE] [--source FILE]"
+                    .into(),
+            )),
+        },
         "help" => return Err(Stop::Help(usage())),
         other => {
             return Err(Stop::Usage(format!(

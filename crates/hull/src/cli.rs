@@ -110,6 +110,23 @@ pub enum Command {
     },
     /// Print what this runtime supports (runtime-spec features JSON).
     Features,
+    /// Report what this host offers for VM isolation (KVM, vhost-vsock, QEMU, cgroups).
+    Check {
+        /// JSON instead of aligned lines.
+        json: bool,
+    },
+    /// Build (or find cached) the VM guest: kernel plus an initramfs with the agent.
+    GuestBuild(GuestBuildArgs),
+}
+
+#[derive(Debug, Default)]
+pub struct GuestBuildArgs {
+    /// Cache directory (default /var/lib/hull/guest).
+    pub dir: Option<PathBuf>,
+    /// The static hull-agent binary (default: next to hull).
+    pub agent: Option<PathBuf>,
+    /// Kernel source tarball (default Debian's linux-source-6.1).
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Default)]

@@ -1,7 +1,9 @@
 //! One function per command; the library does the work, these parse and print.
 
+pub mod check;
 pub mod exec;
 pub mod features;
+pub mod guest;
 pub mod info;
 pub mod spec;
 pub mod update;
@@ -74,6 +76,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         } => info::events(root, &id, stats, &interval),
         Command::Update(a) => update::update(root, a),
         Command::Spec { bundle, rootless } => write_spec(&bundle, rootless),
+        Command::Check { json } => check::check(json),
+        Command::GuestBuild(a) => guest::build(a),
         Command::Features => {
             println!("{}", serde_json::to_string_pretty(&features::features())?);
             Ok(0)

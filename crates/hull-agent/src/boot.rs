@@ -1,0 +1,164 @@
+//! The guest's first steps as PID 1, and its last.
+
+use std::ffi::CString;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::Mode;
+
+/// Set across the exec that moves the agent off the initramfs.
+const MOVED_ENV: &str = "HULL_AGENT_MOVED";
+
+/// The kernel unpacks the initramfs into `rootfs`, which pivot_root cannot leave, and
+/// containers pivot_root. So, as switch_root does: copy the agent into a tmpfs, drop
+/// the initramfs copy, move the tmpfs onto `/`, chroot into it and exec again.
+pub fn leave_initramfs() -> Result<()> {
+    if std::env::var_os(MOVED_ENV).is_some() {
+        return Ok(());
+    }
+    let new = Path::new("/sysroot");
+    std::fs::create_dir_all(new).context("mkdir /sysroot")?;
+    mount(
+        Some("tmpfs"),
+        new,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )
+    .context("mount tmpfs on /sysroot")?;
+    std::fs::copy("/init", new.join("init")).context("copy /init into /sysroot")?;
+    // The initramfs is RAM: its copy of the binary would otherwise stay resident.
+    let _ = std::fs::remove_file("/init");
+    std::env::set_current_dir(new).context("chdir /sysroot")?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("move /sysroot onto /")?;
+    nix::unistd::chroot(".").context("chroot")?;
+    std::env::set_current_dir("/").context("chdir /")?;
+    let init = CString::new("/init")?;
+    let mut env: Vec<CString> = std::env::vars()
+        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect();
+    env.push(CString::new(format!("{MOVED_ENV}=1"))?);
+    let err = nix::unistd::execve(&init, std::slice::from_ref(&init), &env).unwrap_err();
+    Err(err).context("exec /init in the new root")
+}
+
+struct Fs {
+    target: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: Option<&'static str>,
+}
+
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+const FILESYSTEMS: &[Fs] = &[
+    Fs {
+        target: "/proc",
+        fstype: "proc",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+    },
+    Fs {
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+    },
+    Fs {
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: MsFlags::MS_NOSUID,
+        data: Some("mode=0755"),
+    },
+    Fs {
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        data: Some("mode=0620,ptmxmode=0666"),
+    },
+    Fs {
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: Some("mode=1777"),
+    },
+    Fs {
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+    },
+    Fs {
+        target: "/tmp",
+        fstype: "tmpfs",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=1777"),
+    },
+    Fs {
+        target: "/run",
+        fstype: "tmpfs",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=0755"),
+    },
+];
+
+pub fn mount_filesystems() -> Result<()> {
+    if Path::new("/proc/self").exists() {
+        return Ok(());
+    }
+    for fs in FILESYSTEMS {
+        nix::unistd::mkdir(fs.target, Mode::from_bits_truncate(0o755))
+            .or_else(|e| {
+                if e == nix::Error::EEXIST {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .with_context(|| format!("mkdir {}", fs.target))?;
+        mount(
+            Some(fs.fstype),
+            fs.target,
+            Some(fs.fstype),
+            fs.flags,
+            fs.data,
+        )
+        .with_context(|| format!("mount {} on {}", fs.fstype, fs.target))?;
+    }
+    // Containers' cgroups live below the root: hand them every controller.
+    let controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+        .context("read cgroup.controllers")?;
+    let enable: Vec<String> = controllers
+        .split_whitespace()
+        .map(|c| format!("+{c}"))
+        .collect();
+    if !enable.is_empty() {
+        std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", enable.join(" "))
+            .context("enable cgroup controllers")?;
+    }
+    let _ = std::os::unix::fs::symlink("/proc/self/fd", "/dev/fd");
+    nix::unistd::sethostname("hull-guest").context("sethostname")?;
+    Ok(())
+}
+
+/// A micro-VM has no RTC worth reading: the host's clock arrives with its Hello.
+pub fn set_clock(secs: i64, nanos: u32) {
+    let ts = nix::sys::time::TimeSpec::new(secs, nanos.min(999_999_999) as _);
+    if let Err(e) = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts) {
+        tracing::warn!("cannot set the guest clock: {e}");
+    }
+}
+
+/// Ends the VM. Without ACPI a guest cannot power off; the kernel's `reboot=t` triple
+/// fault resets it, and the hypervisor (QEMU -no-reboot, hull-vmm) exits on reset.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}

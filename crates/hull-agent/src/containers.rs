@@ -1,0 +1,370 @@
+//! Containers inside the guest, run by hull-runtime exactly as `hull` runs them on a host:
+//! the agent is the runtime's caller and the reaper (PID 1) of every process it starts.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use hull_proto::{ProcessIo, Rootfs};
+use hull_runtime::container::{self, create::CreateOptions, create::StartMode};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::io::{self, NearEnds};
+
+/// A process the agent started: a container's init (`exec_id: None`) or an exec.
+pub type Key = (String, Option<String>);
+
+pub struct Proc {
+    pub pid: i32,
+    pub exit: Option<i32>,
+    /// The pty master, kept for resizes.
+    pub pty: Option<OwnedFd>,
+}
+
+pub struct Sandbox {
+    /// hull-runtime's state root.
+    state_root: PathBuf,
+    /// Bundles the agent assembles: config.json plus the mounted rootfs.
+    bundles: PathBuf,
+    pub procs: HashMap<Key, Proc>,
+    next_console: u64,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Self::with_dirs("/run/hull".into(), "/run/hull-agent".into())
+    }
+
+    pub fn with_dirs(state_root: PathBuf, bundles: PathBuf) -> Self {
+        Sandbox {
+            state_root,
+            bundles,
+            procs: HashMap::new(),
+            next_console: 0,
+        }
+    }
+
+    pub fn by_pid(&mut self, pid: i32) -> Option<(&Key, &mut Proc)> {
+        self.procs
+            .iter_mut()
+            .find(|(_, p)| p.pid == pid && p.exit.is_none())
+    }
+
+    pub fn create(
+        &mut self,
+        id: &str,
+        config: &str,
+        rootfs: &Rootfs,
+        pio: &ProcessIo,
+    ) -> Result<(i32, NearEnds)> {
+        hull_runtime::spec::validate_id(id)?;
+        let key = (id.to_string(), None);
+        if self.procs.contains_key(&key) {
+            bail!("container {id} already exists in this VM");
+        }
+        let bundle = self.bundles.join(id);
+        let made = (|| {
+            let readonly = write_config(&bundle, config)?;
+            mount_rootfs(&bundle, rootfs, readonly)?;
+            let spec_bundle = hull_runtime::spec::Bundle::load(&bundle)?;
+            let opts = CreateOptions {
+                id: id.to_string(),
+                bundle: bundle.clone(),
+                root: self.state_root.clone(),
+                ..Default::default()
+            };
+            let plumbing = io::plumb(pio)?;
+            let (console_near, console_far) = if pio.terminal {
+                let (a, b) = container::supervise::pty_relay_pair()?;
+                (Some(a), Some(b))
+            } else {
+                (None, None)
+            };
+            let created = io::with_stdio(&plumbing.far, || {
+                container::create::create_from(&opts, StartMode::Fifo, spec_bundle, console_far)
+            })??;
+            let pty = match console_near {
+                Some(sock) => Some(container::supervise::receive_pty(&sock)?),
+                None => None,
+            };
+            Ok::<_, anyhow::Error>((created.container.state.pid, plumbing.near, pty))
+        })();
+        let (pid, mut near, pty) = match made {
+            Ok(v) => v,
+            Err(e) => {
+                unmount_bundle(&bundle);
+                return Err(e);
+            }
+        };
+        if let Some(master) = &pty {
+            pty_ends(master, pio, &mut near)?;
+        }
+        self.procs.insert(
+            key,
+            Proc {
+                pid,
+                exit: None,
+                pty,
+            },
+        );
+        Ok((pid, near))
+    }
+
+    pub fn start(&mut self, id: &str) -> Result<()> {
+        container::start::start(&self.state_root, id)?;
+        Ok(())
+    }
+
+    pub fn exec(
+        &mut self,
+        id: &str,
+        exec_id: &str,
+        process: &str,
+        pio: &ProcessIo,
+    ) -> Result<(i32, NearEnds)> {
+        let key = (id.to_string(), Some(exec_id.to_string()));
+        if self.procs.contains_key(&key) {
+            bail!("exec {exec_id} already exists in container {id}");
+        }
+        let process: oci_spec::runtime::Process = serde_json::from_str(process)
+            .context("the exec's process is not valid JSON for a runtime-spec process")?;
+        let plumbing = io::plumb(pio)?;
+        let pid_file = self.bundles.join(format!("exec-{}.pid", self.next_console));
+        let console = if pio.terminal {
+            self.next_console += 1;
+            let path = self
+                .bundles
+                .join(format!("console-{}.sock", self.next_console));
+            let _ = std::fs::remove_file(&path);
+            let listener = UnixListener::bind(&path).context("bind console socket")?;
+            Some((listener, path))
+        } else {
+            None
+        };
+        let opts = container::exec::ExecOptions {
+            root: self.state_root.clone(),
+            id: id.to_string(),
+            process,
+            console_socket: console.as_ref().map(|(_, p)| p.clone()),
+            pid_file: Some(pid_file.clone()),
+            detach: true,
+            preserve_fds: 0,
+        };
+        let r = io::with_stdio(&plumbing.far, || container::exec::exec(opts))?;
+        let pid = r.map_err(anyhow::Error::from).and_then(|_| {
+            let text = std::fs::read_to_string(&pid_file).context("read exec pid file")?;
+            text.trim().parse::<i32>().context("parse exec pid file")
+        });
+        let _ = std::fs::remove_file(&pid_file);
+        let pty = match &console {
+            Some((listener, path)) => {
+                let _ = std::fs::remove_file(path);
+                match &pid {
+                    Ok(_) => {
+                        let (conn, _) = listener.accept().context("accept console socket")?;
+                        Some(container::supervise::receive_pty(&OwnedFd::from(conn))?)
+                    }
+                    Err(_) => None,
+                }
+            }
+            None => None,
+        };
+        let pid = pid?;
+        let mut near = plumbing.near;
+        if let Some(master) = &pty {
+            pty_ends(master, pio, &mut near)?;
+        }
+        self.procs.insert(
+            key,
+            Proc {
+                pid,
+                exit: None,
+                pty,
+            },
+        );
+        Ok((pid, near))
+    }
+
+    pub fn signal(&mut self, key: &Key, signal: i32, all: bool) -> Result<()> {
+        match &key.1 {
+            None => Ok(container::kill::kill(
+                &self.state_root,
+                &key.0,
+                signal,
+                all,
+            )?),
+            Some(_) => {
+                let p = self.proc(key)?;
+                if p.exit.is_some() {
+                    bail!("exec {} has already exited", key.1.as_deref().unwrap_or(""));
+                }
+                let sig = nix::sys::signal::Signal::try_from(signal)
+                    .map_err(|_| anyhow!("signal {signal} is not a signal"))?;
+                // Unreaped, so the pid cannot have been reused.
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), sig)?;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn stats(&self, id: &str) -> Result<String> {
+        Ok(container::events::stats(&self.state_root, id)?)
+    }
+
+    pub fn resize(&self, key: &Key, rows: u16, cols: u16) -> Result<()> {
+        let p = self.proc(key)?;
+        let pty = p
+            .pty
+            .as_ref()
+            .ok_or_else(|| anyhow!("the process has no terminal to resize"))?;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize through a valid pointer.
+        let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(pty), libc::TIOCSWINSZ, &ws) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error()).context("TIOCSWINSZ");
+        }
+        Ok(())
+    }
+
+    pub fn delete(&mut self, id: &str, force: bool) -> Result<()> {
+        container::delete::delete(&self.state_root, id, force)?;
+        self.procs.retain(|k, _| k.0 != id);
+        unmount_bundle(&self.bundles.join(id));
+        Ok(())
+    }
+
+    pub fn proc(&self, key: &Key) -> Result<&Proc> {
+        self.procs.get(key).ok_or_else(|| match &key.1 {
+            None => anyhow!("no container {} in this VM", key.0),
+            Some(e) => anyhow!("no exec {e} in container {}", key.0),
+        })
+    }
+
+    /// Every container, for shutdown.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.procs.keys().map(|k| k.0.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+/// With a terminal, the pty master is both the process's input and its output.
+fn pty_ends(master: &OwnedFd, pio: &ProcessIo, near: &mut NearEnds) -> Result<()> {
+    if let Some(s) = pio.stdin {
+        near.stdin = Some((master.as_fd().try_clone_to_owned()?, s));
+    }
+    if let Some(s) = pio.stdout {
+        let out = master.as_fd().try_clone_to_owned()?;
+        io::set_nonblocking(&out)?;
+        near.outputs.push((out, s));
+    }
+    Ok(())
+}
+
+/// Writes config.json with the root pointing at the bundle's mount; says whether the
+/// container asked for a read-only root.
+fn write_config(bundle: &Path, config: &str) -> Result<bool> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(config).context("config.json is not valid JSON")?;
+    let root = v
+        .get_mut("root")
+        .and_then(|r| r.as_object_mut())
+        .ok_or_else(|| anyhow!("config.json has no root object"))?;
+    let readonly = root
+        .get("readonly")
+        .and_then(|r| r.as_bool())
+        .unwrap_or(false);
+    root.insert("path".into(), "rootfs".into());
+    std::fs::create_dir_all(bundle.join("rootfs")).context("mkdir bundle")?;
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&v)?)
+        .context("write config.json")?;
+    Ok(readonly)
+}
+
+/// The disk whose virtio serial the host named.
+fn find_disk(serial: &str) -> Result<PathBuf> {
+    for e in std::fs::read_dir("/sys/block")
+        .context("read /sys/block")?
+        .flatten()
+    {
+        let s = std::fs::read_to_string(e.path().join("serial")).unwrap_or_default();
+        if s.trim() == serial {
+            return Ok(Path::new("/dev").join(e.file_name()));
+        }
+    }
+    bail!("no disk with serial {serial:?} in this VM")
+}
+
+/// A read-only image gets a tmpfs overlay on top, so the container can write, unless it
+/// asked for a read-only root.
+fn mount_rootfs(bundle: &Path, rootfs: &Rootfs, readonly: bool) -> Result<()> {
+    let dev = find_disk(&rootfs.serial)?;
+    let fstype = match rootfs.fstype.as_str() {
+        t @ ("erofs" | "ext4") => t,
+        t => bail!("rootfs type {t:?} is not supported: use erofs or ext4"),
+    };
+    let target = bundle.join("rootfs");
+    let image_ro = fstype == "erofs";
+    if readonly || !image_ro {
+        let flags = if readonly {
+            MsFlags::MS_RDONLY
+        } else {
+            MsFlags::empty()
+        };
+        mount(Some(&dev), &target, Some(fstype), flags, None::<&str>)
+            .with_context(|| format!("mount {} ({fstype})", dev.display()))?;
+        return Ok(());
+    }
+    let lower = bundle.join(".lower");
+    let rw = bundle.join(".rw");
+    std::fs::create_dir_all(&lower)?;
+    std::fs::create_dir_all(&rw)?;
+    mount(
+        Some(&dev),
+        &lower,
+        Some(fstype),
+        MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .with_context(|| format!("mount {} ({fstype})", dev.display()))?;
+    mount(
+        Some("tmpfs"),
+        &rw,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .context("mount tmpfs for the overlay")?;
+    std::fs::create_dir_all(rw.join("upper"))?;
+    std::fs::create_dir_all(rw.join("work"))?;
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        rw.join("upper").display(),
+        rw.join("work").display()
+    );
+    mount(
+        Some("overlay"),
+        &target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .context("mount the rootfs overlay")?;
+    Ok(())
+}
+
+fn unmount_bundle(bundle: &Path) {
+    for m in ["rootfs", ".rw", ".lower"] {
+        let _ = umount2(&bundle.join(m), MntFlags::MNT_DETACH);
+    }
+    let _ = std::fs::remove_dir_all(bundle);
+}

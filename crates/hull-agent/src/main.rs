@@ -1,0 +1,36 @@
+//! hull-agent: the guest's PID 1.
+//!
+//! It moves itself off the initramfs (pivot_root cannot leave the initial rootfs), makes
+//! its own binary write-proof (CVE-2019-5736), mounts the guest's filesystems, finds the
+//! host's byte stream and serves hull-proto on it until told to shut down. PID 1 must not
+//! exit: if serving fails, the agent powers the VM off, which the host sees as the VM
+//! ending.
+
+mod boot;
+mod containers;
+mod io;
+mod log;
+mod server;
+mod transport;
+
+fn main() {
+    log::init();
+    if std::process::id() != 1 {
+        eprintln!("hull-agent: this is the init of a hull guest VM; it runs as PID 1 only");
+        std::process::exit(2);
+    }
+    if let Err(e) = run() {
+        tracing::error!("{e:#}");
+    }
+    boot::power_off();
+}
+
+fn run() -> anyhow::Result<()> {
+    boot::leave_initramfs()?;
+    boot::mount_filesystems()?;
+    // After /proc is there; the re-exec finds the filesystems mounted.
+    hull_runtime::selfexe::ensure_sealed()?;
+    let stream = transport::open()?;
+    tracing::info!("serving the host on {}", stream.name);
+    server::Server::new(stream.fd)?.serve()
+}

@@ -1,0 +1,402 @@
+//! The agent's one loop: poll the host's stream, SIGCHLD and every process's output;
+//! answer requests; relay I/O. Single-threaded, because hull-runtime forks.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+
+use anyhow::{bail, Context, Result};
+use hull_proto::{
+    check_version, encode_frame, encode_message, ErrorReply, Frame, FrameDecoder, Message, Reply,
+    Request, StreamId, CONTROL, PROTOCOL_VERSION,
+};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::containers::{Key, Sandbox};
+use crate::io::NearEnds;
+
+struct Output {
+    fd: File,
+    stream: StreamId,
+    key: Key,
+}
+
+pub struct Server {
+    host: File,
+    decoder: FrameDecoder,
+    sigchld: SignalFd,
+    sandbox: Sandbox,
+    outputs: Vec<Output>,
+    stdins: HashMap<StreamId, (File, Key)>,
+    /// Wait requests not yet answered: request id, process.
+    waits: Vec<(u64, Key)>,
+    greeted: bool,
+    shutdown: bool,
+}
+
+enum Outcome {
+    Reply(Reply),
+    /// Answered later (Wait).
+    Deferred,
+}
+
+impl Server {
+    pub fn new(host: OwnedFd) -> Result<Self> {
+        Self::with_sandbox(host, Sandbox::new())
+    }
+
+    pub fn with_sandbox(host: OwnedFd, sandbox: Sandbox) -> Result<Self> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+            .context("block SIGCHLD")?;
+        let sigchld = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .context("signalfd")?;
+        Ok(Server {
+            host: File::from(host),
+            decoder: FrameDecoder::new(),
+            sigchld,
+            sandbox,
+            outputs: Vec::new(),
+            stdins: HashMap::new(),
+            waits: Vec::new(),
+            greeted: false,
+            shutdown: false,
+        })
+    }
+
+    /// Returns when the host asks for shutdown or goes away.
+    pub fn serve(mut self) -> Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        while !self.shutdown {
+            let (host_ready, sig_ready, ready_outputs) = self.wait_ready()?;
+            if sig_ready {
+                while let Ok(Some(_)) = self.sigchld.read_signal() {}
+            }
+            // Reap first: output drained at exit precedes the exit status.
+            self.reap()?;
+            // By stream, not index: reaping may have drained and removed some.
+            for stream in ready_outputs {
+                if let Some(i) = self.outputs.iter().position(|o| o.stream == stream) {
+                    self.relay_output(i, &mut buf)?;
+                }
+            }
+            if host_ready {
+                let n = match self.host.read(&mut buf) {
+                    Ok(0) => {
+                        tracing::info!("the host closed the channel; shutting down");
+                        break;
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+                    Err(e) => return Err(e).context("read from the host"),
+                };
+                self.decoder.push(&buf[..n]);
+                while let Some(frame) = self.decoder.next_frame()? {
+                    self.handle_frame(frame)?;
+                }
+                // Requests may have forked and raced SIGCHLD: look again.
+                self.reap()?;
+            }
+            self.answer_waits()?;
+        }
+        self.stop_all();
+        Ok(())
+    }
+
+    fn wait_ready(&self) -> Result<(bool, bool, Vec<StreamId>)> {
+        let mut fds = Vec::with_capacity(2 + self.outputs.len());
+        fds.push(PollFd::new(self.host.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN));
+        for o in &self.outputs {
+            fds.push(PollFd::new(o.fd.as_fd(), PollFlags::POLLIN));
+        }
+        loop {
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => break,
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(e).context("poll"),
+            }
+        }
+        let ready = |f: &PollFd| !f.revents().unwrap_or(PollFlags::empty()).is_empty();
+        let outputs = fds[2..]
+            .iter()
+            .zip(&self.outputs)
+            .filter(|(f, _)| ready(f))
+            .map(|(_, o)| o.stream)
+            .collect();
+        Ok((ready(&fds[0]), ready(&fds[1]), outputs))
+    }
+
+    fn send(&mut self, msg: &Message) -> Result<()> {
+        let mut wire = Vec::new();
+        encode_message(msg, &mut wire);
+        self.host.write_all(&wire).context("write to the host")
+    }
+
+    fn send_data(&mut self, stream: StreamId, data: &[u8]) -> Result<()> {
+        let mut wire = Vec::with_capacity(data.len() + 8);
+        encode_frame(stream, data, &mut wire);
+        self.host.write_all(&wire).context("write to the host")
+    }
+
+    fn handle_frame(&mut self, frame: Frame) -> Result<()> {
+        if frame.stream != CONTROL {
+            return self.handle_stdin(frame);
+        }
+        let msg = match frame.message() {
+            Ok(m) => m,
+            Err(e) => {
+                // The framing is intact, so the conversation can go on.
+                tracing::warn!("ignoring a malformed message: {e}");
+                return Ok(());
+            }
+        };
+        match msg {
+            Message::Hello {
+                version, realtime, ..
+            } => {
+                self.send(&Message::Hello {
+                    version: PROTOCOL_VERSION,
+                    software: format!("hull-agent {}", env!("CARGO_PKG_VERSION")),
+                    realtime: None,
+                })?;
+                check_version(version)?;
+                if let Some((secs, nanos)) = realtime {
+                    crate::boot::set_clock(secs, nanos);
+                }
+                self.greeted = true;
+            }
+            Message::Request { id, request } => {
+                if !self.greeted {
+                    bail!("the host sent a request before its hello");
+                }
+                let reply = match self.dispatch(id, request) {
+                    Ok(Outcome::Deferred) => return Ok(()),
+                    Ok(Outcome::Reply(r)) => Ok(r),
+                    Err(e) => Err(ErrorReply {
+                        message: format!("{e:#}"),
+                    }),
+                };
+                self.send(&Message::Response { id, reply })?;
+            }
+            Message::Response { .. } => tracing::warn!("ignoring a response from the host"),
+        }
+        Ok(())
+    }
+
+    fn handle_stdin(&mut self, frame: Frame) -> Result<()> {
+        if frame.is_eof() {
+            self.stdins.remove(&frame.stream);
+            return Ok(());
+        }
+        if let Some((fd, _)) = self.stdins.get_mut(&frame.stream) {
+            if let Err(e) = fd.write_all(&frame.payload) {
+                // The process closed its stdin; drop the rest, as a pipe would.
+                tracing::debug!("stdin stream {}: {e}", frame.stream);
+                self.stdins.remove(&frame.stream);
+            }
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, id: u64, request: Request) -> Result<Outcome> {
+        let done = Ok(Outcome::Reply(Reply::Done));
+        match request {
+            Request::Ping => Ok(Outcome::Reply(Reply::Pong)),
+            Request::CreateContainer {
+                id: cid,
+                config,
+                rootfs,
+                io,
+            } => {
+                self.check_streams(io.streams())?;
+                let (pid, near) = self.sandbox.create(&cid, &config, &rootfs, &io)?;
+                self.attach(near, (cid, None));
+                Ok(Outcome::Reply(Reply::Process { pid }))
+            }
+            Request::StartContainer { id: cid } => {
+                self.sandbox.start(&cid)?;
+                done
+            }
+            Request::Exec {
+                container,
+                exec_id,
+                process,
+                io,
+            } => {
+                self.check_streams(io.streams())?;
+                let (pid, near) = self.sandbox.exec(&container, &exec_id, &process, &io)?;
+                self.attach(near, (container, Some(exec_id)));
+                Ok(Outcome::Reply(Reply::Process { pid }))
+            }
+            Request::Signal {
+                container,
+                exec_id,
+                signal,
+                all,
+            } => {
+                self.sandbox.signal(&(container, exec_id), signal, all)?;
+                done
+            }
+            Request::Wait { container, exec_id } => {
+                let key = (container, exec_id);
+                self.sandbox.proc(&key)?;
+                self.waits.push((id, key));
+                Ok(Outcome::Deferred)
+            }
+            Request::Stats { container } => Ok(Outcome::Reply(Reply::Stats {
+                json: self.sandbox.stats(&container)?,
+            })),
+            Request::ResizeTerminal {
+                container,
+                exec_id,
+                rows,
+                cols,
+            } => {
+                self.sandbox.resize(&(container, exec_id), rows, cols)?;
+                done
+            }
+            Request::CloseStdin { container, exec_id } => {
+                let key = (container, exec_id);
+                self.sandbox.proc(&key)?;
+                self.stdins.retain(|_, (_, k)| *k != key);
+                done
+            }
+            Request::DeleteContainer { id: cid, force } => {
+                self.sandbox.delete(&cid, force)?;
+                self.outputs.retain(|o| o.key.0 != cid);
+                self.stdins.retain(|_, (_, k)| k.0 != cid);
+                done
+            }
+            Request::Shutdown => {
+                self.shutdown = true;
+                done
+            }
+        }
+    }
+
+    /// Stream numbers are the host's to pick, but two processes cannot share one.
+    fn check_streams(&self, streams: impl Iterator<Item = StreamId>) -> Result<()> {
+        for s in streams {
+            if s == CONTROL
+                || self.stdins.contains_key(&s)
+                || self.outputs.iter().any(|o| o.stream == s)
+            {
+                bail!("stream {s} is the control stream or already in use");
+            }
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self, near: NearEnds, key: Key) {
+        if let Some((fd, s)) = near.stdin {
+            self.stdins.insert(s, (File::from(fd), key.clone()));
+        }
+        for (fd, stream) in near.outputs {
+            self.outputs.push(Output {
+                fd: File::from(fd),
+                stream,
+                key: key.clone(),
+            });
+        }
+    }
+
+    /// Reads what one output has; on end of file (or EIO, a pty whose last user is
+    /// gone) sends EOF on its stream and forgets it.
+    fn relay_output(&mut self, i: usize, buf: &mut [u8]) -> Result<()> {
+        let r = self.outputs[i].fd.read(buf);
+        let stream = self.outputs[i].stream;
+        match r {
+            Ok(n) if n > 0 => self.send_data(stream, &buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
+            _ => {
+                self.outputs.remove(i);
+                self.send_data(stream, &[])
+            }
+        }
+    }
+
+    fn reap(&mut self) -> Result<()> {
+        loop {
+            let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, 128 + sig as i32),
+                Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => return Ok(()),
+                Ok(_) => continue,
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(e).context("waitpid"),
+            };
+            let Some((key, proc)) = self.sandbox.by_pid(pid.as_raw()) else {
+                continue;
+            };
+            proc.exit = Some(status);
+            let key = key.clone();
+            tracing::debug!("{key:?} (pid {pid}) exited with {status}");
+            self.drain_outputs(&key)?;
+            self.stdins.retain(|_, (_, k)| *k != key);
+        }
+    }
+
+    /// Everything the process wrote before exiting, then EOF on its streams.
+    fn drain_outputs(&mut self, key: &Key) -> Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut i = 0;
+        while i < self.outputs.len() {
+            if self.outputs[i].key != *key {
+                i += 1;
+                continue;
+            }
+            loop {
+                match self.outputs[i].fd.read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        let s = self.outputs[i].stream;
+                        self.send_data(s, &buf[..n])?;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    _ => break,
+                }
+            }
+            let o = self.outputs.remove(i);
+            self.send_data(o.stream, &[])?;
+        }
+        Ok(())
+    }
+
+    fn answer_waits(&mut self) -> Result<()> {
+        let mut i = 0;
+        while i < self.waits.len() {
+            let exit = self.sandbox.procs.get(&self.waits[i].1).map(|p| p.exit);
+            let reply = match exit {
+                Some(Some(status)) => Ok(Reply::Exited { status }),
+                Some(None) => {
+                    i += 1;
+                    continue;
+                }
+                None => Err(ErrorReply {
+                    message: format!("{:?} was deleted before it exited", self.waits[i].1),
+                }),
+            };
+            let (id, _) = self.waits.remove(i);
+            self.send(&Message::Response { id, reply })?;
+        }
+        Ok(())
+    }
+
+    fn stop_all(&mut self) {
+        for id in self.sandbox.ids() {
+            if let Err(e) = self.sandbox.delete(&id, true) {
+                tracing::warn!("shutdown: delete {id}: {e:#}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+//! The server against a hostile or confused host: every bad message gets an error reply
+//! or is dropped, and only a broken stream (which cannot be resynchronised) ends it,
+//! with an error, never a panic. The server runs in a forked child, as it reaps every
+//! child of its process.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+
+use hull_proto::{
+    encode_frame, encode_message, FrameDecoder, Message, ProcessIo, Reply, Request, Rootfs,
+    PROTOCOL_VERSION,
+};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use super::Server;
+use crate::containers::Sandbox;
+
+struct Agent {
+    sock: UnixStream,
+    decoder: FrameDecoder,
+    pid: Pid,
+    dir: std::path::PathBuf,
+}
+
+impl Agent {
+    fn spawn() -> Agent {
+        let dir = std::env::temp_dir().join(format!("hull-agent-test-{}", rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        // SAFETY: the child runs only the single-threaded server and exits.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                drop(ours);
+                let sandbox = Sandbox::with_dirs(dir.join("state"), dir.join("bundles"));
+                let code =
+                    match Server::with_sandbox(theirs.into(), sandbox).and_then(|s| s.serve()) {
+                        Ok(()) => 0,
+                        Err(_) => 3,
+                    };
+                // SAFETY: leave without running the test harness's atexit handlers.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => Agent {
+                sock: ours,
+                decoder: FrameDecoder::new(),
+                pid: child,
+                dir,
+            },
+        }
+    }
+
+    fn send(&mut self, m: &Message) {
+        let mut wire = Vec::new();
+        encode_message(m, &mut wire);
+        self.sock.write_all(&wire).unwrap();
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).unwrap();
+    }
+
+    fn recv(&mut self) -> Message {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(f) = self.decoder.next_frame().unwrap() {
+                return f.message().unwrap();
+            }
+            let n = self.sock.read(&mut buf).unwrap();
+            assert!(n > 0, "the agent closed the stream");
+            self.decoder.push(&buf[..n]);
+        }
+    }
+
+    fn hello(&mut self) {
+        self.send(&Message::Hello {
+            version: PROTOCOL_VERSION,
+            software: "test".into(),
+            realtime: None,
+        });
+        assert!(
+            matches!(self.recv(), Message::Hello { version, .. } if version == PROTOCOL_VERSION)
+        );
+    }
+
+    fn call(&mut self, id: u64, request: Request) -> Result<Reply, String> {
+        self.send(&Message::Request { id, request });
+        match self.recv() {
+            Message::Response { id: got, reply } => {
+                assert_eq!(got, id);
+                reply.map_err(|e| e.message)
+            }
+            m => panic!("expected a response, got {m:?}"),
+        }
+    }
+
+    /// The server's exit code; 3 means it returned an error.
+    fn exit_code(self) -> i32 {
+        drop(self.sock);
+        let status = waitpid(self.pid, None).unwrap();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        match status {
+            WaitStatus::Exited(_, c) => c,
+            s => panic!("the server died: {s:?}"),
+        }
+    }
+}
+
+fn rand_suffix() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}-{}", std::process::id(), t.subsec_nanos())
+}
+
+#[test]
+fn bad_requests_get_error_replies_and_the_server_goes_on() {
+    let mut a = Agent::spawn();
+    a.hello();
+    // Not JSON, then JSON of the wrong shape: dropped, the stream stays in sync.
+    let mut wire = Vec::new();
+    encode_frame(0, b"{not json", &mut wire);
+    encode_frame(
+        0,
+        br#"{"type":"request","id":1,"request":{"op":"launch_missiles"}}"#,
+        &mut wire,
+    );
+    // Data for a stream nobody opened.
+    encode_frame(99, b"stray bytes", &mut wire);
+    a.raw(&wire);
+    assert_eq!(a.call(2, Request::Ping), Ok(Reply::Pong));
+
+    let create = Request::CreateContainer {
+        id: "../escape".into(),
+        config: "{}".into(),
+        rootfs: Rootfs {
+            serial: "x".into(),
+            fstype: "erofs".into(),
+        },
+        io: ProcessIo::default(),
+    };
+    let e = a.call(3, create).unwrap_err();
+    assert!(e.contains("escape"), "{e}");
+    let create = Request::CreateContainer {
+        id: "c1".into(),
+        config: "[1, 2".into(),
+        rootfs: Rootfs {
+            serial: "x".into(),
+            fstype: "erofs".into(),
+        },
+        io: ProcessIo {
+            stdout: Some(0),
+            ..Default::default()
+        },
+    };
+    let e = a.call(4, create).unwrap_err();
+    assert!(e.contains("stream 0"), "{e}");
+    let wait = Request::Wait {
+        container: "ghost".into(),
+        exec_id: None,
+    };
+    assert!(a.call(5, wait).unwrap_err().contains("ghost"));
+    let exec = Request::Exec {
+        container: "ghost".into(),
+        exec_id: "e".into(),
+        process: "{}".into(),
+        io: ProcessIo::default(),
+    };
+    assert!(a.call(6, exec).is_err());
+    let signal = Request::Signal {
+        container: "ghost".into(),
+        exec_id: Some("e".into()),
+        signal: 9,
+        all: false,
+    };
+    assert!(a.call(7, signal).unwrap_err().contains("ghost"));
+    assert_eq!(a.call(8, Request::Shutdown), Ok(Reply::Done));
+    assert_eq!(a.exit_code(), 0);
+}
+
+#[test]
+fn a_broken_stream_ends_the_server_with_an_error_not_a_panic() {
+    let mut a = Agent::spawn();
+    a.hello();
+    // A header announcing 4 GiB: the decoder refuses it before allocating.
+    a.raw(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    assert_eq!(a.exit_code(), 3);
+}
+
+#[test]
+fn another_protocol_version_is_refused() {
+    let mut a = Agent::spawn();
+    a.send(&Message::Hello {
+        version: PROTOCOL_VERSION + 1,
+        software: "future hull".into(),
+        realtime: None,
+    });
+    assert!(matches!(a.recv(), Message::Hello { .. }));
+    assert_eq!(a.exit_code(), 3);
+}
+
+#[test]
+fn requests_before_hello_are_refused() {
+    let mut a = Agent::spawn();
+    a.send(&Message::Request {
+        id: 1,
+        request: Request::Ping,
+    });
+    assert_eq!(a.exit_code(), 3);
+}

@@ -1,0 +1,206 @@
+//! The control channel's messages. JSON, so a frame is readable in a debugger's hexdump
+//! and either side can add optional fields without breaking the other.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ProtoError, StreamId};
+
+/// Bumped on any change an older peer would misread.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// The first message in each direction.
+    Hello {
+        version: u32,
+        /// Who is speaking, e.g. "hull 0.1.0" or "hull-agent 0.1.0".
+        software: String,
+        /// The host's wall clock (seconds, nanoseconds since the epoch), which the agent
+        /// sets as the guest's: a micro-VM without an RTC starts in 1970.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        realtime: Option<(i64, u32)>,
+    },
+    Request {
+        id: u64,
+        request: Request,
+    },
+    Response {
+        id: u64,
+        reply: Result<Reply, ErrorReply>,
+    },
+}
+
+/// Which streams carry a process's standard I/O. With a terminal, the pty's output
+/// arrives on `stdout` and `stderr` is unused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessIo {
+    #[serde(default)]
+    pub stdin: Option<StreamId>,
+    #[serde(default)]
+    pub stdout: Option<StreamId>,
+    #[serde(default)]
+    pub stderr: Option<StreamId>,
+    #[serde(default)]
+    pub terminal: bool,
+}
+
+impl ProcessIo {
+    pub fn streams(&self) -> impl Iterator<Item = StreamId> + '_ {
+        [self.stdin, self.stdout, self.stderr].into_iter().flatten()
+    }
+}
+
+/// The container's root filesystem: a block device of the VM, found by its serial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rootfs {
+    /// The virtio-blk serial the host gave the disk.
+    pub serial: String,
+    /// "erofs" (read-only; the agent puts a tmpfs overlay on top unless the config asks
+    /// for a read-only root) or "ext4".
+    pub fstype: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Ping,
+    /// Create a container from `config` (config.json's text; `root.path` is ignored).
+    CreateContainer {
+        id: String,
+        config: String,
+        rootfs: Rootfs,
+        io: ProcessIo,
+    },
+    StartContainer {
+        id: String,
+    },
+    /// Run `process` (the runtime-spec process object, as JSON) in a container.
+    Exec {
+        container: String,
+        exec_id: String,
+        process: String,
+        io: ProcessIo,
+    },
+    /// `exec_id: None` addresses the container's init.
+    Signal {
+        container: String,
+        #[serde(default)]
+        exec_id: Option<String>,
+        signal: i32,
+        #[serde(default)]
+        all: bool,
+    },
+    /// Answered when the process has exited and its output has been sent.
+    Wait {
+        container: String,
+        #[serde(default)]
+        exec_id: Option<String>,
+    },
+    Stats {
+        container: String,
+    },
+    ResizeTerminal {
+        container: String,
+        #[serde(default)]
+        exec_id: Option<String>,
+        rows: u16,
+        cols: u16,
+    },
+    CloseStdin {
+        container: String,
+        #[serde(default)]
+        exec_id: Option<String>,
+    },
+    DeleteContainer {
+        id: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Sync the disks and power the VM off.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    Done,
+    Pong,
+    /// The process exists; `pid` is in the guest's pid namespace.
+    Process {
+        pid: i32,
+    },
+    /// Exit code, or 128 + the signal number that ended the process (the shell's way).
+    Exited {
+        status: i32,
+    },
+    /// The cgroup statistics, in the shape `hull events --stats` prints.
+    Stats {
+        json: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub message: String,
+}
+
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Refuses a peer of another major version.
+pub fn check_version(theirs: u32) -> Result<(), ProtoError> {
+    if theirs == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(ProtoError::Version {
+            ours: PROTOCOL_VERSION,
+            theirs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_shape_is_stable() {
+        let m = Message::Request {
+            id: 7,
+            request: Request::Signal {
+                container: "c".into(),
+                exec_id: None,
+                signal: 15,
+                all: false,
+            },
+        };
+        let s = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            s,
+            r#"{"type":"request","id":7,"request":{"op":"signal","container":"c","exec_id":null,"signal":15,"all":false}}"#
+        );
+        let r = Message::Response {
+            id: 7,
+            reply: Err(ErrorReply {
+                message: "no such container".into(),
+            }),
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            s,
+            r#"{"type":"response","id":7,"reply":{"Err":{"message":"no such container"}}}"#
+        );
+        assert_eq!(serde_json::from_str::<Message>(&s).unwrap(), r);
+    }
+
+    #[test]
+    fn version_mismatch_is_refused() {
+        assert!(check_version(PROTOCOL_VERSION).is_ok());
+        let e = check_version(PROTOCOL_VERSION + 1).unwrap_err();
+        assert!(e.to_string().contains("version mismatch"), "{e}");
+    }
+}

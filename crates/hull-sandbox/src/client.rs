@@ -1,0 +1,271 @@
+//! The host's end of hull-proto: one connection to the agent, a reader thread that
+//! routes responses to their callers and stream data to its consumers.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hull_proto::{
+    check_version, encode_frame, encode_message, FrameDecoder, Message, ProtoError, Reply, Request,
+    StreamId, CONTROL, PROTOCOL_VERSION,
+};
+
+use crate::error::{Result, SandboxError};
+
+type Pending = Arc<Mutex<HashMap<u64, Sender<std::result::Result<Reply, String>>>>>;
+type Sinks = Arc<Mutex<HashMap<StreamId, Sender<Vec<u8>>>>>;
+
+pub struct AgentClient {
+    writer: Mutex<UnixStream>,
+    pending: Pending,
+    sinks: Sinks,
+    next_id: AtomicU64,
+    next_stream: AtomicU32,
+    /// The agent's Hello ("hull-agent 0.1.0").
+    pub agent: String,
+}
+
+/// An exclusive range of stream numbers for one process's stdin, stdout and stderr.
+#[derive(Debug, Clone, Copy)]
+pub struct Streams {
+    pub stdin: StreamId,
+    pub stdout: StreamId,
+    pub stderr: StreamId,
+}
+
+impl AgentClient {
+    /// Connects to the socket the hypervisor listens on and says hello; the agent
+    /// answers once the guest has booted, so `timeout` covers the boot.
+    pub fn connect(socket: &Path, timeout: Duration) -> Result<AgentClient> {
+        let deadline = Instant::now() + timeout;
+        let stream = loop {
+            match UnixStream::connect(socket) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => {
+                    return Err(SandboxError::Vm(format!(
+                        "cannot connect to the agent socket {}: {e}",
+                        socket.display()
+                    )))
+                }
+            }
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+            software: format!("hull {}", env!("CARGO_PKG_VERSION")),
+            realtime: Some((now.as_secs() as i64, now.subsec_nanos())),
+        };
+        let mut wire = Vec::new();
+        encode_message(&hello, &mut wire);
+        let mut writer = stream
+            .try_clone()
+            .map_err(|e| SandboxError::Vm(format!("agent socket: {e}")))?;
+        writer.write_all(&wire).map_err(ProtoError::from)?;
+
+        let (hello_tx, hello_rx) = channel();
+        let pending: Pending = Arc::default();
+        let sinks: Sinks = Arc::default();
+        let (p, s) = (pending.clone(), sinks.clone());
+        std::thread::Builder::new()
+            .name("agent-reader".into())
+            .spawn(move || read_loop(stream, hello_tx, p, s))
+            .map_err(|e| SandboxError::Vm(format!("spawn reader: {e}")))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let agent = match hello_rx.recv_timeout(left) {
+            Ok(Ok((version, software))) => {
+                check_version(version)?;
+                software
+            }
+            Ok(Err(e)) => return Err(SandboxError::Vm(e)),
+            Err(_) => {
+                return Err(SandboxError::Timeout {
+                    what: "the agent's hello (did the guest boot? see its console log)".into(),
+                    secs: timeout.as_secs(),
+                })
+            }
+        };
+        Ok(AgentClient {
+            writer: Mutex::new(writer),
+            pending,
+            sinks,
+            next_id: AtomicU64::new(1),
+            next_stream: AtomicU32::new(1),
+            agent,
+        })
+    }
+
+    /// Sends `request` and waits up to `timeout` for its reply.
+    pub fn call(&self, request: Request, timeout: Duration) -> Result<Reply> {
+        let op = op_name(&request);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let mut wire = Vec::new();
+        encode_message(&Message::Request { id, request }, &mut wire);
+        self.write(&wire)?;
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(message)) => Err(SandboxError::Refused { op, message }),
+            Err(RecvTimeoutError::Timeout) => {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                Err(SandboxError::Timeout {
+                    what: format!("the agent's answer to {op}"),
+                    secs: timeout.as_secs(),
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(SandboxError::Vm(format!(
+                "the agent went away before answering {op}"
+            ))),
+        }
+    }
+
+    /// Three fresh stream numbers; subscribe to the outputs before creating the process.
+    pub fn streams(&self) -> Streams {
+        let base = self.next_stream.fetch_add(3, Ordering::Relaxed);
+        Streams {
+            stdin: base,
+            stdout: base + 1,
+            stderr: base + 2,
+        }
+    }
+
+    /// Data arriving on `stream`; an empty chunk is its end.
+    pub fn subscribe(&self, stream: StreamId) -> Receiver<Vec<u8>> {
+        let (tx, rx) = channel();
+        self.sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stream, tx);
+        rx
+    }
+
+    /// Writes to a process's stdin; `data` empty closes it.
+    pub fn send_stdin(&self, stream: StreamId, data: &[u8]) -> Result<()> {
+        let mut wire = Vec::with_capacity(data.len() + 8);
+        encode_frame(stream, data, &mut wire);
+        self.write(&wire)
+    }
+
+    fn write(&self, wire: &[u8]) -> Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        w.write_all(wire).map_err(|e| SandboxError::Proto(e.into()))
+    }
+}
+
+impl Drop for AgentClient {
+    fn drop(&mut self) {
+        // Ends the reader thread: it sees EOF.
+        if let Ok(w) = self.writer.lock() {
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Collects everything a stream carries until its end, or fails after `timeout`.
+pub fn read_to_end(rx: &Receiver<Vec<u8>>, timeout: Duration) -> Result<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) if chunk.is_empty() => return Ok(out),
+            Ok(chunk) => out.extend(chunk),
+            Err(RecvTimeoutError::Disconnected) => return Ok(out),
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(SandboxError::Timeout {
+                    what: "the end of a process's output".into(),
+                    secs: timeout.as_secs(),
+                })
+            }
+        }
+    }
+}
+
+type HelloTx = Sender<std::result::Result<(u32, String), String>>;
+
+fn read_loop(mut stream: UnixStream, hello: HelloTx, pending: Pending, sinks: Sinks) {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let fail = |why: String| {
+        let _ = hello.send(Err(why.clone()));
+        // Dropping the senders wakes every caller with "went away".
+        pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        sinks.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        tracing::debug!("agent reader: {why}");
+    };
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return fail("the agent closed the connection".into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return fail(format!("read: {e}")),
+        };
+        decoder.push(&buf[..n]);
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return fail(e.to_string()),
+            };
+            if frame.stream != CONTROL {
+                let mut sinks = sinks.lock().unwrap_or_else(|e| e.into_inner());
+                let eof = frame.is_eof();
+                if let Some(tx) = sinks.get(&frame.stream) {
+                    let _ = tx.send(frame.payload);
+                }
+                if eof {
+                    sinks.remove(&frame.stream);
+                }
+                continue;
+            }
+            match frame.message() {
+                Ok(Message::Hello {
+                    version, software, ..
+                }) => {
+                    let _ = hello.send(Ok((version, software)));
+                }
+                Ok(Message::Response { id, reply }) => {
+                    let tx = pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    if let Some(tx) = tx {
+                        let _ = tx.send(reply.map_err(|e| e.message));
+                    }
+                }
+                Ok(Message::Request { .. }) => tracing::warn!("the agent sent a request"),
+                Err(e) => tracing::warn!("malformed message from the agent: {e}"),
+            }
+        }
+    }
+}
+
+fn op_name(r: &Request) -> &'static str {
+    match r {
+        Request::Ping => "ping",
+        Request::CreateContainer { .. } => "create_container",
+        Request::StartContainer { .. } => "start_container",
+        Request::Exec { .. } => "exec",
+        Request::Signal { .. } => "signal",
+        Request::Wait { .. } => "wait",
+        Request::Stats { .. } => "stats",
+        Request::ResizeTerminal { .. } => "resize_terminal",
+        Request::CloseStdin { .. } => "close_stdin",
+        Request::DeleteContainer { .. } => "delete_container",
+        Request::Shutdown => "shutdown",
+    }
+}

@@ -1,0 +1,274 @@
+//! The guest's kernel and initramfs: built from Debian's linux-source-6.1 with hull's
+//! config fragment (compiled into this binary, so an installed hull can build its own
+//! guest), cached by content hash, found again by `current.json`.
+//!
+//! The kernel and the initramfs are cached separately: a new agent costs a new cpio of
+//! a few MiB, not the ~8-minute kernel build.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{io_err, Result, SandboxError};
+
+pub const DEFAULT_DIR: &str = "/var/lib/hull/guest";
+pub const DEFAULT_SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
+const FRAGMENT: &str = include_str!("../../../guest/kernel.fragment");
+const BUILD_SCRIPT: &str = include_str!("../../../guest/build-kernel");
+const MANIFEST: &str = "current.json";
+
+/// A built guest, as `current.json` records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GuestAssets {
+    /// Uncompressed ELF with the PVH entry note.
+    pub vmlinux: PathBuf,
+    pub bzimage: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+impl GuestAssets {
+    /// The guest last built into `dir`.
+    pub fn locate(dir: &Path) -> Result<GuestAssets> {
+        let text = std::fs::read(dir.join(MANIFEST))
+            .map_err(|_| SandboxError::NoGuest(dir.to_path_buf()))?;
+        let assets: GuestAssets =
+            serde_json::from_slice(&text).map_err(|_| SandboxError::NoGuest(dir.to_path_buf()))?;
+        for p in [&assets.vmlinux, &assets.bzimage, &assets.initramfs] {
+            if !p.exists() {
+                return Err(SandboxError::NoGuest(dir.to_path_buf()));
+            }
+        }
+        Ok(assets)
+    }
+}
+
+pub struct BuildOptions {
+    pub dir: PathBuf,
+    /// The static hull-agent binary to put in as /init.
+    pub agent: PathBuf,
+    pub source: PathBuf,
+}
+
+/// What `build` did, for the user.
+#[derive(Debug)]
+pub struct BuildReport {
+    pub assets: GuestAssets,
+    pub kernel_cached: bool,
+    pub initramfs_cached: bool,
+    pub kernel_build_time: Option<Duration>,
+}
+
+pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport> {
+    std::fs::create_dir_all(&opts.dir).map_err(io_err("cannot create", &opts.dir))?;
+    let kernel_dir = opts
+        .dir
+        .join(format!("kernel-{}", kernel_key(&opts.source)?));
+    let kernel_cached = kernel_dir.join("vmlinux").exists() && kernel_dir.join("bzImage").exists();
+    let mut kernel_build_time = None;
+    if kernel_cached {
+        progress(&format!("kernel: cached in {}", kernel_dir.display()));
+    } else {
+        let t = Instant::now();
+        build_kernel(opts, &kernel_dir, progress)?;
+        kernel_build_time = Some(t.elapsed());
+    }
+
+    let agent = std::fs::read(&opts.agent).map_err(io_err(
+        "cannot read the agent binary (build it: cargo build --release -p hull-agent)",
+        &opts.agent,
+    ))?;
+    check_static(&agent, &opts.agent)?;
+    let initramfs = opts.dir.join(format!(
+        "initramfs-{}.cpio",
+        &hex(&Sha256::digest(&agent))[..16]
+    ));
+    let initramfs_cached = initramfs.exists();
+    if initramfs_cached {
+        progress(&format!("initramfs: cached in {}", initramfs.display()));
+    } else {
+        write_atomic(&initramfs, &crate::initramfs::build(&agent))?;
+        progress(&format!(
+            "initramfs: wrote {} ({} KiB)",
+            initramfs.display(),
+            std::fs::metadata(&initramfs)
+                .map(|m| m.len() / 1024)
+                .unwrap_or(0)
+        ));
+    }
+    let assets = GuestAssets {
+        vmlinux: kernel_dir.join("vmlinux"),
+        bzimage: kernel_dir.join("bzImage"),
+        initramfs,
+    };
+    let manifest = serde_json::to_vec_pretty(&assets).unwrap_or_default();
+    write_atomic(&opts.dir.join(MANIFEST), &manifest)?;
+    Ok(BuildReport {
+        assets,
+        kernel_cached,
+        initramfs_cached,
+        kernel_build_time,
+    })
+}
+
+/// The kernel depends on the fragment, the build script and the source tarball (by
+/// path, size and mtime: hashing 130 MiB of xz on every call would cost a second).
+fn kernel_key(source: &Path) -> Result<String> {
+    let meta = std::fs::metadata(source).map_err(io_err(
+        "no kernel source (apt-get install linux-source-6.1) at",
+        source,
+    ))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut h = Sha256::new();
+    h.update(FRAGMENT);
+    h.update(BUILD_SCRIPT);
+    h.update(format!("{} {} {mtime}", source.display(), meta.len()));
+    Ok(hex(&h.finalize())[..16].to_string())
+}
+
+fn build_kernel(opts: &BuildOptions, kernel_dir: &Path, progress: &dyn Fn(&str)) -> Result<()> {
+    let scripts = opts.dir.join(".scripts");
+    std::fs::create_dir_all(&scripts).map_err(io_err("cannot create", &scripts))?;
+    write_atomic(&scripts.join("kernel.fragment"), FRAGMENT.as_bytes())?;
+    write_atomic(&scripts.join("build-kernel"), BUILD_SCRIPT.as_bytes())?;
+    let staging = opts.dir.join(".kernel-staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    // The extracted tree is kept: a later fragment change recompiles only what changed.
+    let workdir = opts.dir.join(".build");
+    progress(&format!(
+        "kernel: building from {} (about 8 minutes on 2 cores)",
+        opts.source.display()
+    ));
+    let mut child = Command::new("bash")
+        .arg(scripts.join("build-kernel"))
+        .arg(&staging)
+        .arg(&opts.source)
+        .env("HULL_GUEST_WORKDIR", &workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| SandboxError::Tool(format!("cannot run bash: {e}")))?;
+    let done = Arc::new(AtomicBool::new(false));
+    let ticker = spawn_ticker(workdir.join("build.log"), done.clone());
+    let mut tail = Vec::new();
+    if let Some(err) = child.stderr.take() {
+        for line in std::io::BufReader::new(err).lines().map_while(|l| l.ok()) {
+            progress(line.trim_start_matches("guest: "));
+            tail.push(line);
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| SandboxError::Tool(format!("wait for the kernel build: {e}")))?;
+    done.store(true, Ordering::Relaxed);
+    let _ = ticker.join();
+    if !status.success() {
+        let n = tail.len().saturating_sub(20);
+        return Err(SandboxError::Tool(format!(
+            "the guest kernel build failed:\n{}",
+            tail[n..].join("\n")
+        )));
+    }
+    let _ = std::fs::remove_dir_all(kernel_dir);
+    std::fs::rename(&staging, kernel_dir).map_err(io_err("cannot move the kernel to", kernel_dir))
+}
+
+/// Every 30 s, how far the compile has got (objects built so far), so a long build
+/// does not look hung.
+fn spawn_ticker(log: PathBuf, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut last = Instant::now();
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            if last.elapsed() < Duration::from_secs(30) {
+                continue;
+            }
+            last = Instant::now();
+            let objects = std::fs::read_to_string(&log)
+                .map(|t| {
+                    t.lines()
+                        .filter(|l| l.trim_start().starts_with("CC"))
+                        .count()
+                })
+                .unwrap_or(0);
+            eprintln!(
+                "hull: guest: kernel: {objects} files compiled, {} s",
+                start.elapsed().as_secs()
+            );
+        }
+    })
+}
+
+/// A dynamically linked /init would find no libc in the initramfs.
+fn check_static(bin: &[u8], path: &Path) -> Result<()> {
+    const PT_INTERP: u32 = 3;
+    let bad = || SandboxError::Tool(format!("{} is not an x86_64 ELF binary", path.display()));
+    if bin.len() < 64 || &bin[..4] != b"\x7fELF" || bin[4] != 2 {
+        return Err(bad());
+    }
+    let u16at = |o: usize| u16::from_le_bytes([bin[o], bin[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(bin[32..40].try_into().map_err(|_| bad())?) as usize;
+    let (phentsize, phnum) = (u16at(54), u16at(56));
+    for i in 0..phnum {
+        let off = phoff + i * phentsize;
+        let Some(ph) = bin.get(off..off + 4) else {
+            return Err(bad());
+        };
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) == PT_INTERP {
+            return Err(SandboxError::Tool(format!(
+                "{} is dynamically linked; the guest has no libc: build it with crt-static",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+    f.write_all(data).map_err(io_err("cannot write", &tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io_err("cannot rename onto", path))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_binaries_are_refused() {
+        let e = check_static(&std::fs::read("/bin/sh").unwrap(), Path::new("/bin/sh"));
+        assert!(e.unwrap_err().to_string().contains("dynamically linked"));
+        assert!(check_static(
+            b"not an elf at all, clearly not an elf at all, no no no no no",
+            Path::new("x")
+        )
+        .is_err());
+        if let Ok(b) = std::fs::read("/bin/busybox") {
+            check_static(&b, Path::new("/bin/busybox")).unwrap();
+        }
+    }
+
+    #[test]
+    fn missing_manifest_says_what_to_run() {
+        let e = GuestAssets::locate(Path::new("/nonexistent/hull-guest")).unwrap_err();
+        assert!(e.to_string().contains("hull guest build"), "{e}");
+    }
+}

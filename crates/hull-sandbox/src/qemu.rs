@@ -1,0 +1,177 @@
+//! QEMU `-M microvm` (Debian's qemu-system-x86) as a Hypervisor: KVM where it is usable,
+//! TCG elsewhere. The agent's channel is a virtio-serial port on a Unix socket chardev.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{Result, SandboxError};
+use crate::hypervisor::{Accel, Hypervisor, Vm, VmConfig};
+
+/// The kernel cmdline every hull guest gets. `reboot=t`: without ACPI the guest cannot
+/// power off, so the agent's shutdown resets it by triple fault, which QEMU's
+/// `-no-reboot` turns into an exit. `panic=-1` does the same for a kernel panic.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+
+pub struct Qemu {
+    pub binary: PathBuf,
+}
+
+impl Default for Qemu {
+    fn default() -> Self {
+        Qemu {
+            binary: "qemu-system-x86_64".into(),
+        }
+    }
+}
+
+impl Qemu {
+    pub fn args(&self, c: &VmConfig) -> Vec<String> {
+        let accel = match c.accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        };
+        let mut a: Vec<String> = [
+            // acpi=off: only then does QEMU put `virtio_mmio.device=` entries on the
+            // cmdline, which is how a guest without ACPI finds its virtio devices.
+            "-M",
+            "microvm,acpi=off,pit=on,pic=on,rtc=on",
+            "-accel",
+            accel,
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if c.accel == Accel::Kvm {
+            a.extend(["-cpu".into(), "host".into()]);
+        }
+        a.extend([
+            "-smp".into(),
+            c.vcpus.max(1).to_string(),
+            "-m".into(),
+            format!("{}M", c.memory_mib),
+            "-kernel".into(),
+            c.kernel.display().to_string(),
+            "-initrd".into(),
+            c.initramfs.display().to_string(),
+            "-append".into(),
+            format!("{BASE_CMDLINE} {}", c.extra_cmdline)
+                .trim()
+                .to_string(),
+            "-chardev".into(),
+            format!("file,id=console,path={}", c.console_log.display()),
+            "-serial".into(),
+            "chardev:console".into(),
+            "-device".into(),
+            "virtio-serial-device".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                c.agent_socket.display()
+            ),
+            "-device".into(),
+            format!(
+                "virtserialport,chardev=agent,name={}",
+                hull_agent_port_name()
+            ),
+        ]);
+        for (i, d) in c.disks.iter().enumerate() {
+            a.push("-drive".into());
+            a.push(format!(
+                "file={},if=none,id=disk{i},format=raw,readonly={}",
+                d.path.display(),
+                if d.readonly { "on" } else { "off" }
+            ));
+            a.push("-device".into());
+            a.push(format!(
+                "virtio-blk-device,drive=disk{i},serial={}",
+                d.serial
+            ));
+        }
+        a
+    }
+}
+
+/// The port name the agent looks for (hull-agent's transport module).
+pub fn hull_agent_port_name() -> &'static str {
+    "hull.agent"
+}
+
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>> {
+        let args = self.args(config);
+        tracing::debug!("{} {}", self.binary.display(), args.join(" "));
+        let child = Command::new(&self.binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                SandboxError::Tool(format!(
+                    "cannot run {}: {e} (apt-get install qemu-system-x86)",
+                    self.binary.display()
+                ))
+            })?;
+        Ok(Box::new(QemuVm { child: Some(child) }))
+    }
+}
+
+struct QemuVm {
+    child: Option<Child>,
+}
+
+impl Vm for QemuVm {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|e| SandboxError::Vm(format!("wait for QEMU: {e}")))?
+            {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                if !err.trim().is_empty() {
+                    tracing::debug!("qemu: {}", err.trim());
+                }
+                self.child = None;
+                return Ok(Some(status.code().unwrap_or(-1)));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,120 @@
+//! A sandbox: one VM booted with the hull guest, and the agent connection to it. It owns
+//! a private directory (agent socket, console log, disk images the caller put there);
+//! dropping the sandbox kills the VM and removes the directory, so a failed test or
+//! create leaves nothing behind.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hull_proto::Request;
+
+use crate::client::AgentClient;
+use crate::error::{io_err, Result, SandboxError};
+use crate::guest::GuestAssets;
+use crate::hypervisor::{Accel, Disk, Hypervisor, Vm, VmConfig};
+
+pub struct SandboxConfig {
+    pub assets: GuestAssets,
+    /// The sandbox's own directory; created here, removed with the sandbox.
+    pub dir: PathBuf,
+    pub disks: Vec<Disk>,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub accel: Accel,
+    pub extra_cmdline: String,
+    pub boot_timeout: Duration,
+}
+
+pub struct Sandbox {
+    vm: Box<dyn Vm>,
+    pub agent: AgentClient,
+    dir: PathBuf,
+    pub console_log: PathBuf,
+    /// From starting the VMM to the agent's hello.
+    pub boot_time: Duration,
+}
+
+impl Sandbox {
+    pub fn start(hv: &dyn Hypervisor, cfg: SandboxConfig) -> Result<Sandbox> {
+        std::fs::create_dir_all(&cfg.dir).map_err(io_err("cannot create", &cfg.dir))?;
+        let console_log = cfg.dir.join("console.log");
+        let vm_config = VmConfig {
+            kernel: cfg.assets.vmlinux.clone(),
+            initramfs: cfg.assets.initramfs.clone(),
+            extra_cmdline: cfg.extra_cmdline.clone(),
+            vcpus: cfg.vcpus,
+            memory_mib: cfg.memory_mib,
+            disks: cfg.disks.clone(),
+            agent_socket: cfg.dir.join("agent.sock"),
+            console_log: console_log.clone(),
+            accel: cfg.accel,
+        };
+        let t = Instant::now();
+        let mut vm = match hv.start(&vm_config) {
+            Ok(vm) => vm,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&cfg.dir);
+                return Err(e);
+            }
+        };
+        match AgentClient::connect(&vm_config.agent_socket, cfg.boot_timeout) {
+            Ok(agent) => Ok(Sandbox {
+                vm,
+                agent,
+                dir: cfg.dir,
+                console_log,
+                boot_time: t.elapsed(),
+            }),
+            Err(e) => {
+                let exited = vm.wait_timeout(Duration::ZERO).ok().flatten();
+                vm.kill();
+                let console = console_tail(&console_log, 15);
+                let _ = std::fs::remove_dir_all(&cfg.dir);
+                Err(SandboxError::Vm(format!(
+                    "{e}{}; the guest console ended with:\n{console}",
+                    exited
+                        .map(|c| format!(" ({} exited with {c})", hv.name()))
+                        .unwrap_or_default()
+                )))
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The VMM's pid on the host.
+    pub fn pid(&self) -> u32 {
+        self.vm.pid()
+    }
+
+    /// Asks the agent to power the guest off and waits for the VMM to exit; kills it
+    /// if it does not within `timeout`.
+    pub fn shutdown(mut self, timeout: Duration) -> Result<()> {
+        let asked = self.agent.call(Request::Shutdown, timeout);
+        let exited = self.vm.wait_timeout(timeout)?;
+        asked?;
+        match exited {
+            Some(_) => Ok(()),
+            None => Err(SandboxError::Vm(format!(
+                "the guest did not power off within {} s of the agent's shutdown; killed it",
+                timeout.as_secs()
+            ))),
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.vm.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The last `n` lines the guest printed, for error messages.
+pub fn console_tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

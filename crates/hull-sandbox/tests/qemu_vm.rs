@@ -1,0 +1,269 @@
+//! A real VM: the hull guest (kernel + agent) booted by QEMU (TCG here, KVM on hardware),
+//! a busybox container created through the agent, processes run in it over hull-proto.
+//! Never skipped: without a built guest it fails and says what to run.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use hull_proto::{ProcessIo, Reply, Request, Rootfs};
+use hull_sandbox::client::{read_to_end, AgentClient, Streams};
+use hull_sandbox::guest::{GuestAssets, DEFAULT_DIR};
+use hull_sandbox::hypervisor::{Accel, Disk};
+use hull_sandbox::qemu::Qemu;
+use hull_sandbox::sandbox::{console_tail, Sandbox, SandboxConfig};
+use serde_json::json;
+
+const CALL: Duration = Duration::from_secs(60);
+
+fn assets() -> GuestAssets {
+    let dir = std::env::var_os("HULL_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| DEFAULT_DIR.into());
+    GuestAssets::locate(&dir)
+        .unwrap_or_else(|e| panic!("{e} (scripts/test builds the guest before the tests)"))
+}
+
+fn busybox_rootfs(dir: &Path) {
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox-static is installed");
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if !applet.is_empty() && applet != "busybox" {
+            symlink("busybox", dir.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+}
+
+fn config(args: &[&str]) -> String {
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "args": args,
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "user": {"uid": 0, "gid": 0},
+            "capabilities": {
+                "bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]
+            },
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs"},
+        "hostname": "in-the-vm",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"},
+                           {"type": "cgroup"}],
+            "resources": {"memory": {"limit": 33554432}, "pids": {"limit": 64}},
+            "maskedPaths": ["/proc/kcore"],
+            "readonlyPaths": ["/proc/sys"]
+        }
+    })
+    .to_string()
+}
+
+fn process(args: &[&str]) -> String {
+    json!({"args": args, "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}})
+        .to_string()
+}
+
+fn output_io(agent: &AgentClient) -> (ProcessIo, Streams) {
+    let s = agent.streams();
+    let io = ProcessIo {
+        stdin: None,
+        stdout: Some(s.stdout),
+        stderr: Some(s.stderr),
+        terminal: false,
+    };
+    (io, s)
+}
+
+/// Runs `args` in the container; returns (exit status, stdout).
+fn exec(agent: &AgentClient, exec_id: &str, args: &[&str]) -> (i32, String) {
+    let (io, s) = output_io(agent);
+    let out = agent.subscribe(s.stdout);
+    let request = Request::Exec {
+        container: "c1".into(),
+        exec_id: exec_id.into(),
+        process: process(args),
+        io,
+    };
+    let reply = agent
+        .call(request, CALL)
+        .unwrap_or_else(|e| panic!("exec {args:?}: {e}"));
+    assert!(
+        matches!(reply, Reply::Process { pid } if pid > 0),
+        "{reply:?}"
+    );
+    let stdout = read_to_end(&out, CALL).expect("exec output");
+    let status = wait(agent, Some(exec_id));
+    (status, String::from_utf8_lossy(&stdout).into_owned())
+}
+
+fn wait(agent: &AgentClient, exec_id: Option<&str>) -> i32 {
+    let request = Request::Wait {
+        container: "c1".into(),
+        exec_id: exec_id.map(Into::into),
+    };
+    match agent.call(request, CALL) {
+        Ok(Reply::Exited { status }) => status,
+        r => panic!("wait {exec_id:?}: {r:?}"),
+    }
+}
+
+fn signal(agent: &AgentClient, exec_id: Option<&str>, signal: i32) {
+    let request = Request::Signal {
+        container: "c1".into(),
+        exec_id: exec_id.map(Into::into),
+        signal,
+        all: false,
+    };
+    assert_eq!(agent.call(request, CALL).unwrap(), Reply::Done);
+}
+
+fn boot(work: &Path) -> Sandbox {
+    let rootfs = work.join("rootfs");
+    busybox_rootfs(&rootfs);
+    let sandbox_dir = work.join("sandbox");
+    std::fs::create_dir_all(&sandbox_dir).unwrap();
+    let image = sandbox_dir.join("rootfs.erofs");
+    hull_sandbox::image::erofs_from_dir(&rootfs, &image).expect("erofs image");
+    let accel = Accel::detect();
+    eprintln!("booting the hull guest under QEMU ({accel:?})");
+    let config = SandboxConfig {
+        assets: assets(),
+        dir: sandbox_dir,
+        disks: vec![Disk {
+            path: image,
+            readonly: true,
+            serial: "rootfs0".into(),
+        }],
+        vcpus: 1,
+        memory_mib: 128,
+        accel,
+        extra_cmdline: String::new(),
+        boot_timeout: Duration::from_secs(120),
+    };
+    Sandbox::start(&Qemu::default(), config).expect("the guest boots and the agent answers")
+}
+
+/// On a failed assertion, what the guest said: the sandbox removes its log on drop.
+struct ConsoleOnPanic(PathBuf);
+
+impl Drop for ConsoleOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("guest console:\n{}", console_tail(&self.0, 40));
+        }
+    }
+}
+
+#[test]
+fn container_in_a_qemu_vm() {
+    let work = std::env::temp_dir().join(format!("hull-vm-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let sandbox = boot(&work);
+    let vmm_pid = sandbox.pid();
+    let sandbox_dir = sandbox.dir().to_path_buf();
+    eprintln!(
+        "{} answered {:?} after QEMU started",
+        sandbox.agent.agent, sandbox.boot_time
+    );
+    let _console = ConsoleOnPanic(sandbox.console_log.clone());
+    let agent = &sandbox.agent;
+    assert_eq!(agent.call(Request::Ping, CALL).unwrap(), Reply::Pong);
+
+    // The container's init: a long sleep, killed at the end.
+    let (io, s) = output_io(agent);
+    let init_out = agent.subscribe(s.stdout);
+    let create = Request::CreateContainer {
+        id: "c1".into(),
+        config: config(&["sh", "-c", "echo init up; exec sleep 1000"]),
+        rootfs: Rootfs {
+            serial: "rootfs0".into(),
+            fstype: "erofs".into(),
+        },
+        io,
+    };
+    let created = agent.call(create, CALL);
+    assert!(
+        matches!(created, Ok(Reply::Process { pid }) if pid > 0),
+        "create: {created:?}\n{}",
+        console_tail(&sandbox.console_log, 30)
+    );
+    let started = agent.call(Request::StartContainer { id: "c1".into() }, CALL);
+    assert_eq!(started.unwrap(), Reply::Done);
+    let first = init_out
+        .recv_timeout(CALL)
+        .expect("the init's first output");
+    assert_eq!(String::from_utf8_lossy(&first), "init up\n");
+
+    let (status, out) = exec(agent, "e1", &["echo", "hello from the VM"]);
+    assert_eq!((status, out.as_str()), (0, "hello from the VM\n"));
+    let (status, out) = exec(agent, "e2", &["hostname"]);
+    assert_eq!((status, out.as_str()), (0, "in-the-vm\n"));
+    // The limits are hull-runtime's, on the guest's cgroup v2.
+    let limits = [
+        "cat",
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/pids.max",
+    ];
+    let (status, out) = exec(agent, "e3", &limits);
+    assert_eq!((status, out.as_str()), (0, "33554432\n64\n"));
+    let (status, _) = exec(agent, "e4", &["false"]);
+    assert_eq!(status, 1, "false's exit status reaches the host");
+
+    // A long sleep that a signal ends.
+    let (io, _) = output_io(agent);
+    let sleeper = Request::Exec {
+        container: "c1".into(),
+        exec_id: "sleeper".into(),
+        process: process(&["sleep", "1000"]),
+        io,
+    };
+    agent.call(sleeper, CALL).unwrap();
+    signal(agent, Some("sleeper"), 15);
+    assert_eq!(wait(agent, Some("sleeper")), 128 + 15);
+
+    let stats = agent.call(
+        Request::Stats {
+            container: "c1".into(),
+        },
+        CALL,
+    );
+    assert!(
+        matches!(&stats, Ok(Reply::Stats { json }) if json.contains("memory")),
+        "{stats:?}"
+    );
+
+    // Bad input gets an error reply naming it, and the agent goes on.
+    let bad = agent.call(Request::StartContainer { id: "nope".into() }, CALL);
+    assert!(bad.unwrap_err().to_string().contains("nope"));
+
+    signal(agent, None, 9);
+    assert_eq!(wait(agent, None), 128 + 9);
+    let delete = Request::DeleteContainer {
+        id: "c1".into(),
+        force: false,
+    };
+    assert_eq!(agent.call(delete, CALL).unwrap(), Reply::Done);
+
+    sandbox
+        .shutdown(Duration::from_secs(60))
+        .expect("the guest powers off");
+    assert!(
+        !Path::new(&format!("/proc/{vmm_pid}")).exists(),
+        "QEMU (pid {vmm_pid}) is gone"
+    );
+    assert!(!sandbox_dir.exists(), "the sandbox directory is removed");
+    std::fs::remove_dir_all(&work).unwrap();
+}

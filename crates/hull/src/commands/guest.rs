@@ -1,0 +1,33 @@
+//! `hull guest build`: the VM guest's kernel and initramfs, built once and cached.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use hull_sandbox::guest::{self, BuildOptions};
+
+use crate::cli::GuestBuildArgs;
+
+pub fn build(a: GuestBuildArgs) -> Result<i32> {
+    let agent = match a.agent {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("cannot find hull's own path to look for hull-agent beside it")?
+            .with_file_name("hull-agent"),
+    };
+    let opts = BuildOptions {
+        dir: a.dir.unwrap_or_else(|| PathBuf::from(guest::DEFAULT_DIR)),
+        agent,
+        source: a
+            .source
+            .unwrap_or_else(|| PathBuf::from(guest::DEFAULT_SOURCE)),
+    };
+    let report = guest::build(&opts, &|line| eprintln!("hull: guest: {line}"))?;
+    if let Some(t) = report.kernel_build_time {
+        eprintln!("hull: guest: kernel built in {} s", t.as_secs());
+    }
+    let a = &report.assets;
+    println!("vmlinux    {}", a.vmlinux.display());
+    println!("bzImage    {}", a.bzimage.display());
+    println!("initramfs  {}", a.initramfs.display());
+    Ok(0)
+}

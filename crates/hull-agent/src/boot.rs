@@ -145,6 +145,29 @@ pub fn mount_filesystems() -> Result<()> {
     Ok(())
 }
 
+pub fn uptime_ms() -> u64 {
+    let text = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let secs: f64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    (secs * 1000.0) as u64
+}
+
+/// MemTotal - MemAvailable: what the kernel and the agent hold.
+pub fn memory_in_use_kib() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field("MemTotal:").saturating_sub(field("MemAvailable:"))
+}
+
 /// A micro-VM has no RTC worth reading: the host's clock arrives with its Hello.
 pub fn set_clock(secs: i64, nanos: u32) {
     let ts = nix::sys::time::TimeSpec::new(secs, nanos.min(999_999_999) as _);

@@ -66,7 +66,7 @@ impl Sandbox {
         }
         let bundle = self.bundles.join(id);
         let made = (|| {
-            let readonly = write_config(&bundle, config)?;
+            let readonly = write_config(&bundle, config, pio.terminal)?;
             mount_rootfs(&bundle, rootfs, readonly)?;
             let spec_bundle = hull_runtime::spec::Bundle::load(&bundle)?;
             let opts = CreateOptions {
@@ -128,8 +128,11 @@ impl Sandbox {
         if self.procs.contains_key(&key) {
             bail!("exec {exec_id} already exists in container {id}");
         }
-        let process: oci_spec::runtime::Process = serde_json::from_str(process)
+        let mut process: oci_spec::runtime::Process = serde_json::from_str(process)
             .context("the exec's process is not valid JSON for a runtime-spec process")?;
+        // The streams decide: a pty nobody relays, or a relay waiting for a pty that
+        // never comes, would hang.
+        process.set_terminal(Some(pio.terminal));
         let plumbing = io::plumb(pio)?;
         let pid_file = self.bundles.join(format!("exec-{}.pid", self.next_console));
         let console = if pio.terminal {
@@ -271,9 +274,13 @@ fn pty_ends(master: &OwnedFd, pio: &ProcessIo, near: &mut NearEnds) -> Result<()
 
 /// Writes config.json with the root pointing at the bundle's mount; says whether the
 /// container asked for a read-only root.
-fn write_config(bundle: &Path, config: &str) -> Result<bool> {
+fn write_config(bundle: &Path, config: &str, terminal: bool) -> Result<bool> {
     let mut v: serde_json::Value =
         serde_json::from_str(config).context("config.json is not valid JSON")?;
+    // As for exec: the host's streams decide whether there is a terminal.
+    if let Some(p) = v.get_mut("process").and_then(|p| p.as_object_mut()) {
+        p.insert("terminal".into(), terminal.into());
+    }
     let root = v
         .get_mut("root")
         .and_then(|r| r.as_object_mut())

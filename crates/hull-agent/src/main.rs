@@ -31,6 +31,12 @@ fn run() -> anyhow::Result<()> {
     // After /proc is there; the re-exec finds the filesystems mounted.
     hull_runtime::selfexe::ensure_sealed()?;
     let stream = transport::open()?;
-    tracing::info!("serving the host on {}", stream.name);
+    // bench/guest-boot reads this line: the guest is ready when the agent serves.
+    tracing::info!(
+        "ready at {} ms of uptime, {} KiB of memory in use; serving the host on {}",
+        boot::uptime_ms(),
+        boot::memory_in_use_kib(),
+        stream.name
+    );
     server::Server::new(stream.fd)?.serve()
 }

@@ -57,6 +57,8 @@ fn config(args: &[&str]) -> String {
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
             {"destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup",
              "options": ["nosuid", "noexec", "nodev", "ro"]}
         ],
@@ -221,6 +223,60 @@ fn container_in_a_qemu_vm() {
     assert_eq!((status, out.as_str()), (0, "33554432\n64\n"));
     let (status, _) = exec(agent, "e4", &["false"]);
     assert_eq!(status, 1, "false's exit status reaches the host");
+
+    // stdin reaches the process, and its end closes it.
+    let s = agent.streams();
+    let out = agent.subscribe(s.stdout);
+    let io = ProcessIo {
+        stdin: Some(s.stdin),
+        stdout: Some(s.stdout),
+        stderr: None,
+        terminal: false,
+    };
+    let cat = Request::Exec {
+        container: "c1".into(),
+        exec_id: "cat".into(),
+        process: process(&["cat"]),
+        io,
+    };
+    agent.call(cat, CALL).unwrap();
+    agent
+        .send_stdin(s.stdin, b"piped through the VM\n")
+        .unwrap();
+    agent.send_stdin(s.stdin, b"").unwrap();
+    assert_eq!(read_to_end(&out, CALL).unwrap(), b"piped through the VM\n");
+    assert_eq!(wait(agent, Some("cat")), 0);
+
+    // A terminal, of the size the host sets.
+    let s = agent.streams();
+    let out = agent.subscribe(s.stdout);
+    let io = ProcessIo {
+        stdin: Some(s.stdin),
+        stdout: Some(s.stdout),
+        stderr: None,
+        terminal: true,
+    };
+    let tty = Request::Exec {
+        container: "c1".into(),
+        exec_id: "tty".into(),
+        process: process(&["sh", "-c", "read x; tty; stty size; echo got $x"]),
+        io,
+    };
+    agent.call(tty, CALL).unwrap();
+    let resize = Request::ResizeTerminal {
+        container: "c1".into(),
+        exec_id: Some("tty".into()),
+        rows: 33,
+        cols: 77,
+    };
+    assert_eq!(agent.call(resize, CALL).unwrap(), Reply::Done);
+    agent.send_stdin(s.stdin, b"word\n").unwrap();
+    let text = String::from_utf8_lossy(&read_to_end(&out, CALL).unwrap()).into_owned();
+    assert!(
+        text.contains("/dev/pts/0") && text.contains("33 77") && text.contains("got word"),
+        "{text:?}"
+    );
+    assert_eq!(wait(agent, Some("tty")), 0);
 
     // A long sleep that a signal ends.
     let (io, _) = output_io(agent);

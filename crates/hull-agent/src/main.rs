@@ -15,6 +15,11 @@ mod transport;
 
 fn main() {
     log::init();
+    // PID 1 exiting panics the kernel; a bug should end the VM cleanly and say why.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!("agent bug: {info}; powering off");
+        boot::power_off();
+    }));
     if std::process::id() != 1 {
         eprintln!("hull-agent: this is the init of a hull guest VM; it runs as PID 1 only");
         std::process::exit(2);

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,7 @@ use hull_proto::{
 };
 
 use crate::error::{Result, SandboxError};
+use crate::hypervisor::Transport;
 
 type Pending = Arc<Mutex<HashMap<u64, Sender<std::result::Result<Reply, String>>>>>;
 type Sinks = Arc<Mutex<HashMap<StreamId, Sender<Vec<u8>>>>>;
@@ -41,19 +42,35 @@ pub struct Streams {
 impl AgentClient {
     /// Connects to the socket the hypervisor listens on and says hello; the agent
     /// answers once the guest has booted, so `timeout` covers the boot.
-    pub fn connect(socket: &Path, timeout: Duration) -> Result<AgentClient> {
+    pub fn connect(transport: &Transport, timeout: Duration) -> Result<AgentClient> {
         let deadline = Instant::now() + timeout;
+        // Until the VMM (serial) or the agent (vsock) listens, connecting fails.
+        // A hybrid vsock refuses CONNECT while the agent does not listen yet; that
+        // answer says more than the refused connections after it.
+        let mut answer = None;
         let stream = loop {
-            match UnixStream::connect(socket) {
+            let e = match open_stream(transport) {
                 Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) if e.kind() == std::io::ErrorKind::Other => answer.insert(e).kind(),
                 Err(e) => {
+                    if Instant::now() >= deadline {
+                        let e = answer.unwrap_or(e);
+                        return Err(SandboxError::Vm(format!(
+                            "cannot connect to the agent over {transport:?}: {e}"
+                        )));
+                    }
+                    e.kind()
+                }
+            };
+            if Instant::now() >= deadline {
+                if let Some(a) = answer.take() {
                     return Err(SandboxError::Vm(format!(
-                        "cannot connect to the agent socket {}: {e}",
-                        socket.display()
-                    )))
+                        "cannot connect to the agent over {transport:?}: {a}"
+                    )));
                 }
             }
+            tracing::trace!("agent not reachable yet: {e:?}");
+            std::thread::sleep(Duration::from_millis(5));
         };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -79,17 +96,22 @@ impl AgentClient {
             .spawn(move || read_loop(stream, hello_tx, p, s))
             .map_err(|e| SandboxError::Vm(format!("spawn reader: {e}")))?;
         let left = deadline.saturating_duration_since(Instant::now());
-        let agent = match hello_rx.recv_timeout(left) {
-            Ok(Ok((version, software))) => {
-                check_version(version)?;
-                software
-            }
-            Ok(Err(e)) => return Err(SandboxError::Vm(e)),
-            Err(_) => {
-                return Err(SandboxError::Timeout {
-                    what: "the agent's hello (did the guest boot? see its console log)".into(),
-                    secs: timeout.as_secs(),
-                })
+        let hello = match hello_rx.recv_timeout(left) {
+            Ok(Ok((version, software))) => check_version(version)
+                .map(|()| software)
+                .map_err(SandboxError::from),
+            Ok(Err(e)) => Err(SandboxError::Vm(e)),
+            Err(_) => Err(SandboxError::Timeout {
+                what: "the agent's hello (did the guest boot? see its console log)".into(),
+                secs: timeout.as_secs(),
+            }),
+        };
+        let agent = match hello {
+            Ok(a) => a,
+            Err(e) => {
+                // Ends the reader thread too.
+                let _ = writer.shutdown(std::net::Shutdown::Both);
+                return Err(e);
             }
         };
         Ok(AgentClient {
@@ -250,6 +272,46 @@ fn read_loop(mut stream: UnixStream, hello: HelloTx, pending: Pending, sinks: Si
                 Ok(Message::Request { .. }) => tracing::warn!("the agent sent a request"),
                 Err(e) => tracing::warn!("malformed message from the agent: {e}"),
             }
+        }
+    }
+}
+
+/// A connected byte stream to the agent. A vsock socket is held in a UnixStream: both
+/// are stream sockets, and only read, write and shutdown are used.
+fn open_stream(transport: &Transport) -> std::io::Result<UnixStream> {
+    match transport {
+        Transport::Serial { socket } => UnixStream::connect(socket),
+        Transport::Vsock { cid, port } => {
+            use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+            let fd = socket(
+                AddressFamily::Vsock,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )?;
+            connect(fd.as_raw_fd(), &VsockAddr::new(*cid, *port))?;
+            Ok(UnixStream::from(fd))
+        }
+        Transport::HybridVsock { socket, port } => {
+            let mut s = UnixStream::connect(socket)?;
+            s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+            // Byte by byte: nothing past the newline may be consumed here.
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while line.len() < 64 {
+                s.read_exact(&mut b)?;
+                if b[0] == b'\n' {
+                    break;
+                }
+                line.push(b[0]);
+            }
+            if !line.starts_with(b"OK ") {
+                return Err(std::io::Error::other(format!(
+                    "hybrid vsock answered {:?} to CONNECT {port}",
+                    String::from_utf8_lossy(&line)
+                )));
+            }
+            Ok(s)
         }
     }
 }

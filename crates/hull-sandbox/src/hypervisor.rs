@@ -28,6 +28,56 @@ impl Accel {
     }
 }
 
+/// The byte stream between hull and the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// A virtio-serial port named `hull.agent`, bound to a Unix socket the VMM listens
+    /// on (QEMU where the host has no vhost-vsock).
+    Serial { socket: PathBuf },
+    /// virtio-vsock through the host kernel's vhost-vsock: hull connects to
+    /// (cid, port), where the agent listens (`hull.vsock=PORT` on its cmdline).
+    Vsock { cid: u32, port: u32 },
+    /// Firecracker's hybrid vsock (hull-vmm): a Unix socket on which hull writes
+    /// `CONNECT <port>\n` and reads `OK <port>\n` before the stream starts.
+    HybridVsock { socket: PathBuf, port: u32 },
+}
+
+/// The vsock port the agent listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+impl Transport {
+    /// vhost-vsock where the host kernel offers it, else a virtio-serial port on a
+    /// socket in `dir`. The cid is derived from the pid: unique among this host's VMs
+    /// as long as pids are, and never one of the reserved cids 0-2.
+    pub fn detect(dir: &std::path::Path) -> Transport {
+        let vhost = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/vhost-vsock")
+            .is_ok();
+        if vhost {
+            Transport::Vsock {
+                cid: 3 + std::process::id(),
+                port: AGENT_VSOCK_PORT,
+            }
+        } else {
+            Transport::Serial {
+                socket: dir.join("agent.sock"),
+            }
+        }
+    }
+
+    /// What the guest kernel's cmdline must say for the agent to find this channel.
+    pub fn cmdline(&self) -> String {
+        match self {
+            Transport::Serial { .. } => String::new(),
+            Transport::Vsock { port, .. } | Transport::HybridVsock { port, .. } => {
+                format!("hull.vsock={port}")
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Disk {
     pub path: PathBuf,
@@ -46,8 +96,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     pub memory_mib: u32,
     pub disks: Vec<Disk>,
-    /// The host end of the agent's channel: a Unix socket the backend listens on.
-    pub agent_socket: PathBuf,
+    /// The agent's channel.
+    pub transport: Transport,
     /// Where the guest's serial console goes.
     pub console_log: PathBuf,
     pub accel: Accel,

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::{Result, SandboxError};
-use crate::hypervisor::{Accel, Hypervisor, Vm, VmConfig};
+use crate::hypervisor::{Accel, Hypervisor, Transport, Vm, VmConfig};
 
 /// The kernel cmdline every hull guest gets. `reboot=t`: without ACPI the guest cannot
 /// power off, so the agent's shutdown resets it by triple fault, which QEMU's
@@ -59,26 +59,38 @@ impl Qemu {
             "-initrd".into(),
             c.initramfs.display().to_string(),
             "-append".into(),
-            format!("{BASE_CMDLINE} {}", c.extra_cmdline)
-                .trim()
-                .to_string(),
+            format!(
+                "{BASE_CMDLINE} {} {}",
+                c.transport.cmdline(),
+                c.extra_cmdline
+            )
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
             "-chardev".into(),
             format!("file,id=console,path={}", c.console_log.display()),
             "-serial".into(),
             "chardev:console".into(),
-            "-device".into(),
-            "virtio-serial-device".into(),
-            "-chardev".into(),
-            format!(
-                "socket,id=agent,path={},server=on,wait=off",
-                c.agent_socket.display()
-            ),
-            "-device".into(),
-            format!(
-                "virtserialport,chardev=agent,name={}",
-                hull_agent_port_name()
-            ),
         ]);
+        match &c.transport {
+            Transport::Serial { socket } => a.extend([
+                "-device".into(),
+                "virtio-serial-device".into(),
+                "-chardev".into(),
+                format!(
+                    "socket,id=agent,path={},server=on,wait=off",
+                    socket.display()
+                ),
+                "-device".into(),
+                format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
+            ]),
+            Transport::Vsock { cid, .. } => a.extend([
+                "-device".into(),
+                format!("vhost-vsock-device,guest-cid={cid}"),
+            ]),
+            // QEMU has no hybrid vsock; Qemu::start refuses it.
+            Transport::HybridVsock { .. } => {}
+        }
         for (i, d) in c.disks.iter().enumerate() {
             a.push("-drive".into());
             a.push(format!(
@@ -97,9 +109,7 @@ impl Qemu {
 }
 
 /// The port name the agent looks for (hull-agent's transport module).
-pub fn hull_agent_port_name() -> &'static str {
-    "hull.agent"
-}
+pub const AGENT_PORT_NAME: &str = "hull.agent";
 
 impl Hypervisor for Qemu {
     fn name(&self) -> &'static str {
@@ -107,6 +117,11 @@ impl Hypervisor for Qemu {
     }
 
     fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>> {
+        if let Transport::HybridVsock { .. } = config.transport {
+            return Err(SandboxError::Vm(
+                "QEMU has no hybrid vsock: use a serial port or vhost-vsock".into(),
+            ));
+        }
         let args = self.args(config);
         tracing::debug!("{} {}", self.binary.display(), args.join(" "));
         let child = Command::new(&self.binary)

@@ -11,7 +11,7 @@ use hull_proto::Request;
 use crate::client::AgentClient;
 use crate::error::{io_err, Result, SandboxError};
 use crate::guest::GuestAssets;
-use crate::hypervisor::{Accel, Disk, Hypervisor, Vm, VmConfig};
+use crate::hypervisor::{Accel, Disk, Hypervisor, Transport, Vm, VmConfig};
 
 pub struct SandboxConfig {
     pub assets: GuestAssets,
@@ -45,7 +45,7 @@ impl Sandbox {
             vcpus: cfg.vcpus,
             memory_mib: cfg.memory_mib,
             disks: cfg.disks.clone(),
-            agent_socket: cfg.dir.join("agent.sock"),
+            transport: Transport::detect(&cfg.dir),
             console_log: console_log.clone(),
             accel: cfg.accel,
         };
@@ -57,7 +57,7 @@ impl Sandbox {
                 return Err(e);
             }
         };
-        match AgentClient::connect(&vm_config.agent_socket, cfg.boot_timeout) {
+        match AgentClient::connect(&vm_config.transport, cfg.boot_timeout) {
             Ok(agent) => Ok(Sandbox {
                 vm,
                 agent,

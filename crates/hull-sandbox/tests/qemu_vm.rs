@@ -169,10 +169,20 @@ impl Drop for ConsoleOnPanic {
     }
 }
 
+/// The test's files go, whether it passes or fails.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn container_in_a_qemu_vm() {
     let work = std::env::temp_dir().join(format!("hull-vm-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
+    let _cleanup = RemoveOnDrop(work.clone());
     let sandbox = boot(&work);
     let vmm_pid = sandbox.pid();
     let sandbox_dir = sandbox.dir().to_path_buf();
@@ -321,5 +331,4 @@ fn container_in_a_qemu_vm() {
         "QEMU (pid {vmm_pid}) is gone"
     );
     assert!(!sandbox_dir.exists(), "the sandbox directory is removed");
-    std::fs::remove_dir_all(&work).unwrap();
 }

@@ -10,6 +10,7 @@ pub mod hypervisor;
 pub mod image;
 pub mod initramfs;
 pub mod qemu;
+pub mod run;
 pub mod sandbox;
 
 pub use error::{Result, SandboxError};

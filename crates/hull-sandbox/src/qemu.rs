@@ -1,6 +1,7 @@
 //! QEMU `-M microvm` (Debian's qemu-system-x86) as a Hypervisor: KVM where it is usable,
 //! TCG elsewhere. The agent's channel is a virtio-serial port on a Unix socket chardev.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -124,7 +125,18 @@ impl Hypervisor for Qemu {
         }
         let args = self.args(config);
         tracing::debug!("{} {}", self.binary.display(), args.join(" "));
-        let child = Command::new(&self.binary)
+        let mut cmd = Command::new(&self.binary);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The VM must not outlive the hull that started it, even a SIGKILLed one.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -4,6 +4,7 @@
 //! create leaves nothing behind.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hull_proto::Request;
@@ -27,7 +28,8 @@ pub struct SandboxConfig {
 
 pub struct Sandbox {
     vm: Box<dyn Vm>,
-    pub agent: AgentClient,
+    /// Shared with the threads that relay stdio and signals.
+    pub agent: Arc<AgentClient>,
     dir: PathBuf,
     pub console_log: PathBuf,
     /// From starting the VMM to the agent's hello.
@@ -60,7 +62,7 @@ impl Sandbox {
         match AgentClient::connect(&vm_config.transport, cfg.boot_timeout) {
             Ok(agent) => Ok(Sandbox {
                 vm,
-                agent,
+                agent: Arc::new(agent),
                 dir: cfg.dir,
                 console_log,
                 boot_time: t.elapsed(),

@@ -89,7 +89,7 @@ fn version() -> String {
 fn command_help(cmd: &str) -> String {
     let flags = match cmd {
         "create" | "run" => {
-            "  -b, --bundle DIR         bundle directory (default .)\n      --console-socket PATH  unix socket to receive the pty master\n      --pid-file FILE      write the init's pid here\n      --no-pivot           MS_MOVE + chroot instead of pivot_root\n      --no-new-keyring     keep the caller's session keyring\n      --preserve-fds N     pass fds 3..3+N to the container\n  -d, --detach             (run) return once started\n      --keep               (run) accepted for runc compatibility\n"
+            "  -b, --bundle DIR         bundle directory (default .)\n      --console-socket PATH  unix socket to receive the pty master\n      --pid-file FILE      write the init's pid here\n      --no-pivot           MS_MOVE + chroot instead of pivot_root\n      --no-new-keyring     keep the caller's session keyring\n      --preserve-fds N     pass fds 3..3+N to the container\n  -d, --detach             (run) return once started\n      --keep               (run) accepted for runc compatibility\n      --isolation vm       (run) in a micro-VM, in the foreground (or annotation io.hull.isolation=vm)\n"
         }
         "kill" => "  -a, --all   signal every process of the container\n  ARGS: ID [SIGNAL] (default SIGTERM; names or numbers)\n",
         "delete" => "  -f, --force   kill the container first if it runs\n",
@@ -199,6 +199,7 @@ fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
     let mut exec = ExecArgs::default();
     let mut update = UpdateArgs::default();
     let mut guest = crate::cli::GuestBuildArgs::default();
+    let mut isolation = None;
     let mut seen = Seen { positional: vec![] };
     // exec and ps pass everything after the container id on untouched.
     let passes_rest = matches!(name, "exec" | "ps");
@@ -236,6 +237,15 @@ fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
             }
             ("run", "-d" | "--detach") => detach = true,
             ("run", "--keep") => keep = true,
+            ("run", "--isolation") => {
+                let v = text(p.value()?, "--isolation")?;
+                if v != "vm" && v != "namespace" {
+                    return Err(Stop::Usage(format!(
+                        "--isolation {v:?}: use namespace or vm"
+                    )));
+                }
+                isolation = Some(v);
+            }
             ("kill", "-a" | "--all") => all = true,
             ("delete", "-f" | "--force") => force = true,
             ("list" | "ps", "-f" | "--format") => {
@@ -275,6 +285,7 @@ fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
             create.id = one_id(name, seen)?;
             Command::Run {
                 create,
+                isolation,
                 detach,
                 keep,
             }

@@ -53,6 +53,8 @@ pub enum Command {
     /// Create and start a container; wait for it unless --detach.
     Run {
         create: CreateArgs,
+        /// `vm`: in a micro-VM (also set by the annotation io.hull.isolation=vm).
+        isolation: Option<String>,
         /// Return once started.
         detach: bool,
         /// Keep the container's state after it exits.

@@ -7,6 +7,7 @@ pub mod guest;
 pub mod info;
 pub mod spec;
 pub mod update;
+pub mod vm;
 
 use std::path::Path;
 
@@ -29,9 +30,13 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Run {
             create,
+            isolation,
             detach,
             keep,
         } => {
+            if vm::wanted(isolation.as_deref(), &create.bundle)? {
+                return vm::run(g, &create, detach);
+            }
             hull_runtime::selfexe::ensure_sealed()?;
             tracing::debug!("sealed");
             let _ = keep;

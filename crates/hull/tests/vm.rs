@@ -1,0 +1,93 @@
+//! `hull run` with VM isolation: the busybox bundle runs in the hull guest under QEMU
+//! (TCG here). Needs the guest that `hull guest build` makes (scripts/test builds it);
+//! without it these tests fail and say so.
+
+mod common;
+
+use common::{Bundle, Container};
+use std::path::Path;
+use std::process::Stdio;
+
+/// No QEMU still running for this container, and no sandbox directory.
+fn assert_vm_gone(c: &Container) {
+    let sandbox = c.root.join(format!("{}.vm", c.id));
+    assert!(!sandbox.exists(), "{} was left behind", sandbox.display());
+    let needle = sandbox.display().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(&needle),
+            "a VMM of this container still runs: pid {:?}",
+            e.file_name()
+        );
+    }
+}
+
+fn run_vm(c: &Container, extra: &[&str]) -> common::Out {
+    let dir = c.dir();
+    let mut args = vec!["run"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--bundle", &dir, &c.id]);
+    c.hull(&args)
+}
+
+#[test]
+fn run_in_a_vm_prints_exits_with_the_status_and_leaves_nothing() {
+    hull_only!();
+    let script = "echo hello from $(hostname); cat /sys/fs/cgroup/memory.max; exit 3";
+    let c = Bundle::new(&["sh", "-c", script])
+        .config(|v| {
+            v["hostname"] = "in-a-vm".into();
+            v["linux"]["resources"]["memory"] = serde_json::json!({"limit": 67108864});
+        })
+        .container();
+    let out = run_vm(&c, &["--isolation", "vm"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(out.stdout, "hello from in-a-vm\n67108864\n", "{out:?}");
+    assert_vm_gone(&c);
+}
+
+#[test]
+fn the_annotation_asks_for_a_vm_and_stdin_is_relayed() {
+    hull_only!();
+    let c = Bundle::new(&["sh", "-c", "uname -r; cat"])
+        .config(|v| v["annotations"] = serde_json::json!({"io.hull.isolation": "vm"}))
+        .container();
+    let input = c.bundle.dir.join("input");
+    std::fs::write(&input, "through the VM\n").unwrap();
+    let dir = c.dir();
+    let out = c.hull_with(&["run", "--bundle", &dir, &c.id], |cmd| {
+        cmd.stdin(Stdio::from(std::fs::File::open(&input).unwrap()));
+    });
+    assert_eq!(out.code, 0, "{out:?}");
+    let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut lines = out.stdout.lines();
+    let guest_kernel = lines.next().unwrap_or_default();
+    assert_ne!(
+        guest_kernel,
+        host_kernel.trim(),
+        "the container ran on the host's kernel"
+    );
+    assert_eq!(lines.next(), Some("through the VM"), "{out:?}");
+    assert_vm_gone(&c);
+}
+
+#[test]
+fn a_failing_container_in_a_vm_reports_and_cleans_up() {
+    hull_only!();
+    let c = Bundle::new(&["/no/such/program"]).container();
+    let out = run_vm(&c, &["--isolation", "vm"]);
+    out.assert_error("a missing program", &["/no/such/program"]);
+    assert_vm_gone(&c);
+
+    // Without a built guest: one clear line, nothing made.
+    let dir = c.dir();
+    let out = c.hull_with(
+        &["run", "--isolation", "vm", "--bundle", &dir, &c.id],
+        |cmd| {
+            cmd.env("HULL_GUEST_DIR", "/nonexistent/hull-guest");
+        },
+    );
+    out.assert_error("no guest", &["hull guest build"]);
+    assert!(!Path::new(&c.root.join(format!("{}.vm", c.id))).exists());
+}

@@ -2,7 +2,6 @@
 //! vhost-vsock, QEMU, cgroups, guest assets), as text lines and as JSON.
 
 // Only part of the harness is used here (no bundles, no cleanup checks).
-#[allow(unused_imports)]
 mod common;
 
 use common::{hull_bin, run_with_timeout, unique_name, Out};

@@ -7,6 +7,8 @@
 
 mod cleanup;
 
+// Not every test file checks cleanup.
+#[allow(unused_imports)]
 pub use cleanup::*;
 use serde_json::{json, Value};
 use std::fs;

@@ -1,7 +1,6 @@
 //! `hull check`: what this host offers for VM isolation (KVM and its measured speed,
 //! vhost-vsock, QEMU, cgroups, guest assets), as text lines and as JSON.
 
-// Only part of the harness is used here (no bundles, no cleanup checks).
 mod common;
 
 use common::{hull_bin, run_with_timeout, unique_name, Out};

@@ -30,6 +30,9 @@ pub struct GuestAssets {
     pub vmlinux: PathBuf,
     pub bzimage: PathBuf,
     pub initramfs: PathBuf,
+    /// How long compiling this kernel took, when `hull guest build` compiled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_build_seconds: Option<u64>,
 }
 
 impl GuestAssets {
@@ -71,12 +74,14 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
         .join(format!("kernel-{}", kernel_key(&opts.source)?));
     let kernel_cached = kernel_dir.join("vmlinux").exists() && kernel_dir.join("bzImage").exists();
     let mut kernel_build_time = None;
+    let seconds_file = kernel_dir.join("build-seconds");
     if kernel_cached {
         progress(&format!("kernel: cached in {}", kernel_dir.display()));
     } else {
         let t = Instant::now();
         build_kernel(opts, &kernel_dir, progress)?;
         kernel_build_time = Some(t.elapsed());
+        write_atomic(&seconds_file, t.elapsed().as_secs().to_string().as_bytes())?;
     }
 
     let agent = std::fs::read(&opts.agent).map_err(io_err(
@@ -105,6 +110,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
         vmlinux: kernel_dir.join("vmlinux"),
         bzimage: kernel_dir.join("bzImage"),
         initramfs,
+        kernel_build_seconds: std::fs::read_to_string(&seconds_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
     };
     let manifest = serde_json::to_vec_pretty(&assets).unwrap_or_default();
     write_atomic(&opts.dir.join(MANIFEST), &manifest)?;

@@ -1,5 +1,11 @@
 //! The state directory `<root>/<id>/`: `state.json` (what `hull state` prints plus what
 //! later commands need) and `exec.fifo` while the container is created but not started.
+//!
+//! state.json is written once, never replaced: on ext4 (its default `auto_da_alloc`)
+//! renaming over an existing file starts writeback of the new one, and the unlink at
+//! `delete` then waits for that I/O (measured 0.7 ms of a 2 ms delete). So the state
+//! written before anything is made goes to `state.creating.json`, the final state to
+//! `state.json`, and `start` records itself in an empty `started` file.
 
 use std::collections::HashMap;
 use std::fs;
@@ -13,6 +19,10 @@ use crate::cgroups::Cgroup;
 use crate::error::{Error, Result};
 
 pub const STATE_FILE: &str = "state.json";
+/// The state saved before create makes anything, until the final state replaces it.
+pub const PROVISIONAL_FILE: &str = "state.creating.json";
+/// Exists once `start` has released the init.
+pub const STARTED_MARK: &str = "started";
 pub const EXEC_FIFO: &str = "exec.fifo";
 /// The runtime-spec version hull reports.
 pub const OCI_VERSION: &str = "1.2.0";
@@ -155,7 +165,7 @@ impl StateDir {
     }
 
     pub fn exists(&self) -> bool {
-        self.path.join(STATE_FILE).exists()
+        self.path.join(STATE_FILE).exists() || self.path.join(PROVISIONAL_FILE).exists()
     }
 
     pub fn fifo(&self) -> PathBuf {
@@ -163,30 +173,74 @@ impl StateDir {
     }
 
     pub fn load(&self, id: &str) -> Result<ContainerState> {
-        let file = self.path.join(STATE_FILE);
-        let bytes = match fs::read(&file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(id.to_string()))
+        // The final state is written before the provisional one goes: trying them in
+        // this order never finds neither.
+        let mut found = None;
+        for name in [STATE_FILE, PROVISIONAL_FILE] {
+            let file = self.path.join(name);
+            match fs::read(&file) {
+                Ok(b) => {
+                    found = Some((file, b));
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Io {
+                        what: "cannot read container state",
+                        path: file,
+                        source,
+                    })
+                }
             }
-            Err(source) => {
-                return Err(Error::Io {
-                    what: "cannot read container state",
-                    path: file,
-                    source,
-                })
-            }
+        }
+        let Some((file, bytes)) = found else {
+            return Err(Error::NotFound(id.to_string()));
         };
-        serde_json::from_slice(&bytes).map_err(|e| Error::CorruptState {
-            path: file,
-            reason: e.to_string(),
-        })
+        let mut state: ContainerState =
+            serde_json::from_slice(&bytes).map_err(|e| Error::CorruptState {
+                path: file,
+                reason: e.to_string(),
+            })?;
+        if !state.started && self.path.join(STARTED_MARK).exists() {
+            state.started = true;
+        }
+        Ok(state)
     }
 
-    /// Writes state.json atomically (temp file + rename), so a reader never sees half.
+    /// The state before create makes anything (cgroups, processes), so that
+    /// `delete --force` finds it all if the creating process dies.
+    pub fn save_provisional(&self, state: &ContainerState) -> Result<()> {
+        self.write_new(PROVISIONAL_FILE, state)
+    }
+
+    /// The final state. Written once; later changes are `mark_started`, or `update`'s
+    /// rare rewrite.
     pub fn save(&self, state: &ContainerState) -> Result<()> {
-        let file = self.path.join(STATE_FILE);
-        let tmp = self.path.join(".state.json.tmp");
+        self.write_new(STATE_FILE, state)?;
+        match fs::remove_file(self.path.join(PROVISIONAL_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+                what: "cannot remove the provisional state",
+                path: self.path.join(PROVISIONAL_FILE),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn mark_started(&self) -> Result<()> {
+        let mark = self.path.join(STARTED_MARK);
+        fs::File::create(&mark).map_err(|source| Error::Io {
+            what: "cannot record the start",
+            path: mark,
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Writes `name` atomically (temp file + rename), so a reader never sees half.
+    fn write_new(&self, name: &str, state: &ContainerState) -> Result<()> {
+        let file = self.path.join(name);
+        let tmp = self.path.join(format!(".{name}.tmp"));
         let io = |source| Error::Io {
             what: "cannot write container state",
             path: file.clone(),

@@ -113,7 +113,21 @@ impl Channel {
     }
 
     pub fn recv_with_fd(&self) -> Result<(Msg, Option<OwnedFd>)> {
-        let mut buf = vec![0u8; MAX_MSG];
+        // A SEQPACKET peek with MSG_TRUNC tells the message's size: a buffer of exactly
+        // that, rather than one for the largest message (whose zeroing was RSS).
+        let len = loop {
+            match socket::recv(
+                self.fd.as_raw_fd(),
+                &mut [0u8; 1],
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+            ) {
+                Ok(0) => return Err(Error::ChildGone),
+                Ok(n) => break n.min(MAX_MSG),
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(Error::Sync(e.into())),
+            }
+        };
+        let mut buf = vec![0u8; len];
         loop {
             match fdpass::recv_fd(self.fd.as_fd(), &mut buf) {
                 Ok((0, _)) => return Err(Error::ChildGone),

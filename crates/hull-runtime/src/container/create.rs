@@ -162,7 +162,7 @@ pub fn create_from(
     let mut cgroup = cgroup;
     cgroup.plan_dirs();
     st.cgroup = cgroup.clone();
-    dir.save(&st)?;
+    dir.save_provisional(&st)?;
     undo.cgroup = Some(cgroup.clone());
     let resources = effective_resources(&bundle);
     cgroup.create(resources.as_ref())?;

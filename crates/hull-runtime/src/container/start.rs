@@ -58,7 +58,7 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     }
     let _ = std::fs::remove_file(&fifo_path);
     c.state.started = true;
-    c.dir.save(&c.state)?;
+    c.dir.mark_started()?;
     wait_for_exec(&c, &fifo)?;
     poststart(&c);
     Ok(())

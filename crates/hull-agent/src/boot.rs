@@ -11,12 +11,17 @@ use nix::sys::stat::Mode;
 const MOVED_ENV: &str = "HULL_AGENT_MOVED";
 
 /// The kernel unpacks the initramfs into `rootfs`, which pivot_root cannot leave, and
-/// containers pivot_root. So, as switch_root does: copy the agent into a tmpfs, drop
-/// the initramfs copy, move the tmpfs onto `/`, chroot into it and exec again.
+/// containers pivot_root. So, as switch_root does: move a fresh tmpfs onto `/` and
+/// chroot into it. The agent itself goes into a sealed memfd and is executed from there:
+/// one exec both leaves the initramfs and makes the binary write-proof for
+/// CVE-2019-5736 (hull-runtime's `ensure_sealed` then finds nothing to do), and the
+/// initramfs copy is dropped (it is RAM).
 pub fn leave_initramfs() -> Result<()> {
     if std::env::var_os(MOVED_ENV).is_some() {
         return Ok(());
     }
+    let sealed = sealed_copy(Path::new("/init"))?;
+    let _ = std::fs::remove_file("/init");
     let new = Path::new("/sysroot");
     std::fs::create_dir_all(new).context("mkdir /sysroot")?;
     mount(
@@ -27,9 +32,6 @@ pub fn leave_initramfs() -> Result<()> {
         Some("mode=0755"),
     )
     .context("mount tmpfs on /sysroot")?;
-    std::fs::copy("/init", new.join("init")).context("copy /init into /sysroot")?;
-    // The initramfs is RAM: its copy of the binary would otherwise stay resident.
-    let _ = std::fs::remove_file("/init");
     std::env::set_current_dir(new).context("chdir /sysroot")?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
         .context("move /sysroot onto /")?;
@@ -40,8 +42,27 @@ pub fn leave_initramfs() -> Result<()> {
         .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
         .collect();
     env.push(CString::new(format!("{MOVED_ENV}=1"))?);
-    let err = nix::unistd::execve(&init, std::slice::from_ref(&init), &env).unwrap_err();
-    Err(err).context("exec /init in the new root")
+    let err = nix::unistd::fexecve(&sealed, std::slice::from_ref(&init), &env).unwrap_err();
+    Err(err).context("exec the agent from its sealed copy")
+}
+
+fn sealed_copy(path: &Path) -> Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let mut src = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let fd = memfd_create(
+        c"hull-agent",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .context("memfd_create")?;
+    let mut dst = std::fs::File::from(fd);
+    std::io::copy(&mut src, &mut dst).context("copy the agent into a memfd")?;
+    let seals = SealFlag::F_SEAL_SEAL
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE;
+    fcntl(&dst, FcntlArg::F_ADD_SEALS(seals)).context("seal the agent's memfd")?;
+    Ok(dst.into())
 }
 
 struct Fs {

@@ -33,7 +33,8 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     boot::leave_initramfs()?;
     boot::mount_filesystems()?;
-    // After /proc is there; the re-exec finds the filesystems mounted.
+    // A no-op after leave_initramfs (the binary is a sealed memfd); kept so that an
+    // agent started any other way is still write-proof. Needs /proc.
     hull_runtime::selfexe::ensure_sealed()?;
     let stream = transport::open()?;
     // bench/guest-boot reads this line: the guest is ready when the agent serves.

@@ -70,11 +70,32 @@ impl Server {
         })
     }
 
+    /// The agent speaks first: on a virtio console the host must not send before the
+    /// agent has put the tty in raw mode (the line discipline would echo and edit the
+    /// bytes). Repeated until the host answers, since a console drops what the guest
+    /// writes while no host is connected to its socket.
+    fn hello(&mut self) -> Result<()> {
+        self.send(&Message::Hello {
+            version: PROTOCOL_VERSION,
+            software: format!("hull-agent {}", env!("CARGO_PKG_VERSION")),
+            realtime: None,
+        })
+    }
+
     /// Returns when the host asks for shutdown or goes away.
     pub fn serve(mut self) -> Result<()> {
         let mut buf = vec![0u8; 64 * 1024];
+        self.hello()?;
         while !self.shutdown {
-            let (host_ready, sig_ready, ready_outputs) = self.wait_ready()?;
+            let timeout = if self.greeted {
+                PollTimeout::NONE
+            } else {
+                PollTimeout::from(500u16)
+            };
+            let (host_ready, sig_ready, ready_outputs) = self.wait_ready(timeout)?;
+            if !self.greeted && !host_ready {
+                self.hello()?;
+            }
             if sig_ready {
                 while let Ok(Some(_)) = self.sigchld.read_signal() {}
             }
@@ -109,7 +130,7 @@ impl Server {
         Ok(())
     }
 
-    fn wait_ready(&self) -> Result<(bool, bool, Vec<StreamId>)> {
+    fn wait_ready(&self, timeout: PollTimeout) -> Result<(bool, bool, Vec<StreamId>)> {
         let mut fds = Vec::with_capacity(2 + self.outputs.len());
         fds.push(PollFd::new(self.host.as_fd(), PollFlags::POLLIN));
         fds.push(PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN));
@@ -117,7 +138,7 @@ impl Server {
             fds.push(PollFd::new(o.fd.as_fd(), PollFlags::POLLIN));
         }
         loop {
-            match poll(&mut fds, PollTimeout::NONE) {
+            match poll(&mut fds, timeout) {
                 Ok(_) => break,
                 Err(nix::Error::EINTR) => continue,
                 Err(e) => return Err(e).context("poll"),
@@ -161,11 +182,6 @@ impl Server {
             Message::Hello {
                 version, realtime, ..
             } => {
-                self.send(&Message::Hello {
-                    version: PROTOCOL_VERSION,
-                    software: format!("hull-agent {}", env!("CARGO_PKG_VERSION")),
-                    realtime: None,
-                })?;
                 check_version(version)?;
                 if let Some((secs, nanos)) = realtime {
                     crate::boot::set_clock(secs, nanos);

@@ -17,6 +17,12 @@ pub struct Stream {
 
 pub fn open() -> Result<Stream> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(name) = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("hull.console="))
+    {
+        return console(name);
+    }
     if let Some(port) = cmdline
         .split_whitespace()
         .find_map(|w| w.strip_prefix("hull.vsock="))
@@ -25,6 +31,41 @@ pub fn open() -> Result<Stream> {
         return vsock(port);
     }
     serial_port()
+}
+
+/// A virtio console port (hvcN): a tty, so it is put in raw mode to carry bytes as
+/// they are.
+fn console(name: &str) -> Result<Stream> {
+    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+    use std::os::unix::fs::OpenOptionsExt;
+    if name.contains('/') {
+        bail!("hull.console={name}: not a device name");
+    }
+    let dev = Path::new("/dev").join(name);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dev.exists() {
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not appear: the host gave the VM no console port for the agent",
+                dev.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&dev)
+        .with_context(|| format!("open {}", dev.display()))?;
+    let mut t = tcgetattr(&file).with_context(|| format!("tcgetattr {}", dev.display()))?;
+    cfmakeraw(&mut t);
+    tcsetattr(&file, SetArg::TCSANOW, &t)
+        .with_context(|| format!("raw mode on {}", dev.display()))?;
+    Ok(Stream {
+        fd: file.into(),
+        name: dev.display().to_string(),
+    })
 }
 
 fn serial_port() -> Result<Stream> {

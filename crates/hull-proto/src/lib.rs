@@ -6,8 +6,10 @@
 //! frame on it means end of file. The host picks the stream numbers when it creates a
 //! process, so both sides know them without a round trip.
 //!
-//! Both sides open with [`Message::Hello`]; a peer whose major version differs is refused
-//! before anything else is said.
+//! The agent opens with [`Message::Hello`] (repeating it until answered), the host
+//! answers with its own, carrying its clock; a peer whose version differs is refused
+//! before anything else is said. The agent goes first because on a virtio console its
+//! end is a tty that must be in raw mode before any byte arrives.
 
 mod frame;
 mod message;

@@ -72,20 +72,9 @@ impl AgentClient {
             tracing::trace!("agent not reachable yet: {e:?}");
             std::thread::sleep(Duration::from_millis(5));
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let hello = Message::Hello {
-            version: PROTOCOL_VERSION,
-            software: format!("hull {}", env!("CARGO_PKG_VERSION")),
-            realtime: Some((now.as_secs() as i64, now.subsec_nanos())),
-        };
-        let mut wire = Vec::new();
-        encode_message(&hello, &mut wire);
         let mut writer = stream
             .try_clone()
             .map_err(|e| SandboxError::Vm(format!("agent socket: {e}")))?;
-        writer.write_all(&wire).map_err(ProtoError::from)?;
 
         let (hello_tx, hello_rx) = channel();
         let pending: Pending = Arc::default();
@@ -106,6 +95,22 @@ impl AgentClient {
                 secs: timeout.as_secs(),
             }),
         };
+        // The agent spoke first (it may have to set up its end); now ours, with the
+        // clock the guest takes.
+        let hello = hello.and_then(|software| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let ours = Message::Hello {
+                version: PROTOCOL_VERSION,
+                software: format!("hull {}", env!("CARGO_PKG_VERSION")),
+                realtime: Some((now.as_secs() as i64, now.subsec_nanos())),
+            };
+            let mut wire = Vec::new();
+            encode_message(&ours, &mut wire);
+            writer.write_all(&wire).map_err(ProtoError::from)?;
+            Ok(software)
+        });
         let agent = match hello {
             Ok(a) => a,
             Err(e) => {

@@ -33,6 +33,17 @@ pub struct GuestAssets {
     /// How long compiling this kernel took, when `hull guest build` compiled it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_build_seconds: Option<u64>,
+    /// Whether that build reused an earlier build's tree (so it was not a full build).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_build_incremental: Option<bool>,
+}
+
+/// "SECONDS full|incremental", as `build` records it.
+fn read_build_record(path: &Path) -> Option<(u64, bool)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut words = text.split_whitespace();
+    let secs = words.next()?.parse().ok()?;
+    Some((secs, words.next() == Some("incremental")))
 }
 
 impl GuestAssets {
@@ -78,10 +89,18 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
     if kernel_cached {
         progress(&format!("kernel: cached in {}", kernel_dir.display()));
     } else {
+        // A source tree kept from an earlier build makes this one incremental; say so
+        // beside the time, which then is not a full build's.
+        let kind = if opts.dir.join(".build/linux/Makefile").exists() {
+            "incremental"
+        } else {
+            "full"
+        };
         let t = Instant::now();
         build_kernel(opts, &kernel_dir, progress)?;
         kernel_build_time = Some(t.elapsed());
-        write_atomic(&seconds_file, t.elapsed().as_secs().to_string().as_bytes())?;
+        let record = format!("{} {kind}", t.elapsed().as_secs());
+        write_atomic(&seconds_file, record.as_bytes())?;
     }
 
     let agent = std::fs::read(&opts.agent).map_err(io_err(
@@ -110,9 +129,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
         vmlinux: kernel_dir.join("vmlinux"),
         bzimage: kernel_dir.join("bzImage"),
         initramfs,
-        kernel_build_seconds: std::fs::read_to_string(&seconds_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok()),
+        kernel_build_seconds: read_build_record(&seconds_file).map(|r| r.0),
+        kernel_build_incremental: read_build_record(&seconds_file).map(|r| r.1),
     };
     let manifest = serde_json::to_vec_pretty(&assets).unwrap_or_default();
     write_atomic(&opts.dir.join(MANIFEST), &manifest)?;

@@ -31,8 +31,8 @@ impl Accel {
 /// The byte stream between hull and the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
-    /// A virtio-serial port named `hull.agent`, bound to a Unix socket the VMM listens
-    /// on (QEMU where the host has no vhost-vsock).
+    /// A virtio console port (the guest's hvc0), bound to a Unix socket the VMM
+    /// listens on (QEMU where the host has no vhost-vsock).
     Serial { socket: PathBuf },
     /// virtio-vsock through the host kernel's vhost-vsock: hull connects to
     /// (cid, port), where the agent listens (`hull.vsock=PORT` on its cmdline).
@@ -70,7 +70,7 @@ impl Transport {
     /// What the guest kernel's cmdline must say for the agent to find this channel.
     pub fn cmdline(&self) -> String {
         match self {
-            Transport::Serial { .. } => String::new(),
+            Transport::Serial { .. } => "hull.console=hvc0".into(),
             Transport::Vsock { port, .. } | Transport::HybridVsock { port, .. } => {
                 format!("hull.vsock={port}")
             }

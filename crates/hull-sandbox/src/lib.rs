@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod client;
+pub mod clock;
 pub mod error;
 pub mod guest;
 pub mod hypervisor;

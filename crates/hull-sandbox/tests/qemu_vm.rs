@@ -250,11 +250,20 @@ fn container_in_a_qemu_vm() {
         io,
     };
     agent.call(cat, CALL).unwrap();
-    agent
-        .send_stdin(s.stdin, b"piped through the VM\n")
-        .unwrap();
+    // Every byte value, more than any buffer on the way holds: the channel is a tty
+    // in the guest, and must pass binary data unchanged and without loss.
+    let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    for chunk in data.chunks(50_000) {
+        agent.send_stdin(s.stdin, chunk).unwrap();
+    }
     agent.send_stdin(s.stdin, b"").unwrap();
-    assert_eq!(read_to_end(&out, CALL).unwrap(), b"piped through the VM\n");
+    let echoed = read_to_end(&out, CALL).unwrap();
+    assert!(
+        echoed == data,
+        "{} bytes came back of {}",
+        echoed.len(),
+        data.len()
+    );
     assert_eq!(wait(agent, Some("cat")), 0);
 
     // A terminal, of the size the host sets.

@@ -103,7 +103,7 @@ fn command_help(cmd: &str) -> String {
             "  -r, --resources FILE   LinuxResources JSON (- for stdin)\n      --memory SIZE --memory-reservation SIZE --memory-swap SIZE\n      --cpu-share N --cpu-period N --cpu-quota N --cpu-rt-period N --cpu-rt-runtime N\n      --cpuset-cpus LIST --cpuset-mems LIST --blkio-weight N --pids-limit N\n"
         }
         "check" => "  -f, --format text|json\n",
-        "guest" => "  build   build or reuse the guest kernel and initramfs\n      --dir DIR        cache directory (default /var/lib/hull/guest)\n      --agent FILE     the static hull-agent (default: next to hull)\n      --source FILE    kernel source tarball (default /usr/src/linux-source-6.1.tar.xz)\n",
+        "guest" => "  build   build or reuse the guest kernel and initramfs\n  qemu-args KERNEL INITRAMFS SOCKET CONSOLE_LOG   the QEMU arguments hull would boot them with\n      --dir DIR        cache directory (default /var/lib/hull/guest)\n      --agent FILE     the static hull-agent (default: next to hull)\n      --source FILE    kernel source tarball (default /usr/src/linux-source-6.1.tar.xz)\n",
         "spec" => "  -b, --bundle DIR   where to write config.json (default .)\n      --rootless     a spec for running without root\n",
         _ => "",
     };
@@ -359,8 +359,16 @@ fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
         }
         "guest" => match seen.positional.as_slice() {
             [sub] if sub == "build" => Command::GuestBuild(guest),
+            [sub, kernel, initramfs, socket, log] if sub == "qemu-args" => {
+                Command::GuestQemuArgs {
+                    kernel: kernel.clone(),
+                    initramfs: initramfs.clone(),
+                    socket: socket.clone(),
+                    console_log: log.clone(),
+                }
+            }
             _ => return Err(Stop::Usage(
-                "hull guest: usage: hull guest build [--dir DIR] [--agent FILE] [--source FILE]"
+                "hull guest: usage: hull guest build [--dir DIR] [--agent FILE] [--source FILE] | hull guest qemu-args KERNEL INITRAMFS SOCKET CONSOLE_LOG"
                     .into(),
             )),
         },

@@ -119,6 +119,14 @@ pub enum Command {
     },
     /// Build (or find cached) the VM guest: kernel plus an initramfs with the agent.
     GuestBuild(GuestBuildArgs),
+    /// The QEMU arguments hull boots a guest with, one per line (for benchmarks that
+    /// boot other kernels the same way).
+    GuestQemuArgs {
+        kernel: String,
+        initramfs: String,
+        socket: String,
+        console_log: String,
+    },
 }
 
 #[derive(Debug, Default)]

@@ -31,3 +31,26 @@ pub fn build(a: GuestBuildArgs) -> Result<i32> {
     println!("initramfs  {}", a.initramfs.display());
     Ok(0)
 }
+
+/// What `Qemu::args` gives for a one-vCPU, 128 MiB guest on this host's accelerator,
+/// with the agent's channel on `socket`: bench/guest-boot boots every kernel with it.
+pub fn qemu_args(kernel: String, initramfs: String, socket: String, log: String) -> Result<i32> {
+    use hull_sandbox::hypervisor::{Accel, Transport, VmConfig};
+    let config = VmConfig {
+        kernel: kernel.into(),
+        initramfs: initramfs.into(),
+        extra_cmdline: String::new(),
+        vcpus: 1,
+        memory_mib: 128,
+        disks: vec![],
+        transport: Transport::Serial {
+            socket: socket.into(),
+        },
+        console_log: log.into(),
+        accel: Accel::detect(),
+    };
+    for arg in hull_sandbox::qemu::Qemu::default().args(&config) {
+        println!("{arg}");
+    }
+    Ok(0)
+}

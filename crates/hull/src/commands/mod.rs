@@ -83,6 +83,12 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Spec { bundle, rootless } => write_spec(&bundle, rootless),
         Command::Check { json } => check::check(json),
         Command::GuestBuild(a) => guest::build(a),
+        Command::GuestQemuArgs {
+            kernel,
+            initramfs,
+            socket,
+            console_log,
+        } => guest::qemu_args(kernel, initramfs, socket, console_log),
         Command::Features => {
             println!("{}", serde_json::to_string_pretty(&features::features())?);
             Ok(0)

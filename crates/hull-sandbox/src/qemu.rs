@@ -233,3 +233,94 @@ impl Drop for QemuVm {
         self.kill();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::Disk;
+
+    fn config(accel: Accel, transport: Transport) -> VmConfig {
+        VmConfig {
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            extra_cmdline: "hull.debug".into(),
+            vcpus: 2,
+            memory_mib: 96,
+            disks: vec![Disk {
+                path: "/r.erofs".into(),
+                readonly: true,
+                serial: "rootfs0".into(),
+            }],
+            transport,
+            console_log: "/c.log".into(),
+            accel,
+        }
+    }
+
+    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn tcg_gets_the_clock_and_a_console_channel() {
+        let q = Qemu {
+            binary: "qemu".into(),
+            tsc_khz: Some(2_000_000),
+        };
+        let serial = Transport::Serial {
+            socket: "/s.sock".into(),
+        };
+        let args = q.args(&config(Accel::Tcg, serial));
+        assert_eq!(after(&args, "-cpu"), ["max,-erms"]);
+        assert_eq!(after(&args, "-accel"), ["tcg"]);
+        assert_eq!(after(&args, "-m"), ["96M"]);
+        let cmdline = after(&args, "-append")[0];
+        assert_eq!(
+            cmdline,
+            "console=ttyS0 reboot=t panic=-1 quiet tsc_early_khz=2000000 tsc=reliable \
+             lpj=20000000 no_timer_check hull.console=hvc0 hull.debug"
+        );
+        let devices = after(&args, "-device");
+        assert!(
+            devices.contains(&"virtconsole,chardev=agent"),
+            "{devices:?}"
+        );
+        assert!(devices.contains(&"virtio-blk-device,drive=disk0,serial=rootfs0"));
+        assert_eq!(
+            after(&args, "-drive"),
+            ["file=/r.erofs,if=none,id=disk0,format=raw,readonly=on"]
+        );
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu_and_vsock() {
+        let q = Qemu {
+            binary: "qemu".into(),
+            tsc_khz: Some(2_000_000),
+        };
+        let vsock = Transport::Vsock { cid: 7, port: 1024 };
+        let args = q.args(&config(Accel::Kvm, vsock));
+        assert_eq!(after(&args, "-cpu"), ["host"]);
+        let cmdline = after(&args, "-append")[0];
+        assert!(!cmdline.contains("tsc_early_khz"), "{cmdline}");
+        assert!(cmdline.contains("hull.vsock=1024"), "{cmdline}");
+        assert!(after(&args, "-device").contains(&"vhost-vsock-device,guest-cid=7"));
+    }
+
+    #[test]
+    fn hybrid_vsock_is_refused_by_qemu() {
+        let q = Qemu {
+            binary: "qemu".into(),
+            tsc_khz: None,
+        };
+        let t = Transport::HybridVsock {
+            socket: "/h".into(),
+            port: 1024,
+        };
+        let e = q.start(&config(Accel::Tcg, t)).err().unwrap();
+        assert!(e.to_string().contains("hybrid vsock"), "{e}");
+    }
+}

@@ -266,6 +266,32 @@ fn container_in_a_qemu_vm() {
     );
     assert_eq!(wait(agent, Some("cat")), 0);
 
+    // close_stdin ends a reader without an EOF frame from the host.
+    let s = agent.streams();
+    let out = agent.subscribe(s.stdout);
+    let io = ProcessIo {
+        stdin: Some(s.stdin),
+        stdout: Some(s.stdout),
+        stderr: None,
+        terminal: false,
+    };
+    let wc = Request::Exec {
+        container: "c1".into(),
+        exec_id: "wc".into(),
+        process: process(&["wc", "-c"]),
+        io,
+    };
+    agent.call(wc, CALL).unwrap();
+    agent.send_stdin(s.stdin, b"12345").unwrap();
+    let close = Request::CloseStdin {
+        container: "c1".into(),
+        exec_id: Some("wc".into()),
+    };
+    assert_eq!(agent.call(close, CALL).unwrap(), Reply::Done);
+    let counted = String::from_utf8_lossy(&read_to_end(&out, CALL).unwrap()).into_owned();
+    assert_eq!(counted.trim(), "5");
+    assert_eq!(wait(agent, Some("wc")), 0);
+
     // A terminal, of the size the host sets.
     let s = agent.streams();
     let out = agent.subscribe(s.stdout);

@@ -1,0 +1,4 @@
+//! Emulated devices and the port I/O bus that routes guest `in`/`out` to them.
+
+pub mod bus;
+pub mod serial;

@@ -1,0 +1,44 @@
+/// Why a VM could not be built or stopped running. Each variant reads as the message.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// A KVM ioctl failed.
+    #[error("KVM {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be set up or accessed.
+    #[error("guest memory: {0}")]
+    Memory(String),
+    /// KVM's instruction emulator met an instruction it lacks. Where KVM runs every
+    /// guest instruction through that emulator (as on hull's development host), Linux
+    /// guests stop this way.
+    #[error("the guest stopped at RIP {rip:#x}: KVM cannot emulate the instruction there (bytes {}); this host's KVM emulates guest code and lacks it", hex(.bytes))]
+    EmulationFailure { rip: u64, bytes: Vec<u8> },
+    /// KVM stopped the vCPU with another internal error.
+    #[error("KVM internal error, suberror {suberror}, at RIP {rip:#x}")]
+    InternalError { suberror: u32, rip: u64 },
+    /// The guest triple-faulted; without a reset line to pull, the VM is over.
+    #[error("the guest triple-faulted (KVM_EXIT_SHUTDOWN) at RIP {rip:#x}")]
+    Shutdown { rip: u64 },
+    /// KVM could not enter the guest with the state it was given.
+    #[error("KVM refused to enter the guest: hardware entry failure reason {reason:#x}")]
+    FailEntry { reason: u64 },
+    /// The vCPU exited for a reason hull-vmm does not handle.
+    #[error("unexpected vCPU exit: {0}")]
+    UnexpectedExit(String),
+}
+
+pub type Result<T> = std::result::Result<T, VmmError>;
+
+pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

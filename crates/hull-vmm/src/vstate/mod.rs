@@ -1,0 +1,5 @@
+//! The VM's state: memory, the VM file descriptor, the vCPUs.
+
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

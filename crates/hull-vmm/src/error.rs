@@ -24,6 +24,9 @@ pub enum VmmError {
     /// KVM could not enter the guest with the state it was given.
     #[error("KVM refused to enter the guest: hardware entry failure reason {reason:#x}")]
     FailEntry { reason: u64 },
+    /// A thread's syscall filter could not be built or installed.
+    #[error("seccomp filter: {0}")]
+    Seccomp(String),
     /// The vCPU exited for a reason hull-vmm does not handle.
     #[error("unexpected vCPU exit: {0}")]
     UnexpectedExit(String),

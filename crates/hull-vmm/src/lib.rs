@@ -6,6 +6,7 @@
 
 pub mod devices;
 pub mod error;
+pub mod seccomp;
 pub mod vstate;
 
 pub use error::{Result, VmmError};

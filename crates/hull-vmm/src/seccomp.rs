@@ -1,0 +1,94 @@
+//! Per-thread syscall allowlists, one reviewed table per thread role, installed by each
+//! thread before it touches guest input (Firecracker's model). Anything else kills the
+//! process: a VMM thread making an unexpected syscall is a VMM compromised by its guest.
+//!
+//! Firecracker's x86_64 filters allow 27 syscalls on a vCPU thread; the table below is
+//! what hull-vmm's vCPU run loop needs, each with the reason it is there.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::error::{Result, VmmError};
+
+/// The KVM ioctls a vCPU thread issues (from linux/kvm.h: _IO/_IOR/_IOWR on 0xAE).
+pub const KVM_RUN: u64 = 0xae80;
+pub const KVM_GET_REGS: u64 = 0x8090_ae81;
+pub const KVM_GET_SREGS: u64 = 0x8138_ae83;
+pub const KVM_TRANSLATE: u64 = 0xc018_ae85;
+
+/// Syscalls a vCPU thread may make, and why.
+pub const VCPU: &[(i64, &str)] = &[
+    (
+        libc::SYS_ioctl,
+        "KVM_RUN; registers and KVM_TRANSLATE to report a failure (args checked)",
+    ),
+    (libc::SYS_write, "device output: the serial console's sink"),
+    (libc::SYS_futex, "locks shared with the VMM thread"),
+    (libc::SYS_mmap, "the allocator"),
+    (libc::SYS_munmap, "the allocator"),
+    (libc::SYS_brk, "the allocator"),
+    (libc::SYS_madvise, "the allocator returning memory"),
+    (
+        libc::SYS_rt_sigreturn,
+        "return from the signal that kicks the vCPU out of KVM_RUN",
+    ),
+    (
+        libc::SYS_sigaltstack,
+        "thread exit tears down the alternate signal stack",
+    ),
+    (libc::SYS_rt_sigprocmask, "thread exit"),
+    (libc::SYS_exit, "thread exit"),
+];
+
+fn filter(table: &[(i64, &str)]) -> Result<BpfProgram> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for &(nr, _) in table {
+        let r = if nr == libc::SYS_ioctl {
+            [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE]
+                .into_iter()
+                .map(|req| {
+                    SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)
+                        .and_then(|c| SeccompRule::new(vec![c]))
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| VmmError::Seccomp(e.to_string()))?
+        } else {
+            vec![]
+        };
+        rules.insert(nr, r);
+    }
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| VmmError::Seccomp(e.to_string()))?;
+    BpfProgram::try_from(f).map_err(|e| VmmError::Seccomp(e.to_string()))
+}
+
+/// Confines the calling thread to the vCPU allowlist, for the rest of its life.
+pub fn install_vcpu() -> Result<()> {
+    let prog = filter(VCPU)?;
+    seccompiler::apply_filter(&prog).map_err(|e| VmmError::Seccomp(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vcpu_allowlist_is_smaller_than_firecrackers() {
+        // Firecracker v1.x, x86_64: vcpu 27.
+        assert!(VCPU.len() < 27, "{} syscalls", VCPU.len());
+        let mut nrs: Vec<i64> = VCPU.iter().map(|e| e.0).collect();
+        nrs.sort();
+        nrs.dedup();
+        assert_eq!(nrs.len(), VCPU.len(), "a syscall is listed twice");
+        filter(VCPU).unwrap();
+    }
+}

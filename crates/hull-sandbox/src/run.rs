@@ -21,6 +21,55 @@ use crate::hypervisor::{Accel, Disk};
 use crate::qemu::Qemu;
 use crate::sandbox::{Sandbox, SandboxConfig};
 
+/// In the sandbox directory: "PID START_TIME" of the hull that runs the VM.
+pub const OWNER_FILE: &str = "owner";
+
+/// The sandbox directory of container `id` under hull's root.
+pub fn sandbox_dir(state_root: &Path, id: &str) -> PathBuf {
+    state_root.join(format!("{id}.vm"))
+}
+
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the VM sandbox of `id` is still owned by a running hull.
+pub fn owner_alive(state_root: &Path, id: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(sandbox_dir(state_root, id).join(OWNER_FILE)).ok()?;
+    let mut words = text.split_whitespace();
+    let pid: u32 = words.next()?.parse().ok()?;
+    let start: u64 = words.next()?.parse().ok()?;
+    (process_start_time(pid) == Some(start)).then_some(pid)
+}
+
+/// `hull delete` of a VM container: refuses a running one unless `force`, which kills
+/// its hull (the VM dies with it); then removes what is left. Returns false when `id`
+/// has no VM sandbox.
+pub fn delete(state_root: &Path, id: &str, force: bool) -> Result<bool> {
+    let dir = sandbox_dir(state_root, id);
+    if !dir.exists() {
+        return Ok(false);
+    }
+    if let Some(pid) = owner_alive(state_root, id) {
+        if !force {
+            return Err(SandboxError::Vm(format!(
+                "container {id} runs in a VM (hull pid {pid}): stop it, or delete --force"
+            )));
+        }
+        // SAFETY: kill(2) on a pid whose start time was just checked.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while owner_alive(state_root, id).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    std::fs::remove_dir_all(&dir).map_err(io_err("cannot remove", &dir))?;
+    Ok(true)
+}
+
 pub struct RunOptions {
     pub id: String,
     pub bundle: PathBuf,
@@ -59,7 +108,7 @@ fn load_bundle(dir: &Path) -> Result<Bundle> {
 pub fn run_foreground(opts: &RunOptions) -> Result<i32> {
     let assets = GuestAssets::locate(&opts.guest_dir)?;
     let bundle = load_bundle(&opts.bundle)?;
-    let dir = opts.state_root.join(format!("{}.vm", opts.id));
+    let dir = sandbox_dir(&opts.state_root, &opts.id);
     if dir.exists() {
         return Err(SandboxError::Vm(format!(
             "{} exists: container {} already runs in a VM (or a killed hull left it: remove it)",
@@ -68,6 +117,13 @@ pub fn run_foreground(opts: &RunOptions) -> Result<i32> {
         )));
     }
     std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+    // Who owns the sandbox: `hull delete --force` ends this process (and with it the
+    // VM, by PDEATHSIG) and removes the directory, even after a SIGKILL here.
+    if let Some(start) = process_start_time(std::process::id()) {
+        let owner = dir.join(OWNER_FILE);
+        let text = format!("{} {start}\n", std::process::id());
+        std::fs::write(&owner, text).map_err(io_err("cannot write", &owner))?;
+    }
     let image = dir.join("rootfs.erofs");
     if let Err(e) = crate::image::erofs_from_dir(&bundle.rootfs, &image) {
         let _ = std::fs::remove_dir_all(&dir);

@@ -91,3 +91,39 @@ fn a_failing_container_in_a_vm_reports_and_cleans_up() {
     out.assert_error("no guest", &["hull guest build"]);
     assert!(!Path::new(&c.root.join(format!("{}.vm", c.id))).exists());
 }
+
+#[test]
+fn delete_force_ends_a_vm_whose_hull_was_killed_and_leaves_nothing() {
+    hull_only!();
+    let c = Bundle::new(&["sleep", "1000"]).container();
+    let dir = c.dir();
+    let mut child = std::process::Command::new(&c.bin)
+        .args([
+            "--root",
+            &c.root.display().to_string(),
+            "run",
+            "--isolation",
+            "vm",
+        ])
+        .args(["--bundle", &dir, &c.id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sandbox = c.root.join(format!("{}.vm", c.id));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !sandbox.join("console.log").exists() {
+        assert!(std::time::Instant::now() < deadline, "no sandbox appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Without --force a running VM container is refused.
+    let out = c.hull(&["delete", &c.id]);
+    out.assert_error("delete of a running VM container", &["--force"]);
+    // hull killed mid-way: the VM goes with it, and delete --force removes the rest.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = c.hull(&["delete", "--force", &c.id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_vm_gone(&c);
+}

@@ -53,6 +53,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Delete { force, id } => {
+            if hull_sandbox::run::delete(root, &id, force)? {
+                return Ok(0);
+            }
             container::delete::delete(root, &id, force)?;
             Ok(0)
         }

@@ -195,12 +195,7 @@ impl fmt::Display for CgroupReport {
 impl fmt::Display for GuestReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.present {
-            write!(
-                f,
-                "present: {} ({})",
-                self.dir.display(),
-                self.files.join(", ")
-            )
+            write!(f, "present: {}", self.files.join(", "))
         } else {
             write!(f, "absent: run `hull guest build`")
         }

@@ -134,12 +134,33 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
     };
     let manifest = serde_json::to_vec_pretty(&assets).unwrap_or_default();
     write_atomic(&opts.dir.join(MANIFEST), &manifest)?;
+    prune(&opts.dir, &assets);
     Ok(BuildReport {
         assets,
         kernel_cached,
         initramfs_cached,
         kernel_build_time,
     })
+}
+
+/// Earlier kernels and initramfs images, superseded by this build, go (a kernel is
+/// ~25 MiB); the kept source tree makes going back cheap.
+fn prune(dir: &Path, current: &GuestAssets) {
+    let keep = [
+        current.vmlinux.parent().map(Path::to_path_buf),
+        Some(current.initramfs.clone()),
+    ];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = (name.starts_with("kernel-") || name.starts_with("initramfs-"))
+            && !keep.iter().flatten().any(|k| *k == e.path());
+        if stale {
+            let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+        }
+    }
 }
 
 /// The kernel depends on the fragment, the build script and the source tarball (by

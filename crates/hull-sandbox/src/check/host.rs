@@ -271,19 +271,18 @@ pub fn probe_cgroups() -> CgroupReport {
 pub struct GuestReport {
     pub dir: PathBuf,
     pub present: bool,
-    /// The directory's entries, sorted.
+    /// The kernel and initramfs that `hull guest build` last recorded there.
     pub files: Vec<String>,
 }
 
 pub fn probe_guest(dir: &Path) -> GuestReport {
-    let mut files: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
+    let files: Vec<String> = match crate::guest::GuestAssets::locate(dir) {
+        Ok(a) => [a.vmlinux, a.initramfs]
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        Err(_) => vec![],
+    };
     GuestReport {
         dir: dir.to_path_buf(),
         present: !files.is_empty(),

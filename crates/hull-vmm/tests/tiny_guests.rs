@@ -100,6 +100,46 @@ fn an_instruction_kvm_cannot_emulate_is_named_not_hung_on() {
             assert_eq!(out, b"U");
             eprintln!("hardware KVM: #UD reached the guest's handler");
         }
+        Ok(other) => panic!("unexpected stop: {other:?}"),
         Err(e) => panic!("unexpected: {e}"),
     }
+}
+
+#[test]
+fn the_reset_line_ends_the_vm() {
+    let mem = memory::anonymous(1 << 20).unwrap();
+    // mov al, 0xfe; out 0x64, al; hlt (never reached)
+    let code: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4];
+    mem.write_slice(code, GuestAddress(ENTRY.into())).unwrap();
+    let vm = Vm::new(mem).unwrap();
+    let mut vcpu = Vcpu::new(&vm, 0).unwrap();
+    vcpu.set_real_mode(ENTRY).unwrap();
+    let mut bus = PioBus::new();
+    let reset = hull_vmm::devices::i8042::I8042::new(vcpu.reset_line());
+    bus.insert(
+        hull_vmm::devices::i8042::BASE,
+        hull_vmm::devices::i8042::PORTS,
+        Box::new(reset),
+    );
+    assert_eq!(vcpu.run(&mut bus, &vm.memory).unwrap(), Stopped::Reset);
+}
+
+#[test]
+fn a_guest_that_never_exits_is_stopped_by_a_kick() {
+    let mem = memory::anonymous(1 << 20).unwrap();
+    mem.write_slice(&[0xeb, 0xfe], GuestAddress(ENTRY.into()))
+        .unwrap(); // jmp $
+    let vm = Vm::new(mem).unwrap();
+    let mut vcpu = Vcpu::new(&vm, 0).unwrap();
+    vcpu.set_real_mode(ENTRY).unwrap();
+    let kicker = vcpu.kicker();
+    let t = std::thread::spawn(move || {
+        let mut bus = PioBus::new();
+        vcpu.run(&mut bus, &vm.memory)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    kicker.kick();
+    assert_eq!(t.join().unwrap().unwrap(), Stopped::Kicked);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }

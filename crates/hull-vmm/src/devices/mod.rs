@@ -1,4 +1,5 @@
 //! Emulated devices and the port I/O bus that routes guest `in`/`out` to them.
 
 pub mod bus;
+pub mod i8042;
 pub mod serial;

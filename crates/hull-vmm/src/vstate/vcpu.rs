@@ -1,6 +1,9 @@
 //! One vCPU: its registers at entry, and the run loop that turns VM exits into device
 //! accesses or into the reason the guest stopped.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Once};
+
 use kvm_bindings::kvm_regs;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -16,6 +19,18 @@ const MAX_INSN: usize = 15;
 
 pub struct Vcpu {
     pub fd: VcpuFd,
+    control: Arc<Control>,
+}
+
+/// Shared between the vCPU thread and whoever may stop it.
+#[derive(Default)]
+struct Control {
+    /// Raised by the i8042 when the guest resets.
+    reset: Arc<AtomicBool>,
+    /// Raised by a `Kicker`.
+    stop: AtomicBool,
+    /// The pthread running the vCPU, while it runs (0 otherwise).
+    thread: AtomicU64,
 }
 
 /// How a guest ended without an error.
@@ -23,6 +38,48 @@ pub struct Vcpu {
 pub enum Stopped {
     /// HLT with nothing to wake it: the tiny guests' way of saying "done".
     Halted,
+    /// The guest pulled the reset line (i8042): a reboot, which ends a micro-VM.
+    Reset,
+    /// A `Kicker` stopped it (SIGTERM handling, a timeout).
+    Kicked,
+}
+
+/// Stops a running vCPU from another thread, whatever the guest is doing.
+#[derive(Clone)]
+pub struct Kicker(Arc<Control>);
+
+/// The signal that interrupts KVM_RUN; its handler does nothing.
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 3
+}
+
+extern "C" fn ignore_kick(_: libc::c_int) {}
+
+impl Kicker {
+    /// Asks the vCPU to stop and interrupts KVM_RUN until it has. The signal is
+    /// repeated: one that lands between the loop's check and KVM_RUN would be lost.
+    pub fn kick(&self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+        for _ in 0..500 {
+            let thread = self.0.thread.load(Ordering::SeqCst);
+            if thread == 0 {
+                return;
+            }
+            // SAFETY: `thread` is the live vCPU thread: it clears the value before it
+            // leaves `run`, and we stop as soon as it has.
+            unsafe { libc::pthread_kill(thread as libc::pthread_t, kick_signal()) };
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// Clears the running thread on every way out of `run`.
+struct Running<'a>(&'a Control);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.thread.store(0, Ordering::SeqCst);
+    }
 }
 
 /// A VM exit, copied out of kvm_run so the vCPU can be used again to handle it.
@@ -38,7 +95,21 @@ enum Exit {
 impl Vcpu {
     pub fn new(vm: &Vm, id: u64) -> Result<Vcpu> {
         let fd = vm.fd.create_vcpu(id).map_err(kvm("create vCPU"))?;
-        Ok(Vcpu { fd })
+        // Here, not in `run`: the vCPU thread's seccomp filter has no rt_sigaction.
+        install_kick_handler()?;
+        Ok(Vcpu {
+            fd,
+            control: Arc::default(),
+        })
+    }
+
+    /// The line an i8042 raises on reset.
+    pub fn reset_line(&self) -> Arc<AtomicBool> {
+        self.control.reset.clone()
+    }
+
+    pub fn kicker(&self) -> Kicker {
+        Kicker(self.control.clone())
     }
 
     /// Real mode, flat segments at 0, starting at `entry`: where tiny payloads run.
@@ -68,7 +139,19 @@ impl Vcpu {
 
     /// Runs the guest until it halts or something stops it.
     pub fn run(&mut self, bus: &mut PioBus, memory: &GuestMemoryMmap) -> Result<Stopped> {
+        let control = self.control.clone();
+        // SAFETY: pthread_self has no preconditions.
+        control
+            .thread
+            .store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+        let _running = Running(&control);
         loop {
+            if control.stop.load(Ordering::SeqCst) {
+                return Ok(Stopped::Kicked);
+            }
+            if control.reset.load(Ordering::SeqCst) {
+                return Ok(Stopped::Reset);
+            }
             let exit = match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     bus.write(port, data);
@@ -124,5 +207,29 @@ impl Vcpu {
             }
         }
         VmmError::EmulationFailure { rip, bytes }
+    }
+}
+
+/// A handler (not SIG_DFL, which would end the process, nor SIG_IGN, which would not
+/// interrupt KVM_RUN) for the kick signal, installed once per process.
+fn install_kick_handler() -> Result<()> {
+    static ONCE: Once = Once::new();
+    let mut err = None;
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction with a valid handler; the handler does nothing.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = ignore_kick as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(kick_signal(), &sa, std::ptr::null_mut()) != 0 {
+                err = Some(std::io::Error::last_os_error());
+            }
+        }
+    });
+    match err {
+        Some(e) => Err(VmmError::UnexpectedExit(format!(
+            "cannot install the kick handler: {e}"
+        ))),
+        None => Ok(()),
     }
 }

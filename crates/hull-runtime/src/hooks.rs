@@ -2,7 +2,7 @@
 //! and is killed when its timeout passes.
 
 use std::io::Write;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -73,13 +73,7 @@ fn run(h: &Hook, state: &[u8]) -> std::result::Result<(), String> {
 
 /// Waits up to `secs` for `pid` to exit without reaping it.
 fn wait_timeout(pid: i32, secs: i64) -> std::result::Result<bool, String> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(format!("pidfd_open: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: a successful pidfd_open returned a fresh fd that we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = crate::signal::pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
     let ms = (secs.saturating_mul(1000)).min(i32::MAX as i64) as i32;
     loop {

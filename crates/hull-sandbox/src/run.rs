@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hull_proto::{ProcessIo, Reply, Request, Rootfs};
+use hull_runtime::signal::signal_exact;
+use hull_runtime::state::process_start_time;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios::{self, SetArg};
 
@@ -29,19 +31,16 @@ pub fn sandbox_dir(state_root: &Path, id: &str) -> PathBuf {
     state_root.join(format!("{id}.vm"))
 }
 
-fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces and parentheses.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether the VM sandbox of `id` is still owned by a running hull.
-pub fn owner_alive(state_root: &Path, id: &str) -> Option<u32> {
+/// The hull that owns the VM sandbox of `id`, as recorded: (pid, start time).
+fn owner(state_root: &Path, id: &str) -> Option<(i32, u64)> {
     let text = std::fs::read_to_string(sandbox_dir(state_root, id).join(OWNER_FILE)).ok()?;
     let mut words = text.split_whitespace();
-    let pid: u32 = words.next()?.parse().ok()?;
-    let start: u64 = words.next()?.parse().ok()?;
+    Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+}
+
+/// Whether the VM sandbox of `id` is still owned by a running hull; its pid if so.
+pub fn owner_alive(state_root: &Path, id: &str) -> Option<i32> {
+    let (pid, start) = owner(state_root, id)?;
     (process_start_time(pid) == Some(start)).then_some(pid)
 }
 
@@ -59,8 +58,10 @@ pub fn delete(state_root: &Path, id: &str, force: bool) -> Result<bool> {
                 "container {id} runs in a VM (hull pid {pid}): stop it, or delete --force"
             )));
         }
-        // SAFETY: kill(2) on a pid whose start time was just checked.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        if let Some((pid, start)) = owner(state_root, id) {
+            // Through a pidfd, checked against the start time: never a reused pid.
+            let _ = signal_exact(pid, start, libc::SIGKILL);
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while owner_alive(state_root, id).is_some() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -119,7 +120,7 @@ pub fn run_foreground(opts: &RunOptions) -> Result<i32> {
     std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
     // Who owns the sandbox: `hull delete --force` ends this process (and with it the
     // VM, by PDEATHSIG) and removes the directory, even after a SIGKILL here.
-    if let Some(start) = process_start_time(std::process::id()) {
+    if let Some(start) = process_start_time(std::process::id() as i32) {
         let owner = dir.join(OWNER_FILE);
         let text = format!("{} {start}\n", std::process::id());
         std::fs::write(&owner, text).map_err(io_err("cannot write", &owner))?;

@@ -10,10 +10,10 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{self, ForkResult};
 use oci_spec::runtime::Process;
 
-use super::kill::pidfd_open;
 use super::{supervise, Container};
 use crate::error::{Error, Result};
 use crate::namespaces::{self, Plan};
+use crate::signal::pidfd_open;
 use crate::state::Status;
 use crate::sync::{Channel, Msg};
 

@@ -1,7 +1,6 @@
 //! `hull kill`: signal the init through a pidfd (a reused pid is never signalled), or
 //! with `--all` every process of the container's cgroup.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::sys::signal::{kill as kill_pid, Signal};
@@ -9,6 +8,7 @@ use nix::unistd::Pid;
 
 use super::Container;
 use crate::error::{Error, Result};
+use crate::signal::{pidfd_open, pidfd_send};
 use crate::state::Status;
 
 pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<()> {
@@ -18,16 +18,6 @@ pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<()> {
         return signal_all(&c, signal, status == Status::Paused);
     }
     signal_init(&c, signal)
-}
-
-pub(crate) fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags; a non-negative result is a new fd.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the fd was just returned to us and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Signals the init; errors if the recorded pid now belongs to another process.
@@ -45,24 +35,11 @@ pub(crate) fn signal_init(c: &Container, signal: i32) -> Result<()> {
             status: Status::Stopped,
         });
     }
-    // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no siginfo, no flags.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<u8>(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(Error::Signal {
-            id: c.id().into(),
-            signal,
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    pidfd_send(&pidfd, signal).map_err(|source| Error::Signal {
+        id: c.id().into(),
+        signal,
+        source,
+    })
 }
 
 /// Every process of the cgroup, frozen while signalled so none can fork away (as runc).

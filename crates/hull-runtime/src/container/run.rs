@@ -9,7 +9,11 @@ use crate::sync::Msg;
 /// Returns the container's exit code (0 when detached).
 pub fn run(opts: &CreateOptions, detach: bool) -> Result<i32> {
     crate::spec::validate_id(&opts.id)?;
-    let bundle = crate::spec::Bundle::load(&opts.bundle)?;
+    run_bundle(opts, crate::spec::Bundle::load(&opts.bundle)?, detach)
+}
+
+/// `run` of a bundle the caller has loaded (and whose id it has validated).
+pub fn run_bundle(opts: &CreateOptions, bundle: crate::spec::Bundle, detach: bool) -> Result<i32> {
     let bundle_terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
     // The container must become our child when stage 1 exits, so we can wait for it.
     if !detach {

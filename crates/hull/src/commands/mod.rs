@@ -34,13 +34,17 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             detach,
             keep,
         } => {
-            if vm::wanted(isolation.as_deref(), &create.bundle)? {
-                return vm::run(g, &create, detach);
-            }
             hull_runtime::selfexe::ensure_sealed()?;
             tracing::debug!("sealed");
             let _ = keep;
-            Ok(container::run::run(&create_options(g, &create), detach)?)
+            // Loaded once, here: it says which isolation, and the runtime takes it on.
+            hull_runtime::spec::validate_id(&create.id)?;
+            let bundle = hull_runtime::spec::Bundle::load(&create.bundle)?;
+            if vm::wanted(isolation.as_deref(), &bundle) {
+                return vm::run(g, &create, detach);
+            }
+            let opts = create_options(g, &create);
+            Ok(container::run::run_bundle(&opts, bundle, detach)?)
         }
         Command::Start { id } => {
             container::start::start(root, &id)?;

@@ -1,9 +1,10 @@
 //! `hull run` with VM isolation: the container runs in a micro-VM booted with the hull
 //! guest (hull-sandbox), in the foreground.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use hull_runtime::spec::Bundle;
 use hull_sandbox::run::{run_foreground, RunOptions};
 
 use crate::cli::{CreateArgs, Global};
@@ -13,18 +14,19 @@ use crate::cli::{CreateArgs, Global};
 const ANNOTATION: &str = "io.hull.isolation";
 
 /// `--isolation` decides; without it, the bundle's annotation.
-pub fn wanted(flag: Option<&str>, bundle: &Path) -> Result<bool> {
-    if let Some(f) = flag {
-        return Ok(f == "vm");
+pub fn wanted(flag: Option<&str>, bundle: &Bundle) -> bool {
+    match flag {
+        Some(f) => f == "vm",
+        None => bundle
+            .spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION))
+            .is_some_and(|v| v == "vm"),
     }
-    let Ok(text) = std::fs::read(bundle.join("config.json")) else {
-        // The namespace path reports a missing config properly.
-        return Ok(false);
-    };
-    let v: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
-    Ok(v["annotations"][ANNOTATION].as_str() == Some("vm"))
 }
 
+/// `a`'s id is validated and its bundle loaded (and so checked) by the caller.
 pub fn run(g: &Global, a: &CreateArgs, detach: bool) -> Result<i32> {
     if detach {
         bail!("hull run --detach: VM isolation runs in the foreground; drop --detach");
@@ -32,9 +34,6 @@ pub fn run(g: &Global, a: &CreateArgs, detach: bool) -> Result<i32> {
     if a.console_socket.is_some() || a.preserve_fds > 0 {
         bail!("hull run: --console-socket and --preserve-fds do not reach into a VM; the terminal and stdio are relayed by hull");
     }
-    hull_runtime::spec::validate_id(&a.id)?;
-    // Validates config.json the way the namespace runtime does, before a VM boots.
-    hull_runtime::spec::Bundle::load(&a.bundle)?;
     let guest_dir = std::env::var_os("HULL_GUEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(hull_sandbox::guest::DEFAULT_DIR));

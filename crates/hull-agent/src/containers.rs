@@ -91,13 +91,25 @@ impl Sandbox {
             };
             Ok::<_, anyhow::Error>((created.container.state.pid, plumbing.near, pty))
         })();
-        let (pid, mut near, pty) = match made {
+        let (pid, near, pty) = match made {
             Ok(v) => v,
             Err(e) => {
                 unmount_bundle(&bundle);
                 return Err(e);
             }
         };
+        self.register(key, pid, pty, pio, near)
+    }
+
+    /// Records a started process; with a terminal, its pty master becomes its I/O.
+    fn register(
+        &mut self,
+        key: Key,
+        pid: i32,
+        pty: Option<OwnedFd>,
+        pio: &ProcessIo,
+        mut near: NearEnds,
+    ) -> Result<(i32, NearEnds)> {
         if let Some(master) = &pty {
             pty_ends(master, pio, &mut near)?;
         }
@@ -174,20 +186,7 @@ impl Sandbox {
             }
             None => None,
         };
-        let pid = pid?;
-        let mut near = plumbing.near;
-        if let Some(master) = &pty {
-            pty_ends(master, pio, &mut near)?;
-        }
-        self.procs.insert(
-            key,
-            Proc {
-                pid,
-                exit: None,
-                pty,
-            },
-        );
-        Ok((pid, near))
+        self.register(key, pid?, pty, pio, plumbing.near)
     }
 
     pub fn signal(&mut self, key: &Key, signal: i32, all: bool) -> Result<()> {

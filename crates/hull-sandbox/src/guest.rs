@@ -125,12 +125,13 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
                 .unwrap_or(0)
         ));
     }
+    let build_record = read_build_record(&seconds_file);
     let assets = GuestAssets {
         vmlinux: kernel_dir.join("vmlinux"),
         bzimage: kernel_dir.join("bzImage"),
         initramfs,
-        kernel_build_seconds: read_build_record(&seconds_file).map(|r| r.0),
-        kernel_build_incremental: read_build_record(&seconds_file).map(|r| r.1),
+        kernel_build_seconds: build_record.map(|r| r.0),
+        kernel_build_incremental: build_record.map(|r| r.1),
     };
     let manifest = serde_json::to_vec_pretty(&assets).unwrap_or_default();
     write_atomic(&opts.dir.join(MANIFEST), &manifest)?;

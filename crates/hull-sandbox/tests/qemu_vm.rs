@@ -89,10 +89,8 @@ fn output_io(agent: &AgentClient) -> (ProcessIo, Streams) {
     (io, s)
 }
 
-/// Runs `args` in the container; returns (exit status, stdout).
-fn exec(agent: &AgentClient, exec_id: &str, args: &[&str]) -> (i32, String) {
-    let (io, s) = output_io(agent);
-    let out = agent.subscribe(s.stdout);
+/// Starts `args` as exec `exec_id` with `io`.
+fn start_exec(agent: &AgentClient, exec_id: &str, args: &[&str], io: ProcessIo) {
     let request = Request::Exec {
         container: "c1".into(),
         exec_id: exec_id.into(),
@@ -106,6 +104,33 @@ fn exec(agent: &AgentClient, exec_id: &str, args: &[&str]) -> (i32, String) {
         matches!(reply, Reply::Process { pid } if pid > 0),
         "{reply:?}"
     );
+}
+
+/// Starts `args` with its stdin open to the host (a pty with `terminal`); returns the
+/// stdin stream and the output.
+fn start_with_stdin(
+    agent: &AgentClient,
+    exec_id: &str,
+    args: &[&str],
+    terminal: bool,
+) -> (u32, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let s = agent.streams();
+    let out = agent.subscribe(s.stdout);
+    let io = ProcessIo {
+        stdin: Some(s.stdin),
+        stdout: Some(s.stdout),
+        stderr: None,
+        terminal,
+    };
+    start_exec(agent, exec_id, args, io);
+    (s.stdin, out)
+}
+
+/// Runs `args` in the container; returns (exit status, stdout).
+fn exec(agent: &AgentClient, exec_id: &str, args: &[&str]) -> (i32, String) {
+    let (io, s) = output_io(agent);
+    let out = agent.subscribe(s.stdout);
+    start_exec(agent, exec_id, args, io);
     let stdout = read_to_end(&out, CALL).expect("exec output");
     let status = wait(agent, Some(exec_id));
     (status, String::from_utf8_lossy(&stdout).into_owned())
@@ -235,28 +260,14 @@ fn container_in_a_qemu_vm() {
     assert_eq!(status, 1, "false's exit status reaches the host");
 
     // stdin reaches the process, and its end closes it.
-    let s = agent.streams();
-    let out = agent.subscribe(s.stdout);
-    let io = ProcessIo {
-        stdin: Some(s.stdin),
-        stdout: Some(s.stdout),
-        stderr: None,
-        terminal: false,
-    };
-    let cat = Request::Exec {
-        container: "c1".into(),
-        exec_id: "cat".into(),
-        process: process(&["cat"]),
-        io,
-    };
-    agent.call(cat, CALL).unwrap();
+    let (stdin, out) = start_with_stdin(agent, "cat", &["cat"], false);
     // Every byte value, more than any buffer on the way holds: the channel is a tty
     // in the guest, and must pass binary data unchanged and without loss.
     let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
     for chunk in data.chunks(50_000) {
-        agent.send_stdin(s.stdin, chunk).unwrap();
+        agent.send_stdin(stdin, chunk).unwrap();
     }
-    agent.send_stdin(s.stdin, b"").unwrap();
+    agent.send_stdin(stdin, b"").unwrap();
     let echoed = read_to_end(&out, CALL).unwrap();
     assert!(
         echoed == data,
@@ -267,22 +278,8 @@ fn container_in_a_qemu_vm() {
     assert_eq!(wait(agent, Some("cat")), 0);
 
     // close_stdin ends a reader without an EOF frame from the host.
-    let s = agent.streams();
-    let out = agent.subscribe(s.stdout);
-    let io = ProcessIo {
-        stdin: Some(s.stdin),
-        stdout: Some(s.stdout),
-        stderr: None,
-        terminal: false,
-    };
-    let wc = Request::Exec {
-        container: "c1".into(),
-        exec_id: "wc".into(),
-        process: process(&["wc", "-c"]),
-        io,
-    };
-    agent.call(wc, CALL).unwrap();
-    agent.send_stdin(s.stdin, b"12345").unwrap();
+    let (stdin, out) = start_with_stdin(agent, "wc", &["wc", "-c"], false);
+    agent.send_stdin(stdin, b"12345").unwrap();
     let close = Request::CloseStdin {
         container: "c1".into(),
         exec_id: Some("wc".into()),
@@ -293,21 +290,8 @@ fn container_in_a_qemu_vm() {
     assert_eq!(wait(agent, Some("wc")), 0);
 
     // A terminal, of the size the host sets.
-    let s = agent.streams();
-    let out = agent.subscribe(s.stdout);
-    let io = ProcessIo {
-        stdin: Some(s.stdin),
-        stdout: Some(s.stdout),
-        stderr: None,
-        terminal: true,
-    };
-    let tty = Request::Exec {
-        container: "c1".into(),
-        exec_id: "tty".into(),
-        process: process(&["sh", "-c", "read x; tty; stty size; echo got $x"]),
-        io,
-    };
-    agent.call(tty, CALL).unwrap();
+    let script = ["sh", "-c", "read x; tty; stty size; echo got $x"];
+    let (stdin, out) = start_with_stdin(agent, "tty", &script, true);
     let resize = Request::ResizeTerminal {
         container: "c1".into(),
         exec_id: Some("tty".into()),
@@ -315,7 +299,7 @@ fn container_in_a_qemu_vm() {
         cols: 77,
     };
     assert_eq!(agent.call(resize, CALL).unwrap(), Reply::Done);
-    agent.send_stdin(s.stdin, b"word\n").unwrap();
+    agent.send_stdin(stdin, b"word\n").unwrap();
     let text = String::from_utf8_lossy(&read_to_end(&out, CALL).unwrap()).into_owned();
     assert!(
         text.contains("/dev/pts/0") && text.contains("33 77") && text.contains("got word"),
@@ -325,13 +309,7 @@ fn container_in_a_qemu_vm() {
 
     // A long sleep that a signal ends.
     let (io, _) = output_io(agent);
-    let sleeper = Request::Exec {
-        container: "c1".into(),
-        exec_id: "sleeper".into(),
-        process: process(&["sleep", "1000"]),
-        io,
-    };
-    agent.call(sleeper, CALL).unwrap();
+    start_exec(agent, "sleeper", &["sleep", "1000"], io);
     signal(agent, Some("sleeper"), 15);
     assert_eq!(wait(agent, Some("sleeper")), 128 + 15);
 

@@ -18,15 +18,21 @@ pub enum VmmError {
     /// KVM stopped the vCPU with another internal error.
     #[error("KVM internal error, suberror {suberror}, at RIP {rip:#x}")]
     InternalError { suberror: u32, rip: u64 },
-    /// The guest triple-faulted; without a reset line to pull, the VM is over.
-    #[error("the guest triple-faulted (KVM_EXIT_SHUTDOWN) at RIP {rip:#x}")]
-    Shutdown { rip: u64 },
     /// KVM could not enter the guest with the state it was given.
     #[error("KVM refused to enter the guest: hardware entry failure reason {reason:#x}")]
     FailEntry { reason: u64 },
     /// A thread's syscall filter could not be built or installed.
     #[error("seccomp filter: {0}")]
     Seccomp(String),
+    /// The kernel, initramfs or command line could not be put into guest memory.
+    #[error(transparent)]
+    Boot(#[from] crate::boot::BootError),
+    /// A device could not be set up.
+    #[error("device setup: {0}")]
+    Device(String),
+    /// The VM description was refused.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The vCPU exited for a reason hull-vmm does not handle.
     #[error("unexpected vCPU exit: {0}")]
     UnexpectedExit(String),

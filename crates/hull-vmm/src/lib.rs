@@ -4,9 +4,13 @@
 //! The VM's anatomy is the folder tree, as in Firecracker: `vstate/` holds the VM, its
 //! memory and vCPUs; `devices/` the emulated devices and the port I/O bus.
 
+pub mod boot;
+pub mod config;
 pub mod devices;
 pub mod error;
+pub mod machine;
 pub mod seccomp;
+pub mod tiny;
 pub mod vstate;
 
 pub use error::{Result, VmmError};

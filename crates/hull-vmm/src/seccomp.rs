@@ -26,7 +26,17 @@ pub const VCPU: &[(i64, &str)] = &[
         libc::SYS_ioctl,
         "KVM_RUN; registers and KVM_TRANSLATE to report a failure (args checked)",
     ),
-    (libc::SYS_write, "device output: the serial console's sink"),
+    (
+        libc::SYS_write,
+        "device output: the serial console's sink, interrupt eventfds",
+    ),
+    (
+        libc::SYS_pread64,
+        "virtio-blk reads, served on the vCPU that notified the queue",
+    ),
+    (libc::SYS_pwrite64, "virtio-blk writes"),
+    (libc::SYS_fdatasync, "virtio-blk flush"),
+    (libc::SYS_getrandom, "virtio-rng"),
     (libc::SYS_futex, "locks shared with the VMM thread"),
     (libc::SYS_mmap, "the allocator"),
     (libc::SYS_munmap, "the allocator"),

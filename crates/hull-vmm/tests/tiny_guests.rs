@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use hull_vmm::devices::bus::PioBus;
+use hull_vmm::devices::bus::{Buses, MmioBus, PioBus};
 use hull_vmm::devices::serial::{SerialDevice, COM1, PORTS};
 use hull_vmm::vstate::vcpu::{Stopped, Vcpu};
 use hull_vmm::vstate::{memory, vm::Vm};
@@ -42,7 +42,7 @@ fn run(code: &[(u64, &[u8])]) -> (Result<Stopped, VmmError>, Vec<u8>) {
     let sink = Sink::default();
     let mut bus = PioBus::new();
     bus.insert(COM1, PORTS, Box::new(SerialDevice::new(sink.clone())));
-    let r = vcpu.run(&mut bus, &vm.memory);
+    let r = vcpu.run(&Buses::new(bus, MmioBus::new()), &vm.memory);
     let out = sink.0.lock().unwrap().clone();
     (r, out)
 }
@@ -121,7 +121,11 @@ fn the_reset_line_ends_the_vm() {
         hull_vmm::devices::i8042::PORTS,
         Box::new(reset),
     );
-    assert_eq!(vcpu.run(&mut bus, &vm.memory).unwrap(), Stopped::Reset);
+    assert_eq!(
+        vcpu.run(&Buses::new(bus, MmioBus::new()), &vm.memory)
+            .unwrap(),
+        Stopped::Reset
+    );
 }
 
 #[test]
@@ -133,10 +137,7 @@ fn a_guest_that_never_exits_is_stopped_by_a_kick() {
     let mut vcpu = Vcpu::new(&vm, 0).unwrap();
     vcpu.set_real_mode(ENTRY).unwrap();
     let kicker = vcpu.kicker();
-    let t = std::thread::spawn(move || {
-        let mut bus = PioBus::new();
-        vcpu.run(&mut bus, &vm.memory)
-    });
+    let t = std::thread::spawn(move || vcpu.run(&Buses::default(), &vm.memory));
     std::thread::sleep(std::time::Duration::from_millis(100));
     let started = std::time::Instant::now();
     kicker.kick();

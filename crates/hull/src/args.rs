@@ -68,6 +68,7 @@ Commands:
   features  print what hull supports (runtime-spec features JSON)
   check     report what this host offers for VM isolation (--format json)
   guest build  build the VM guest kernel and initramfs (cached)
+  vmm       run a micro-VM on KVM with hull's own monitor (--config FILE)
 ";
 
 fn usage() -> String {
@@ -104,6 +105,7 @@ fn command_help(cmd: &str) -> String {
         }
         "check" => "  -f, --format text|json\n",
         "guest" => "  build   build or reuse the guest kernel and initramfs\n  qemu-args KERNEL INITRAMFS SOCKET CONSOLE_LOG   the QEMU arguments hull would boot them with\n      --dir DIR        cache directory (default /var/lib/hull/guest)\n      --agent FILE     the static hull-agent (default: next to hull)\n      --source FILE    kernel source tarball (default /usr/src/linux-source-6.1.tar.xz)\n",
+        "vmm" => "  -c, --config FILE   the VM: JSON with kernel, initramfs, cmdline, vcpus, memory_mib,\n                      serial (\"stdout\", \"none\" or {\"file\": PATH}), seccomp\n",
         "spec" => "  -b, --bundle DIR   where to write config.json (default .)\n      --rootless     a spec for running without root\n",
         _ => "",
     };
@@ -199,6 +201,7 @@ fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
     let mut exec = ExecArgs::default();
     let mut update = UpdateArgs::default();
     let mut guest = crate::cli::GuestBuildArgs::default();
+    let mut vm_config = None;
     let mut isolation = None;
     let mut seen = Seen { positional: vec![] };
     // exec and ps pass everything after the container id on untouched.
@@ -268,6 +271,7 @@ fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
             ("guest", "--dir") => guest.dir = Some(p.value()?.into()),
             ("guest", "--agent") => guest.agent = Some(p.value()?.into()),
             ("guest", "--source") => guest.source = Some(p.value()?.into()),
+            ("vmm", "-c" | "--config") => vm_config = Some(PathBuf::from(p.value()?)),
             ("events", "--stats") => stats = true,
             ("events", "--interval") => interval = text(p.value()?, "--interval")?,
             ("spec", "--rootless") => rootless = true,
@@ -371,6 +375,14 @@ fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
                 "hull guest: usage: hull guest build [--dir DIR] [--agent FILE] [--source FILE] | hull guest qemu-args KERNEL INITRAMFS SOCKET CONSOLE_LOG"
                     .into(),
             )),
+        },
+        "vmm" => match (vm_config, seen.positional.is_empty()) {
+            (Some(config), true) => Command::Vmm { config },
+            _ => {
+                return Err(Stop::Usage(
+                    "hull vmm: usage: hull vmm --config FILE".into(),
+                ))
+            }
         },
         "help" => return Err(Stop::Help(usage())),
         other => {

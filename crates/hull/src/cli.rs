@@ -119,6 +119,8 @@ pub enum Command {
     },
     /// Build (or find cached) the VM guest: kernel plus an initramfs with the agent.
     GuestBuild(GuestBuildArgs),
+    /// Run a micro-VM with hull-vmm until the guest resets or a stop signal arrives.
+    Vmm { config: PathBuf },
     /// The QEMU arguments hull boots a guest with, one per line (for benchmarks that
     /// boot other kernels the same way).
     GuestQemuArgs {

@@ -4,30 +4,44 @@
 use std::io::Write;
 
 use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::PioDevice;
 
 pub const COM1: u16 = 0x3f8;
 pub const PORTS: u16 = 8;
 
-/// No interrupt line yet: the guests so far poll the UART.
-pub struct NoIrq;
+/// The UART's interrupt: none for tiny guests that poll it, or an eventfd that KVM
+/// turns into IRQ 4 (KVM_IRQFD) for Linux, whose tty layer waits for "transmitter
+/// empty" interrupts.
+pub enum Irq {
+    None,
+    Event(EventFd),
+}
 
-impl Trigger for NoIrq {
-    type E = std::convert::Infallible;
+impl Trigger for Irq {
+    type E = std::io::Error;
     fn trigger(&self) -> Result<(), Self::E> {
-        Ok(())
+        match self {
+            Irq::None => Ok(()),
+            Irq::Event(fd) => fd.write(1),
+        }
     }
 }
 
 pub struct SerialDevice<W: Write + Send> {
-    uart: Serial<NoIrq, vm_superio::serial::NoEvents, W>,
+    uart: Serial<Irq, vm_superio::serial::NoEvents, W>,
 }
 
 impl<W: Write + Send> SerialDevice<W> {
+    /// A UART that the guest polls.
     pub fn new(out: W) -> Self {
+        Self::with_irq(out, Irq::None)
+    }
+
+    pub fn with_irq(out: W, irq: Irq) -> Self {
         SerialDevice {
-            uart: Serial::new(NoIrq, out),
+            uart: Serial::new(irq, out),
         }
     }
 }

@@ -9,7 +9,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::vm::Vm;
-use crate::devices::bus::PioBus;
+use crate::devices::bus::Buses;
 use crate::error::{kvm, Result, VmmError};
 
 /// KVM_INTERNAL_ERROR_EMULATION: the instruction emulator gave up.
@@ -94,12 +94,21 @@ enum Exit {
 
 impl Vcpu {
     pub fn new(vm: &Vm, id: u64) -> Result<Vcpu> {
+        Self::with_reset_line(vm, id, Arc::default())
+    }
+
+    /// A vCPU that stops when `reset` is raised: one line for all vCPUs of a VM, since
+    /// any of them may be the one that pulls it.
+    pub fn with_reset_line(vm: &Vm, id: u64, reset: Arc<AtomicBool>) -> Result<Vcpu> {
         let fd = vm.fd.create_vcpu(id).map_err(kvm("create vCPU"))?;
         // Here, not in `run`: the vCPU thread's seccomp filter has no rt_sigaction.
         install_kick_handler()?;
         Ok(Vcpu {
             fd,
-            control: Arc::default(),
+            control: Arc::new(Control {
+                reset,
+                ..Default::default()
+            }),
         })
     }
 
@@ -138,7 +147,7 @@ impl Vcpu {
     }
 
     /// Runs the guest until it halts or something stops it.
-    pub fn run(&mut self, bus: &mut PioBus, memory: &GuestMemoryMmap) -> Result<Stopped> {
+    pub fn run(&mut self, buses: &Buses, memory: &GuestMemoryMmap) -> Result<Stopped> {
         let control = self.control.clone();
         // SAFETY: pthread_self has no preconditions.
         control
@@ -154,11 +163,19 @@ impl Vcpu {
             }
             let exit = match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    bus.write(port, data);
+                    lock(&buses.pio).write(port, data);
                     Exit::Handled
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
-                    bus.read(port, data);
+                    lock(&buses.pio).read(port, data);
+                    Exit::Handled
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    lock(&buses.mmio).write(addr, data);
+                    Exit::Handled
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    lock(&buses.mmio).read(addr, data);
                     Exit::Handled
                 }
                 Ok(VcpuExit::Hlt) => Exit::Halted,
@@ -173,7 +190,12 @@ impl Vcpu {
                 Exit::Handled => {}
                 Exit::Halted => return Ok(Stopped::Halted),
                 Exit::Internal => return Err(self.internal_error(memory)),
-                Exit::Shutdown => return Err(VmmError::Shutdown { rip: self.rip() }),
+                Exit::Shutdown => {
+                    // A triple fault resets a PC, and it is how Linux's `reboot=t` and
+                    // guests without a reset device end (as under QEMU's -no-reboot).
+                    tracing::info!(rip = self.rip(), "triple fault: the guest reset");
+                    return Ok(Stopped::Reset);
+                }
                 Exit::FailEntry(reason) => return Err(VmmError::FailEntry { reason }),
                 Exit::Other(what) => return Err(VmmError::UnexpectedExit(what)),
             }
@@ -208,6 +230,12 @@ impl Vcpu {
         }
         VmmError::EmulationFailure { rip, bytes }
     }
+}
+
+/// A device that panicked under the lock has not left its bus half-updated in any way
+/// that matters more than stopping the VM would: the next access goes on.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A handler (not SIG_DFL, which would end the process, nor SIG_IGN, which would not

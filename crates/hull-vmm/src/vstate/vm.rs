@@ -9,7 +9,7 @@ use crate::error::{kvm, Result, VmmError};
 pub struct Vm {
     pub fd: VmFd,
     pub memory: GuestMemoryMmap,
-    _kvm: Kvm,
+    pub kvm: Kvm,
 }
 
 impl Vm {
@@ -34,7 +34,22 @@ impl Vm {
         Ok(Vm {
             fd,
             memory,
-            _kvm: kvm_handle,
+            kvm: kvm_handle,
         })
+    }
+
+    /// The in-kernel PIC, IO-APIC, local APICs and PIT that a Linux guest expects, made
+    /// before any vCPU (KVM requires that order). Tiny test guests go without: with an
+    /// in-kernel APIC, KVM keeps a halted vCPU to itself instead of reporting the HLT.
+    pub fn add_irqchip(&self) -> Result<()> {
+        self.fd
+            .set_tss_address(crate::boot::layout::KVM_TSS)
+            .map_err(kvm("set TSS address"))?;
+        self.fd.create_irq_chip().map_err(kvm("create irqchip"))?;
+        let pit = kvm_bindings::kvm_pit_config {
+            flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd.create_pit2(pit).map_err(kvm("create PIT"))
     }
 }

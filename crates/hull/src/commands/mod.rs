@@ -8,6 +8,7 @@ pub mod info;
 pub mod spec;
 pub mod update;
 pub mod vm;
+pub mod vmm;
 
 use std::path::Path;
 
@@ -90,6 +91,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Spec { bundle, rootless } => write_spec(&bundle, rootless),
         Command::Check { json } => check::check(json),
         Command::GuestBuild(a) => guest::build(a),
+        Command::Vmm { config } => vmm::run(&config),
         Command::GuestQemuArgs {
             kernel,
             initramfs,

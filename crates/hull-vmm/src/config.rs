@@ -1,0 +1,161 @@
+//! The VM description `hull vmm --config FILE` reads: JSON, unknown fields refused, so a
+//! typo is an error and not a silently different VM.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::boot::layout::{IRQ_MAX, IRQ_VIRTIO_FIRST, RAM_MAX};
+use crate::boot::mptable::MAX_CPUS;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// An uncompressed `vmlinux` with a PVH note, or a `bzImage`.
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initramfs: Option<PathBuf>,
+    /// hull-vmm appends the `virtio_mmio.device=` entries of the devices it adds.
+    #[serde(default)]
+    pub cmdline: String,
+    #[serde(default = "one")]
+    pub vcpus: u8,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    #[serde(default)]
+    pub serial: SerialOut,
+    /// virtio-blk disks, in order: the guest sees /dev/vda, /dev/vdb, ...
+    #[serde(default)]
+    pub block: Vec<BlockConfig>,
+    /// A virtio-rng device feeding the guest's entropy pool from getrandom(2).
+    #[serde(default)]
+    pub rng: bool,
+    /// Run each thread under its seccomp allowlist (off only for debugging with strace).
+    #[serde(default = "yes")]
+    pub seccomp: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BlockConfig {
+    /// A raw image file.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    /// What the guest reads from /sys/block/vdX/serial (at most 20 bytes).
+    #[serde(default)]
+    pub serial: String,
+}
+
+/// Where the guest's COM1 output goes.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialOut {
+    #[default]
+    Stdout,
+    None,
+    File(PathBuf),
+}
+
+fn one() -> u8 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_memory() -> u32 {
+    128
+}
+
+/// Why a VM description was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the VM config {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the VM config {} is not valid: {source}", .path.display())]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("the VM config {}: {field} {reason}", .path.display())]
+    Field {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+impl VmConfig {
+    pub fn from_file(path: &Path) -> Result<VmConfig, ConfigError> {
+        let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: VmConfig =
+            serde_json::from_slice(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let field = |field, reason: String| ConfigError::Field {
+            path: path.to_path_buf(),
+            field,
+            reason,
+        };
+        if self.vcpus == 0 || self.vcpus > MAX_CPUS {
+            return Err(field("vcpus", format!("must be 1 to {MAX_CPUS}")));
+        }
+        let slots = (IRQ_MAX - IRQ_VIRTIO_FIRST + 1) as usize;
+        if self.block.len() + usize::from(self.rng) > slots {
+            return Err(field(
+                "block",
+                format!("too many virtio devices: at most {slots} with rng"),
+            ));
+        }
+        let max_mib = RAM_MAX >> 20;
+        if self.memory_mib < 2 || u64::from(self.memory_mib) > max_mib {
+            return Err(field(
+                "memory_mib",
+                format!("must be 2 to {max_mib} (guest RAM ends below the device windows)"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        (self.memory_mib as usize) << 20
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_refusals() {
+        let c: VmConfig = serde_json::from_str(r#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!((c.vcpus, c.memory_mib, c.seccomp), (1, 128, true));
+        assert_eq!(c.serial, SerialOut::Stdout);
+        let c: VmConfig =
+            serde_json::from_str(r#"{"kernel": "/k", "serial": {"file": "/tmp/x"}}"#).unwrap();
+        assert_eq!(c.serial, SerialOut::File("/tmp/x".into()));
+        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "vcpu": 2}"#).is_err());
+        let p = Path::new("c.json");
+        let mut c: VmConfig = serde_json::from_str(r#"{"kernel": "/k", "vcpus": 0}"#).unwrap();
+        let e = c.validate(p).unwrap_err().to_string();
+        assert!(e.contains("vcpus must be 1 to"), "{e}");
+        c.vcpus = 1;
+        c.memory_mib = 4096;
+        let e = c.validate(p).unwrap_err().to_string();
+        assert!(e.contains("memory_mib"), "{e}");
+    }
+}

@@ -1,0 +1,284 @@
+//! A whole VM from a `VmConfig`: memory, the in-kernel interrupt controllers, the legacy
+//! devices, the kernel, and one thread per vCPU, each under its seccomp allowlist. The
+//! calling thread waits for the first vCPU to stop, or for SIGTERM/SIGINT/SIGHUP, and
+//! then stops the others.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc, Mutex};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::boot::{self, layout, mptable, BootSource, Loaded};
+use crate::config::{SerialOut, VmConfig};
+use crate::devices::bus::{Buses, MmioBus, PioBus};
+use crate::devices::i8042::{self, I8042};
+use crate::devices::serial::{self, Irq, SerialDevice};
+use crate::devices::virtio::{cmdline_entry, Block, MmioTransport, Rng, VirtioDevice, MMIO_WINDOW};
+use crate::error::{kvm, Result, VmmError};
+use crate::seccomp;
+use crate::vstate::vcpu::{Stopped, Vcpu};
+use crate::vstate::{memory, setup, vm::Vm};
+
+/// How a VM that ran ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest pulled the i8042 reset line: a micro-VM's reboot and power-off.
+    Reset,
+    /// A vCPU halted with interrupts off (only guests without the in-kernel APIC).
+    Halted,
+    /// A stop signal reached hull-vmm.
+    Signal(i32),
+}
+
+impl Outcome {
+    /// The exit status `hull vmm` reports, in the shell's convention for signals.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Reset | Outcome::Halted => 0,
+            Outcome::Signal(sig) => 128 + sig,
+        }
+    }
+}
+
+pub struct Machine {
+    vm: Vm,
+    vcpus: Vec<Vcpu>,
+    buses: Arc<Buses>,
+    seccomp: bool,
+    pub loaded: Loaded,
+    pub cmdline: String,
+}
+
+impl Machine {
+    pub fn build(config: &VmConfig) -> Result<Machine> {
+        let vm = Vm::new(memory::anonymous(config.memory_bytes())?)?;
+        vm.add_irqchip()?;
+        let reset = Arc::new(AtomicBool::new(false));
+
+        let mut pio = PioBus::new();
+        let out: Box<dyn Write + Send> =
+            match &config.serial {
+                SerialOut::Stdout => Box::new(std::io::stdout()),
+                SerialOut::None => Box::new(std::io::sink()),
+                SerialOut::File(path) => Box::new(File::create(path).map_err(|e| {
+                    VmmError::Device(format!("serial output {}: {e}", path.display()))
+                })?),
+            };
+        let irq = EventFd::new(EFD_NONBLOCK)
+            .map_err(|e| VmmError::Device(format!("serial interrupt eventfd: {e}")))?;
+        vm.fd
+            .register_irqfd(&irq, layout::IRQ_COM1)
+            .map_err(kvm("register the serial IRQ"))?;
+        pio.insert(
+            serial::COM1,
+            serial::PORTS,
+            Box::new(SerialDevice::with_irq(out, Irq::Event(irq))),
+        );
+        pio.insert(
+            i8042::BASE,
+            i8042::PORTS,
+            Box::new(I8042::new(reset.clone())),
+        );
+        let mut mmio = MmioBus::new();
+        let mut cmdline = config.cmdline.trim().to_string();
+        let mut devices: Vec<Arc<Mutex<dyn VirtioDevice>>> = Vec::new();
+        for disk in &config.block {
+            let block = Block::new(&disk.path, disk.read_only, &disk.serial)
+                .map_err(|e| VmmError::Device(format!("disk {}: {e}", disk.path.display())))?;
+            devices.push(Arc::new(Mutex::new(block)));
+        }
+        if config.rng {
+            devices.push(Arc::new(Mutex::new(Rng::new())));
+        }
+        for (i, device) in devices.into_iter().enumerate() {
+            let base = layout::MMIO_BASE + i as u64 * layout::MMIO_SIZE;
+            let irq = layout::IRQ_VIRTIO_FIRST + i as u32;
+            let transport = MmioTransport::new(vm.memory.clone(), device)
+                .map_err(|e| VmmError::Device(format!("virtio-mmio at {base:#x}: {e}")))?;
+            vm.fd
+                .register_irqfd(transport.interrupt().eventfd(), irq)
+                .map_err(kvm("register a virtio IRQ"))?;
+            mmio.insert(base, MMIO_WINDOW, Box::new(transport));
+            // Linux finds virtio-mmio devices without ACPI or a device tree only here.
+            if !cmdline.is_empty() {
+                cmdline.push(' ');
+            }
+            cmdline.push_str(&cmdline_entry(base, irq));
+        }
+
+        let loaded = boot::load(
+            &vm.memory,
+            &BootSource {
+                kernel: &config.kernel,
+                initramfs: config.initramfs.as_deref(),
+                cmdline: &cmdline,
+            },
+        )?;
+        mptable::write(&vm.memory, config.vcpus)?;
+
+        let mut vcpus = Vec::with_capacity(config.vcpus.into());
+        for id in 0..config.vcpus {
+            let vcpu = Vcpu::with_reset_line(&vm, id.into(), reset.clone())?;
+            setup::configure(&vm.kvm, &vcpu.fd, id, config.vcpus)?;
+            if id == 0 {
+                setup::set_entry(&vcpu.fd, &vm.memory, loaded.entry)?;
+            }
+            vcpus.push(vcpu);
+        }
+        tracing::debug!(entry = ?loaded.entry, initramfs = ?loaded.initramfs, "VM built");
+        Ok(Machine {
+            vm,
+            vcpus,
+            buses: Arc::new(Buses::new(pio, mmio)),
+            seccomp: config.seccomp,
+            loaded,
+            cmdline,
+        })
+    }
+
+    /// Runs the VM to its end. Returns an error if a vCPU stopped with one (the first
+    /// one, which is the cause; the others only saw the stop).
+    pub fn run(self) -> Result<Outcome> {
+        let signals = StopSignals::block()?;
+        let done = EventFd::new(EFD_NONBLOCK)
+            .map_err(|e| VmmError::Device(format!("vCPU exit eventfd: {e}")))?;
+        let (tx, rx) = mpsc::channel();
+        let kickers: Vec<_> = self.vcpus.iter().map(|v| v.kicker()).collect();
+        let mut threads = Vec::new();
+        for (id, mut vcpu) in self.vcpus.into_iter().enumerate() {
+            let (buses, memory, tx) = (self.buses.clone(), self.vm.memory.clone(), tx.clone());
+            let done = done
+                .try_clone()
+                .map_err(|e| VmmError::Device(format!("vCPU exit eventfd: {e}")))?;
+            let seccomp = self.seccomp;
+            let thread = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    let r = if seccomp {
+                        seccomp::install_vcpu()
+                    } else {
+                        Ok(())
+                    };
+                    let r = r.and_then(|()| vcpu.run(&buses, &memory));
+                    let _ = done.write(1);
+                    // Closing fds is not on the vCPU allowlist: the vCPU and the eventfd
+                    // go back to the main thread, which drops them.
+                    let _ = tx.send((r, vcpu, done));
+                })
+                .map_err(|e| VmmError::Device(format!("cannot start a vCPU thread: {e}")))?;
+            threads.push(thread);
+        }
+        drop(tx);
+        let signal = signals.wait_for_either(&done)?;
+        for k in &kickers {
+            k.kick();
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        if let Some(sig) = signal {
+            return Ok(Outcome::Signal(sig));
+        }
+        let mut outcome = None;
+        for (r, _vcpu, _done) in rx.iter() {
+            match r {
+                Err(e) => return Err(e),
+                Ok(Stopped::Reset) => outcome = Some(Outcome::Reset),
+                Ok(Stopped::Halted) => outcome = outcome.or(Some(Outcome::Halted)),
+                Ok(Stopped::Kicked) => {}
+            }
+        }
+        outcome
+            .ok_or_else(|| VmmError::UnexpectedExit("every vCPU was stopped from outside".into()))
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP, blocked in this thread and so in every vCPU thread it
+/// starts, and read from a signalfd instead: a vCPU thread's filter allows no handler.
+struct StopSignals {
+    fd: OwnedFd,
+    old: libc::sigset_t,
+}
+
+impl StopSignals {
+    fn block() -> Result<StopSignals> {
+        // SAFETY: plain sigset manipulation on local values; signalfd returns a new fd
+        // that we own.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                libc::sigaddset(&mut set, sig);
+            }
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
+            if fd < 0 {
+                let e = std::io::Error::last_os_error();
+                libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+                return Err(VmmError::Device(format!("signalfd: {e}")));
+            }
+            Ok(StopSignals {
+                fd: OwnedFd::from_raw_fd(fd),
+                old,
+            })
+        }
+    }
+
+    /// Waits for a stop signal (returned) or for `done` (None).
+    fn wait_for_either(&self, done: &EventFd) -> Result<Option<i32>> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: done.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(VmmError::Device(format!("poll: {e}")));
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                // SAFETY: a zeroed signalfd_siginfo is a valid buffer of its own size.
+                let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+                let size = std::mem::size_of::<libc::signalfd_siginfo>();
+                // SAFETY: reading at most `size` bytes into `info`.
+                let r = unsafe {
+                    libc::read(
+                        self.fd.as_raw_fd(),
+                        (&mut info as *mut libc::signalfd_siginfo).cast(),
+                        size,
+                    )
+                };
+                if r == size as isize {
+                    tracing::info!(signal = info.ssi_signo, "stop signal: stopping the VM");
+                    return Ok(Some(info.ssi_signo as i32));
+                }
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+impl Drop for StopSignals {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `block`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -141,19 +141,27 @@ impl Machine {
 
     /// Runs the VM to its end. Returns an error if a vCPU stopped with one (the first
     /// one, which is the cause; the others only saw the stop).
+    ///
+    /// Threads: one per vCPU, and a VMM thread that waits for the end and stops the
+    /// rest, each under its own allowlist. The calling thread only waits for the VMM
+    /// thread and drops what the others may not close.
     pub fn run(self) -> Result<Outcome> {
         let signals = StopSignals::block()?;
         let done = EventFd::new(EFD_NONBLOCK)
             .map_err(|e| VmmError::Device(format!("vCPU exit eventfd: {e}")))?;
         let (tx, rx) = mpsc::channel();
         let kickers: Vec<_> = self.vcpus.iter().map(|v| v.kicker()).collect();
+        let seccomp = self.seccomp;
+        tracing::debug!(
+            cpu_ms = process_cpu_ms(),
+            "CPU time of the process before the first KVM_RUN"
+        );
         let mut threads = Vec::new();
         for (id, mut vcpu) in self.vcpus.into_iter().enumerate() {
             let (buses, memory, tx) = (self.buses.clone(), self.vm.memory.clone(), tx.clone());
             let done = done
                 .try_clone()
                 .map_err(|e| VmmError::Device(format!("vCPU exit eventfd: {e}")))?;
-            let seccomp = self.seccomp;
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
@@ -165,20 +173,39 @@ impl Machine {
                     let r = r.and_then(|()| vcpu.run(&buses, &memory));
                     let _ = done.write(1);
                     // Closing fds is not on the vCPU allowlist: the vCPU and the eventfd
-                    // go back to the main thread, which drops them.
+                    // go back to the calling thread, which drops them.
                     let _ = tx.send((r, vcpu, done));
                 })
                 .map_err(|e| VmmError::Device(format!("cannot start a vCPU thread: {e}")))?;
             threads.push(thread);
         }
         drop(tx);
-        let signal = signals.wait_for_either(&done)?;
-        for k in &kickers {
-            k.kick();
-        }
-        for t in threads {
-            let _ = t.join();
-        }
+        let signal_fd = signals.fd.as_raw_fd();
+        let done_fd = done.as_raw_fd();
+        let vmm = std::thread::Builder::new()
+            .name("vmm".into())
+            .spawn(move || -> Result<Option<i32>> {
+                if seccomp {
+                    seccomp::install_vmm()?;
+                }
+                let signal = wait_for_either(signal_fd, done_fd)?;
+                for k in &kickers {
+                    k.kick();
+                }
+                for t in threads {
+                    let _ = t.join();
+                }
+                Ok(signal)
+            })
+            .map_err(|e| VmmError::Device(format!("cannot start the VMM thread: {e}")))?;
+        let signal = vmm
+            .join()
+            .map_err(|_| VmmError::Device("the VMM thread panicked".into()))??;
+        tracing::debug!(
+            resident_kib = resident_kib(&self.vm.memory),
+            "guest memory touched"
+        );
+        drop(signals);
         if let Some(sig) = signal {
             return Ok(Outcome::Signal(sig));
         }
@@ -194,6 +221,39 @@ impl Machine {
         outcome
             .ok_or_else(|| VmmError::UnexpectedExit("every vCPU was stopped from outside".into()))
     }
+}
+
+/// CPU time this process has used so far, in milliseconds.
+fn process_cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
+/// How much of guest memory the host has backed with pages: what the guest touched
+/// plus what hull-vmm wrote into it (kernel, initramfs, boot structures).
+fn resident_kib(memory: &vm_memory::GuestMemoryMmap) -> u64 {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+    let page = 4096usize;
+    let mut pages = 0u64;
+    for region in memory.iter() {
+        let Ok(host) = region.get_host_address(MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let len = region.len() as usize;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: `host..host+len` is the region's own mapping, alive while `memory` is;
+        // `vec` has one byte per page of it.
+        let r = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+        if r == 0 {
+            pages += vec.iter().filter(|b| **b & 1 != 0).count() as u64;
+        }
+    }
+    pages * page as u64 / 1024
 }
 
 /// SIGTERM, SIGINT and SIGHUP, blocked in this thread and so in every vCPU thread it
@@ -227,51 +287,51 @@ impl StopSignals {
             })
         }
     }
+}
 
-    /// Waits for a stop signal (returned) or for `done` (None).
-    fn wait_for_either(&self, done: &EventFd) -> Result<Option<i32>> {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: done.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        loop {
-            // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(VmmError::Device(format!("poll: {e}")));
+/// Waits for a stop signal on `signal_fd` (returned) or for `done_fd` (None).
+fn wait_for_either(signal_fd: RawFd, done_fd: RawFd) -> Result<Option<i32>> {
+    let mut fds = [
+        libc::pollfd {
+            fd: signal_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: done_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
             }
-            if fds[0].revents & libc::POLLIN != 0 {
-                // SAFETY: a zeroed signalfd_siginfo is a valid buffer of its own size.
-                let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-                let size = std::mem::size_of::<libc::signalfd_siginfo>();
-                // SAFETY: reading at most `size` bytes into `info`.
-                let r = unsafe {
-                    libc::read(
-                        self.fd.as_raw_fd(),
-                        (&mut info as *mut libc::signalfd_siginfo).cast(),
-                        size,
-                    )
-                };
-                if r == size as isize {
-                    tracing::info!(signal = info.ssi_signo, "stop signal: stopping the VM");
-                    return Ok(Some(info.ssi_signo as i32));
-                }
+            return Err(VmmError::Device(format!("poll: {e}")));
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            // SAFETY: a zeroed signalfd_siginfo is a valid buffer of its own size.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: reading at most `size` bytes into `info`.
+            let r = unsafe {
+                libc::read(
+                    signal_fd,
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                )
+            };
+            if r == size as isize {
+                tracing::info!(signal = info.ssi_signo, "stop signal: stopping the VM");
+                return Ok(Some(info.ssi_signo as i32));
             }
-            if fds[1].revents & libc::POLLIN != 0 {
-                return Ok(None);
-            }
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            return Ok(None);
         }
     }
 }

@@ -193,7 +193,7 @@ impl Vcpu {
                 Exit::Shutdown => {
                     // A triple fault resets a PC, and it is how Linux's `reboot=t` and
                     // guests without a reset device end (as under QEMU's -no-reboot).
-                    tracing::info!(rip = self.rip(), "triple fault: the guest reset");
+                    tracing::info!(rip = %format!("{:#x}", self.rip()), "triple fault: the guest reset");
                     return Ok(Stopped::Reset);
                 }
                 Exit::FailEntry(reason) => return Err(VmmError::FailEntry { reason }),

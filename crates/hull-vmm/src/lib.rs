@@ -8,6 +8,7 @@ pub mod boot;
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod event_loop;
 pub mod machine;
 pub mod seccomp;
 pub mod tiny;

@@ -5,10 +5,11 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
 
+use kvm_ioctls::IoEventAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot::{self, layout, mptable, BootSource, Loaded};
@@ -16,8 +17,10 @@ use crate::config::{SerialOut, VmConfig};
 use crate::devices::bus::{Buses, MmioBus, PioBus};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{self, Irq, SerialDevice};
+use crate::devices::virtio::mmio::QUEUE_NOTIFY_OFFSET;
 use crate::devices::virtio::{cmdline_entry, Block, MmioTransport, Rng, VirtioDevice, MMIO_WINDOW};
 use crate::error::{kvm, Result, VmmError};
+use crate::event_loop::{self, End, HostSource, QueueNotifier, StopSignals};
 use crate::seccomp;
 use crate::vstate::vcpu::{Stopped, Vcpu};
 use crate::vstate::{memory, setup, vm::Vm};
@@ -47,6 +50,8 @@ pub struct Machine {
     vm: Vm,
     vcpus: Vec<Vcpu>,
     buses: Arc<Buses>,
+    queues: Vec<QueueNotifier>,
+    hosts: Vec<HostSource>,
     seccomp: bool,
     pub loaded: Loaded,
     pub cmdline: String,
@@ -85,6 +90,7 @@ impl Machine {
         let mut mmio = MmioBus::new();
         let mut cmdline = config.cmdline.trim().to_string();
         let mut devices: Vec<Arc<Mutex<dyn VirtioDevice>>> = Vec::new();
+        let mut queues = Vec::new();
         for disk in &config.block {
             let block = Block::new(&disk.path, disk.read_only, &disk.serial)
                 .map_err(|e| VmmError::Device(format!("disk {}: {e}", disk.path.display())))?;
@@ -101,6 +107,21 @@ impl Machine {
             vm.fd
                 .register_irqfd(transport.interrupt().eventfd(), irq)
                 .map_err(kvm("register a virtio IRQ"))?;
+            let device = transport.device();
+            let count = lock(&device).queue_max_sizes().len();
+            for queue in 0..count {
+                let fd = EventFd::new(EFD_NONBLOCK)
+                    .map_err(|e| VmmError::Device(format!("queue eventfd: {e}")))?;
+                let notify = IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
+                vm.fd
+                    .register_ioevent(&fd, &notify, queue as u32)
+                    .map_err(kvm("register a queue notification"))?;
+                queues.push(QueueNotifier {
+                    fd,
+                    device: device.clone(),
+                    queue,
+                });
+            }
             mmio.insert(base, MMIO_WINDOW, Box::new(transport));
             // Linux finds virtio-mmio devices without ACPI or a device tree only here.
             if !cmdline.is_empty() {
@@ -133,6 +154,8 @@ impl Machine {
             vm,
             vcpus,
             buses: Arc::new(Buses::new(pio, mmio)),
+            queues,
+            hosts: Vec::new(),
             seccomp: config.seccomp,
             loaded,
             cmdline,
@@ -182,25 +205,34 @@ impl Machine {
         drop(tx);
         let signal_fd = signals.fd.as_raw_fd();
         let done_fd = done.as_raw_fd();
+        let (queues, mut hosts) = (self.queues, self.hosts);
         let vmm = std::thread::Builder::new()
             .name("vmm".into())
-            .spawn(move || -> Result<Option<i32>> {
-                if seccomp {
-                    seccomp::install_vmm()?;
-                }
-                let signal = wait_for_either(signal_fd, done_fd)?;
+            .spawn(move || {
+                let end = if seccomp {
+                    seccomp::install_vmm()
+                } else {
+                    Ok(())
+                };
+                let end =
+                    end.and_then(|()| event_loop::run(signal_fd, done_fd, &queues, &mut hosts));
                 for k in &kickers {
                     k.kick();
                 }
                 for t in threads {
                     let _ = t.join();
                 }
-                Ok(signal)
+                // The fds go back to be closed outside the filter, as the vCPUs' do.
+                (end, queues, hosts)
             })
             .map_err(|e| VmmError::Device(format!("cannot start the VMM thread: {e}")))?;
-        let signal = vmm
+        let (end, _queues, _hosts) = vmm
             .join()
-            .map_err(|_| VmmError::Device("the VMM thread panicked".into()))??;
+            .map_err(|_| VmmError::Device("the VMM thread panicked".into()))?;
+        let signal = match end? {
+            End::Signal(sig) => Some(sig),
+            End::VcpuStopped => None,
+        };
         tracing::debug!(
             resident_kib = resident_kib(&self.vm.memory),
             "guest memory touched"
@@ -256,89 +288,6 @@ fn resident_kib(memory: &vm_memory::GuestMemoryMmap) -> u64 {
     pages * page as u64 / 1024
 }
 
-/// SIGTERM, SIGINT and SIGHUP, blocked in this thread and so in every vCPU thread it
-/// starts, and read from a signalfd instead: a vCPU thread's filter allows no handler.
-struct StopSignals {
-    fd: OwnedFd,
-    old: libc::sigset_t,
-}
-
-impl StopSignals {
-    fn block() -> Result<StopSignals> {
-        // SAFETY: plain sigset manipulation on local values; signalfd returns a new fd
-        // that we own.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                libc::sigaddset(&mut set, sig);
-            }
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-            let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
-            if fd < 0 {
-                let e = std::io::Error::last_os_error();
-                libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-                return Err(VmmError::Device(format!("signalfd: {e}")));
-            }
-            Ok(StopSignals {
-                fd: OwnedFd::from_raw_fd(fd),
-                old,
-            })
-        }
-    }
-}
-
-/// Waits for a stop signal on `signal_fd` (returned) or for `done_fd` (None).
-fn wait_for_either(signal_fd: RawFd, done_fd: RawFd) -> Result<Option<i32>> {
-    let mut fds = [
-        libc::pollfd {
-            fd: signal_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: done_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(VmmError::Device(format!("poll: {e}")));
-        }
-        if fds[0].revents & libc::POLLIN != 0 {
-            // SAFETY: a zeroed signalfd_siginfo is a valid buffer of its own size.
-            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-            let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            // SAFETY: reading at most `size` bytes into `info`.
-            let r = unsafe {
-                libc::read(
-                    signal_fd,
-                    (&mut info as *mut libc::signalfd_siginfo).cast(),
-                    size,
-                )
-            };
-            if r == size as isize {
-                tracing::info!(signal = info.ssi_signo, "stop signal: stopping the VM");
-                return Ok(Some(info.ssi_signo as i32));
-            }
-        }
-        if fds[1].revents & libc::POLLIN != 0 {
-            return Ok(None);
-        }
-    }
-}
-
-impl Drop for StopSignals {
-    fn drop(&mut self) {
-        // SAFETY: restores the mask saved in `block`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
-    }
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

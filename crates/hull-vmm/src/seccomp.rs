@@ -30,13 +30,6 @@ pub const VCPU: &[(i64, &str)] = &[
         libc::SYS_write,
         "device output: the serial console's sink, interrupt eventfds",
     ),
-    (
-        libc::SYS_pread64,
-        "virtio-blk reads, served on the vCPU that notified the queue",
-    ),
-    (libc::SYS_pwrite64, "virtio-blk writes"),
-    (libc::SYS_fdatasync, "virtio-blk flush"),
-    (libc::SYS_getrandom, "virtio-rng"),
     (libc::SYS_futex, "locks shared with the VMM thread"),
     (libc::SYS_mmap, "the allocator"),
     (libc::SYS_munmap, "the allocator"),
@@ -54,16 +47,21 @@ pub const VCPU: &[(i64, &str)] = &[
     (libc::SYS_exit, "thread exit"),
 ];
 
-/// Syscalls the VMM thread may make, and why. It waits for the VM's end (a vCPU
-/// stopping, a stop signal) and stops the vCPUs.
+/// Syscalls the VMM thread may make, and why. It runs the event loop: stop signals, a
+/// stopped vCPU, virtio queue notifications and the device work they start; at the end
+/// it stops the vCPUs.
 pub const VMM: &[(i64, &str)] = &[
-    (
-        libc::SYS_poll,
-        "waiting for a stop signal or a stopped vCPU",
-    ),
-    (libc::SYS_ppoll, "poll, as some libcs make it"),
-    (libc::SYS_read, "the signalfd's siginfo"),
-    (libc::SYS_write, "logs"),
+    (libc::SYS_epoll_wait, "the event loop"),
+    (libc::SYS_epoll_pwait, "epoll_wait, as some libcs make it"),
+    (libc::SYS_epoll_ctl, "registering the loop's fds"),
+    (libc::SYS_epoll_create1, "the loop's epoll"),
+    (libc::SYS_read, "the signalfd's siginfo; ioeventfd counts"),
+    (libc::SYS_write, "interrupt eventfds; logs"),
+    (libc::SYS_pread64, "virtio-blk reads"),
+    (libc::SYS_pwrite64, "virtio-blk writes"),
+    (libc::SYS_fdatasync, "virtio-blk flush"),
+    (libc::SYS_getrandom, "virtio-rng"),
+    (libc::SYS_close, "the loop's epoll at the end"),
     (libc::SYS_futex, "joining the vCPU threads; locks"),
     (libc::SYS_getpid, "pthread_kill names the process"),
     (libc::SYS_tgkill, "the kick that interrupts KVM_RUN"),

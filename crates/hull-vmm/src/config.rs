@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::boot::layout::{IRQ_MAX, IRQ_VIRTIO_FIRST, RAM_MAX};
 use crate::boot::mptable::MAX_CPUS;
+pub use crate::vstate::memory::{Backend, HugePages};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +23,10 @@ pub struct VmConfig {
     pub vcpus: u8,
     #[serde(default = "default_memory")]
     pub memory_mib: u32,
+    #[serde(default)]
+    pub memory_backend: Backend,
+    #[serde(default)]
+    pub hugepages: HugePages,
     #[serde(default)]
     pub serial: SerialOut,
     /// virtio-blk disks, in order: the guest sees /dev/vda, /dev/vdb, ...

@@ -59,7 +59,11 @@ pub struct Machine {
 
 impl Machine {
     pub fn build(config: &VmConfig) -> Result<Machine> {
-        let vm = Vm::new(memory::anonymous(config.memory_bytes())?)?;
+        let vm = Vm::new(memory::create(
+            config.memory_bytes(),
+            config.memory_backend,
+            config.hugepages,
+        )?)?;
         vm.add_irqchip()?;
         let reset = Arc::new(AtomicBool::new(false));
 

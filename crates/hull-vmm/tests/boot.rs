@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hull_vmm::config::{SerialOut, VmConfig};
+use hull_vmm::config::{Backend, HugePages, SerialOut, VmConfig};
 use hull_vmm::machine::{Machine, Outcome};
 use hull_vmm::tiny;
 use hull_vmm::VmmError;
@@ -37,6 +37,8 @@ fn config(dir: &Path, kernel: &[u8], cmdline: &str, vcpus: u8) -> VmConfig {
         cmdline: cmdline.into(),
         vcpus,
         memory_mib: 16,
+        memory_backend: Default::default(),
+        hugepages: Default::default(),
         serial: SerialOut::File(dir.join("serial")),
         block: vec![],
         rng: false,
@@ -138,4 +140,55 @@ fn a_triple_fault_is_a_reset() {
     let (r, out) = boot(&d.0, &c);
     assert_eq!(r.unwrap(), Outcome::Reset);
     assert_eq!(out, "!");
+}
+
+#[test]
+fn memfd_and_transparent_huge_page_memory_boot_the_same_guest() {
+    let d = Dir::new("memory");
+    for (backend, huge) in [
+        (Backend::Memfd, HugePages::None),
+        (Backend::Anonymous, HugePages::Transparent),
+        (Backend::Memfd, HugePages::Transparent),
+    ] {
+        let mut c = config(&d.0, &tiny::pvh_elf(tiny::PVH_PRINT_CMDLINE), "memory", 1);
+        (c.memory_backend, c.hugepages) = (backend, huge);
+        let (r, out) = boot(&d.0, &c);
+        assert_eq!(r.unwrap(), Outcome::Reset, "{backend:?} {huge:?}");
+        assert_eq!(out, "memory", "{backend:?} {huge:?}");
+    }
+}
+
+#[test]
+fn hugetlb_memory_boots_or_says_what_the_host_lacks() {
+    let d = Dir::new("hugetlb");
+    let mut c = config(&d.0, &tiny::pvh_elf(tiny::PVH_PRINT_CMDLINE), "2m", 1);
+    c.hugepages = HugePages::Hugetlb2M;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let free: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0);
+    let needed = u64::from(c.memory_mib) / 2;
+    eprintln!("host: {free} free 2 MiB huge pages, the VM needs {needed}");
+    if free >= needed {
+        let (r, out) = boot(&d.0, &c);
+        assert_eq!(r.unwrap(), Outcome::Reset);
+        assert_eq!(out, "2m");
+    } else {
+        let e = Machine::build(&c)
+            .err()
+            .expect("built without huge pages")
+            .to_string();
+        assert!(
+            e.contains("nr_hugepages") && e.contains("2 MiB huge pages"),
+            "{e}"
+        );
+    }
+    c.memory_mib = 15;
+    let e = Machine::build(&c)
+        .err()
+        .expect("an odd size built")
+        .to_string();
+    assert!(e.contains("not a multiple of 2 MiB"), "{e}");
 }

@@ -57,6 +57,8 @@ fn a_guest_reads_a_sector_through_virtio_blk() {
         cmdline: "hull.test".into(),
         vcpus: 1,
         memory_mib: 16,
+        memory_backend: Default::default(),
+        hugepages: Default::default(),
         serial: SerialOut::File(d.0.join("serial")),
         block: vec![BlockConfig {
             path: d.0.join("disk"),

@@ -43,7 +43,18 @@ impl AgentClient {
     /// Connects to the socket the hypervisor listens on and says hello; the agent
     /// answers once the guest has booted, so `timeout` covers the boot.
     pub fn connect(transport: &Transport, timeout: Duration) -> Result<AgentClient> {
+        Self::connect_while(transport, timeout, || true)
+    }
+
+    /// `connect`, giving up as soon as `vmm_alive` says the VMM has gone: a guest that
+    /// died during boot should not cost the whole timeout.
+    pub fn connect_while(
+        transport: &Transport,
+        timeout: Duration,
+        mut vmm_alive: impl FnMut() -> bool,
+    ) -> Result<AgentClient> {
         let deadline = Instant::now() + timeout;
+        let gone = || SandboxError::Vm("the VMM exited before the agent answered".into());
         // Until the VMM (serial) or the agent (vsock) listens, connecting fails.
         // A hybrid vsock refuses CONNECT while the agent does not listen yet; that
         // answer says more than the refused connections after it.
@@ -70,6 +81,9 @@ impl AgentClient {
                 }
             }
             tracing::trace!("agent not reachable yet: {e:?}");
+            if !vmm_alive() {
+                return Err(gone());
+            }
             std::thread::sleep(Duration::from_millis(5));
         };
         let mut writer = stream
@@ -84,16 +98,24 @@ impl AgentClient {
             .name("agent-reader".into())
             .spawn(move || read_loop(stream, hello_tx, p, s))
             .map_err(|e| SandboxError::Vm(format!("spawn reader: {e}")))?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let hello = match hello_rx.recv_timeout(left) {
-            Ok(Ok((version, software))) => check_version(version)
-                .map(|()| software)
-                .map_err(SandboxError::from),
-            Ok(Err(e)) => Err(SandboxError::Vm(e)),
-            Err(_) => Err(SandboxError::Timeout {
-                what: "the agent's hello (did the guest boot? see its console log)".into(),
-                secs: timeout.as_secs(),
-            }),
+        let hello = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match hello_rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok(Ok((version, software))) => {
+                    break check_version(version)
+                        .map(|()| software)
+                        .map_err(SandboxError::from)
+                }
+                Ok(Err(e)) => break Err(SandboxError::Vm(e)),
+                Err(_) if left.is_zero() => {
+                    break Err(SandboxError::Timeout {
+                        what: "the agent's hello (did the guest boot? see its console log)".into(),
+                        secs: timeout.as_secs(),
+                    })
+                }
+                Err(_) if !vmm_alive() => break Err(gone()),
+                Err(_) => {}
+            }
         };
         // The agent spoke first (it may have to set up its end); now ours, with the
         // clock the guest takes.

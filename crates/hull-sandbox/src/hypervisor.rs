@@ -111,9 +111,17 @@ pub trait Vm: Send {
     fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<i32>>;
     /// Ends the VMM now.
     fn kill(&mut self);
+    /// What the VMM said on stderr before it exited, if it did.
+    fn exit_message(&self) -> Option<String> {
+        None
+    }
 }
 
 pub trait Hypervisor {
     fn name(&self) -> &'static str;
+    /// The agent's channel for a VM whose files live in `dir`.
+    fn transport(&self, dir: &std::path::Path) -> Transport {
+        Transport::detect(dir)
+    }
     fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>>;
 }

@@ -7,11 +7,13 @@ pub mod client;
 pub mod clock;
 pub mod error;
 pub mod guest;
+pub mod hullvmm;
 pub mod hypervisor;
 pub mod image;
 pub mod initramfs;
 pub mod qemu;
 pub mod run;
 pub mod sandbox;
+pub mod vmm_process;
 
 pub use error::{Result, SandboxError};

@@ -1,13 +1,12 @@
 //! QEMU `-M microvm` (Debian's qemu-system-x86) as a Hypervisor: KVM where it is usable,
 //! TCG elsewhere. The agent's channel is a virtio-serial port on a Unix socket chardev.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use crate::error::{Result, SandboxError};
 use crate::hypervisor::{Accel, Hypervisor, Transport, Vm, VmConfig};
+use crate::vmm_process::VmmProcess;
 
 /// The kernel cmdline every hull guest gets. `reboot=t`: without ACPI the guest cannot
 /// power off, so the agent's shutdown resets it by triple fault, which QEMU's
@@ -157,80 +156,8 @@ impl Hypervisor for Qemu {
         let args = self.args(config);
         tracing::debug!("{} {}", self.binary.display(), args.join(" "));
         let mut cmd = Command::new(&self.binary);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                // The VM must not outlive the hull that started it, even a SIGKILLed one.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                SandboxError::Tool(format!(
-                    "cannot run {}: {e} (apt-get install qemu-system-x86)",
-                    self.binary.display()
-                ))
-            })?;
-        Ok(Box::new(QemuVm { child: Some(child) }))
-    }
-}
-
-struct QemuVm {
-    child: Option<Child>,
-}
-
-impl Vm for QemuVm {
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<i32>> {
-        let Some(child) = self.child.as_mut() else {
-            return Ok(None);
-        };
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child
-                .try_wait()
-                .map_err(|e| SandboxError::Vm(format!("wait for QEMU: {e}")))?
-            {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
-                if !err.trim().is_empty() {
-                    tracing::debug!("qemu: {}", err.trim());
-                }
-                self.child = None;
-                return Ok(Some(status.code().unwrap_or(-1)));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for QemuVm {
-    fn drop(&mut self) {
-        self.kill();
+        cmd.args(&args);
+        VmmProcess::spawn(cmd, "QEMU", "apt-get install qemu-system-x86")
     }
 }
 

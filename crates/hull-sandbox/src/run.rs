@@ -19,7 +19,8 @@ use nix::sys::termios::{self, SetArg};
 use crate::client::{AgentClient, Streams};
 use crate::error::{io_err, Result, SandboxError};
 use crate::guest::GuestAssets;
-use crate::hypervisor::{Accel, Disk};
+use crate::hullvmm::HullVmm;
+use crate::hypervisor::{Accel, Disk, Hypervisor};
 use crate::qemu::Qemu;
 use crate::sandbox::{Sandbox, SandboxConfig};
 
@@ -105,6 +106,20 @@ fn load_bundle(dir: &Path) -> Result<Bundle> {
     })
 }
 
+/// hull-vmm where KVM runs guests in hardware, QEMU (TCG) where it does not;
+/// `HULL_HYPERVISOR=qemu|hull-vmm` overrides the choice.
+pub fn choose_hypervisor(accel: Accel) -> Result<Box<dyn Hypervisor>> {
+    match std::env::var("HULL_HYPERVISOR").as_deref() {
+        Ok("qemu") => Ok(Box::new(Qemu::default())),
+        Ok("hull-vmm") => Ok(Box::new(HullVmm::default())),
+        Ok(other) => Err(SandboxError::Vm(format!(
+            "HULL_HYPERVISOR={other:?}: say qemu or hull-vmm, or unset it to let hull choose"
+        ))),
+        Err(_) if accel == Accel::Kvm => Ok(Box::new(HullVmm::default())),
+        Err(_) => Ok(Box::new(Qemu::default())),
+    }
+}
+
 /// Returns the container's exit status (128 + signal when a signal ended it).
 pub fn run_foreground(opts: &RunOptions) -> Result<i32> {
     let assets = GuestAssets::locate(&opts.guest_dir)?;
@@ -141,8 +156,10 @@ pub fn run_foreground(opts: &RunOptions) -> Result<i32> {
         .map(|b| b.div_ceil(1 << 20) + GUEST_OVERHEAD_MIB)
         .unwrap_or(256)
         .clamp(96, 1 << 16) as u32;
+    let accel = Accel::detect();
+    let hypervisor = choose_hypervisor(accel)?;
     let sandbox = Sandbox::start(
-        &Qemu::default(),
+        hypervisor.as_ref(),
         SandboxConfig {
             assets,
             dir,
@@ -153,7 +170,7 @@ pub fn run_foreground(opts: &RunOptions) -> Result<i32> {
             }],
             vcpus: 1,
             memory_mib,
-            accel: Accel::detect(),
+            accel,
             extra_cmdline: String::new(),
             boot_timeout: Duration::from_secs(120),
         },

@@ -12,7 +12,7 @@ use hull_proto::Request;
 use crate::client::AgentClient;
 use crate::error::{io_err, Result, SandboxError};
 use crate::guest::GuestAssets;
-use crate::hypervisor::{Accel, Disk, Hypervisor, Transport, Vm, VmConfig};
+use crate::hypervisor::{Accel, Disk, Hypervisor, Vm, VmConfig};
 
 pub struct SandboxConfig {
     pub assets: GuestAssets,
@@ -47,7 +47,7 @@ impl Sandbox {
             vcpus: cfg.vcpus,
             memory_mib: cfg.memory_mib,
             disks: cfg.disks.clone(),
-            transport: Transport::detect(&cfg.dir),
+            transport: hv.transport(&cfg.dir),
             console_log: console_log.clone(),
             accel: cfg.accel,
         };
@@ -59,7 +59,16 @@ impl Sandbox {
                 return Err(e);
             }
         };
-        match AgentClient::connect(&vm_config.transport, cfg.boot_timeout) {
+        let mut exit = None;
+        let alive = || match vm.wait_timeout(Duration::ZERO) {
+            Ok(None) => true,
+            Ok(Some(code)) => {
+                exit = Some(code);
+                false
+            }
+            Err(_) => false,
+        };
+        match AgentClient::connect_while(&vm_config.transport, cfg.boot_timeout, alive) {
             Ok(agent) => Ok(Sandbox {
                 vm,
                 agent: Arc::new(agent),
@@ -68,14 +77,27 @@ impl Sandbox {
                 boot_time: t.elapsed(),
             }),
             Err(e) => {
-                let exited = vm.wait_timeout(Duration::ZERO).ok().flatten();
+                let exited = exit.or_else(|| vm.wait_timeout(Duration::ZERO).ok().flatten());
+                let said = vm
+                    .exit_message()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
                 vm.kill();
                 let console = console_tail(&console_log, 15);
                 let _ = std::fs::remove_dir_all(&cfg.dir);
+                let e = match e {
+                    SandboxError::Vm(m) => m,
+                    other => other.to_string(),
+                };
+                let console = if console.trim().is_empty() {
+                    "the guest console is empty".to_string()
+                } else {
+                    format!("the guest console ended with:\n{console}")
+                };
                 Err(SandboxError::Vm(format!(
-                    "{e}{}; the guest console ended with:\n{console}",
+                    "{e}{}; {console}",
                     exited
-                        .map(|c| format!(" ({} exited with {c})", hv.name()))
+                        .map(|c| format!(" ({} exited with {c}{said})", hv.name()))
                         .unwrap_or_default()
                 )))
             }

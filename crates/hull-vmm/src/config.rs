@@ -35,6 +35,9 @@ pub struct VmConfig {
     /// A virtio-rng device feeding the guest's entropy pool from getrandom(2).
     #[serde(default)]
     pub rng: bool,
+    /// A virtio-vsock device, exposed on the host as a Unix socket (hybrid vsock).
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
     /// Run each thread under its seccomp allowlist (off only for debugging with strace).
     #[serde(default = "yes")]
     pub seccomp: bool,
@@ -50,6 +53,16 @@ pub struct BlockConfig {
     /// What the guest reads from /sys/block/vdX/serial (at most 20 bytes).
     #[serde(default)]
     pub serial: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context id, 3 or more.
+    pub guest_cid: u64,
+    /// Host processes connect here and write `CONNECT <port>\n`; guest connections to
+    /// host port P reach a listener at this path with `_P` appended.
+    pub uds_path: PathBuf,
 }
 
 /// Where the guest's COM1 output goes.
@@ -120,7 +133,7 @@ impl VmConfig {
             return Err(field("vcpus", format!("must be 1 to {MAX_CPUS}")));
         }
         let slots = (IRQ_MAX - IRQ_VIRTIO_FIRST + 1) as usize;
-        if self.block.len() + usize::from(self.rng) > slots {
+        if self.block.len() + usize::from(self.rng) + usize::from(self.vsock.is_some()) > slots {
             return Err(field(
                 "block",
                 format!("too many virtio devices: at most {slots} with rng"),

@@ -18,7 +18,9 @@ use crate::devices::bus::{Buses, MmioBus, PioBus};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{self, Irq, SerialDevice};
 use crate::devices::virtio::mmio::QUEUE_NOTIFY_OFFSET;
-use crate::devices::virtio::{cmdline_entry, Block, MmioTransport, Rng, VirtioDevice, MMIO_WINDOW};
+use crate::devices::virtio::{
+    cmdline_entry, Block, MmioTransport, Rng, VirtioDevice, Vsock, MMIO_WINDOW,
+};
 use crate::error::{kvm, Result, VmmError};
 use crate::event_loop::{self, End, HostSource, QueueNotifier, StopSignals};
 use crate::seccomp;
@@ -103,6 +105,24 @@ impl Machine {
         if config.rng {
             devices.push(Arc::new(Mutex::new(Rng::new())));
         }
+        let mut hosts = Vec::new();
+        if let Some(v) = &config.vsock {
+            let vsock = Arc::new(Mutex::new(
+                Vsock::new(v.guest_cid, &v.uds_path)
+                    .map_err(|e| VmmError::Device(format!("vsock: {e}")))?,
+            ));
+            let fd = lock(&vsock).host_event_fd();
+            let typed = vsock.clone();
+            hosts.push(HostSource {
+                fd,
+                work: Box::new(move || {
+                    if let Err(e) = lock(&typed).process_host_events() {
+                        tracing::warn!("vsock: {e}");
+                    }
+                }),
+            });
+            devices.push(vsock);
+        }
         for (i, device) in devices.into_iter().enumerate() {
             let base = layout::MMIO_BASE + i as u64 * layout::MMIO_SIZE;
             let irq = layout::IRQ_VIRTIO_FIRST + i as u32;
@@ -159,7 +179,7 @@ impl Machine {
             vcpus,
             buses: Arc::new(Buses::new(pio, mmio)),
             queues,
-            hosts: Vec::new(),
+            hosts,
             seccomp: config.seccomp,
             loaded,
             cmdline,

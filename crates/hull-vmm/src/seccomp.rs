@@ -19,6 +19,9 @@ pub const KVM_RUN: u64 = 0xae80;
 pub const KVM_GET_REGS: u64 = 0x8090_ae81;
 pub const KVM_GET_SREGS: u64 = 0x8138_ae83;
 pub const KVM_TRANSLATE: u64 = 0xc018_ae85;
+const VCPU_IOCTLS: &[u64] = &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE];
+/// FIONBIO (asm-generic/ioctls.h).
+const VMM_IOCTLS: &[u64] = &[0x5421];
 
 /// Syscalls a vCPU thread may make, and why.
 pub const VCPU: &[(i64, &str)] = &[
@@ -35,6 +38,7 @@ pub const VCPU: &[(i64, &str)] = &[
     (libc::SYS_munmap, "the allocator"),
     (libc::SYS_brk, "the allocator"),
     (libc::SYS_madvise, "the allocator returning memory"),
+    (libc::SYS_mprotect, "the allocator growing a thread's arena"),
     (
         libc::SYS_rt_sigreturn,
         "return from the signal that kicks the vCPU out of KVM_RUN",
@@ -61,7 +65,25 @@ pub const VMM: &[(i64, &str)] = &[
     (libc::SYS_pwrite64, "virtio-blk writes"),
     (libc::SYS_fdatasync, "virtio-blk flush"),
     (libc::SYS_getrandom, "virtio-rng"),
-    (libc::SYS_close, "the loop's epoll at the end"),
+    (
+        libc::SYS_close,
+        "vsock connections; the loop's epoll at the end",
+    ),
+    (
+        libc::SYS_fcntl,
+        "F_GETFD only: debug builds check an fd before closing it (args checked)",
+    ),
+    (libc::SYS_accept4, "vsock: host processes connecting"),
+    (
+        libc::SYS_ioctl,
+        "FIONBIO only: vsock's accepted host streams made non-blocking (args checked)",
+    ),
+    (libc::SYS_socket, "vsock: guest connections to host ports"),
+    (libc::SYS_connect, "vsock: guest connections to host ports"),
+    (libc::SYS_recvfrom, "vsock: host to guest bytes"),
+    (libc::SYS_sendto, "vsock: guest to host bytes"),
+    (libc::SYS_shutdown, "vsock: a guest's half-close"),
+    (libc::SYS_mprotect, "the allocator growing a thread's arena"),
     (libc::SYS_futex, "joining the vCPU threads; locks"),
     (libc::SYS_getpid, "pthread_kill names the process"),
     (libc::SYS_tgkill, "the kick that interrupts KVM_RUN"),
@@ -75,12 +97,24 @@ pub const VMM: &[(i64, &str)] = &[
     (libc::SYS_exit, "thread exit"),
 ];
 
-fn filter(table: &[(i64, &str)]) -> Result<BpfProgram> {
+/// `ioctls`: the only requests the table's ioctl entry allows.
+fn filter(table: &[(i64, &str)], ioctls: &[u64]) -> Result<BpfProgram> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for &(nr, _) in table {
-        let r = if nr == libc::SYS_ioctl {
-            [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE]
-                .into_iter()
+        let r = if nr == libc::SYS_fcntl {
+            let c = SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::F_GETFD as u64,
+            )
+            .and_then(|c| SeccompRule::new(vec![c]))
+            .map_err(|e| VmmError::Seccomp(e.to_string()))?;
+            vec![c]
+        } else if nr == libc::SYS_ioctl {
+            ioctls
+                .iter()
+                .copied()
                 .map(|req| {
                     SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)
                         .and_then(|c| SeccompRule::new(vec![c]))
@@ -104,13 +138,13 @@ fn filter(table: &[(i64, &str)]) -> Result<BpfProgram> {
 
 /// Confines the calling thread to the VMM thread's allowlist, for the rest of its life.
 pub fn install_vmm() -> Result<()> {
-    let prog = filter(VMM)?;
+    let prog = filter(VMM, VMM_IOCTLS)?;
     seccompiler::apply_filter(&prog).map_err(|e| VmmError::Seccomp(e.to_string()))
 }
 
 /// Confines the calling thread to the vCPU allowlist, for the rest of its life.
 pub fn install_vcpu() -> Result<()> {
-    let prog = filter(VCPU)?;
+    let prog = filter(VCPU, VCPU_IOCTLS)?;
     seccompiler::apply_filter(&prog).map_err(|e| VmmError::Seccomp(e.to_string()))
 }
 
@@ -121,13 +155,13 @@ mod tests {
     #[test]
     fn the_allowlists_are_smaller_than_firecrackers() {
         // Firecracker v1.x, x86_64: vmm 50, api 31, vcpu 27 (hull-vmm has no API thread).
-        for (table, firecracker) in [(VCPU, 27), (VMM, 50)] {
+        for (table, ioctls, firecracker) in [(VCPU, VCPU_IOCTLS, 27), (VMM, VMM_IOCTLS, 50)] {
             assert!(table.len() < firecracker, "{} syscalls", table.len());
             let mut nrs: Vec<i64> = table.iter().map(|e| e.0).collect();
             nrs.sort();
             nrs.dedup();
             assert_eq!(nrs.len(), table.len(), "a syscall is listed twice");
-            filter(table).unwrap();
+            filter(table, ioctls).unwrap();
         }
     }
 }

@@ -42,6 +42,7 @@ fn config(dir: &Path, kernel: &[u8], cmdline: &str, vcpus: u8) -> VmConfig {
         serial: SerialOut::File(dir.join("serial")),
         block: vec![],
         rng: false,
+        vsock: None,
         seccomp: true,
     }
 }

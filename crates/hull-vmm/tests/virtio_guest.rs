@@ -2,10 +2,13 @@
 //! Linux's drivers do, on this host's KVM. The guests are assembly in tests/guests/,
 //! assembled here with binutils' `as` (scripts/install-deps installs it with gcc).
 
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use hull_vmm::config::{BlockConfig, SerialOut, VmConfig};
+use hull_vmm::config::{BlockConfig, SerialOut, VmConfig, VsockConfig};
 use hull_vmm::machine::{Machine, Outcome};
 
 struct Dir(PathBuf);
@@ -66,6 +69,7 @@ fn a_guest_reads_a_sector_through_virtio_blk() {
             serial: "disk0".into(),
         }],
         rng: true,
+        vsock: None,
         seccomp: true,
     };
     let machine = Machine::build(&config).unwrap();
@@ -78,5 +82,100 @@ fn a_guest_reads_a_sector_through_virtio_blk() {
     assert_eq!(
         std::fs::read_to_string(d.0.join("serial")).unwrap(),
         "0hull-vmm"
+    );
+}
+
+#[test]
+fn a_guest_talks_to_a_host_listener_over_vsock() {
+    let d = Dir(std::env::temp_dir().join(format!("hull-vmm-vsock-{}", std::process::id())));
+    std::fs::create_dir_all(&d.0).unwrap();
+    let uds = d.0.join("vsock.sock");
+    // Guest connections to host port 5000 land on the path with `_5000` appended.
+    let listener = UnixListener::bind(d.0.join("vsock.sock_5000")).unwrap();
+    let host = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut hi = [0u8; 2];
+        stream.read_exact(&mut hi).unwrap();
+        stream.write_all(b"yo").unwrap();
+        hi
+    });
+    let config = VmConfig {
+        kernel: guest(&d.0, "vsock_echo.S"),
+        initramfs: None,
+        cmdline: String::new(),
+        vcpus: 1,
+        memory_mib: 16,
+        memory_backend: Default::default(),
+        hugepages: Default::default(),
+        serial: SerialOut::File(d.0.join("serial")),
+        block: vec![],
+        rng: false,
+        vsock: Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: uds.clone(),
+        }),
+        seccomp: true,
+    };
+    let machine = Machine::build(&config).unwrap();
+    assert!(uds.exists(), "the hybrid vsock socket is not there");
+    assert_eq!(machine.run().unwrap(), Outcome::Reset);
+    assert_eq!(&host.join().unwrap(), b"hi");
+    // R: the device answered the guest's REQUEST once the host listener accepted.
+    assert_eq!(std::fs::read_to_string(d.0.join("serial")).unwrap(), "Ryo");
+    assert!(!uds.exists(), "the hybrid vsock socket was left behind");
+}
+
+#[test]
+fn the_host_connects_to_a_guest_listener_through_the_hybrid_socket() {
+    let d = Dir(std::env::temp_dir().join(format!("hull-vmm-vsock-serve-{}", std::process::id())));
+    std::fs::create_dir_all(&d.0).unwrap();
+    let uds = d.0.join("vsock.sock");
+    let config = VmConfig {
+        kernel: guest(&d.0, "vsock_serve.S"),
+        initramfs: None,
+        cmdline: String::new(),
+        vcpus: 1,
+        memory_mib: 16,
+        memory_backend: Default::default(),
+        hugepages: Default::default(),
+        serial: SerialOut::File(d.0.join("serial")),
+        block: vec![],
+        rng: false,
+        vsock: Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: uds.clone(),
+        }),
+        seccomp: true,
+    };
+    let machine = Machine::build(&config).unwrap();
+    let vm = std::thread::spawn(move || machine.run());
+    // What hull's agent client does (hull-sandbox client.rs): CONNECT, then OK <port>.
+    let mut host = UnixStream::connect(&uds).unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while byte[0] != b'\n' {
+        host.read_exact(&mut byte).unwrap();
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8(line).unwrap();
+    let port: u32 = line
+        .strip_prefix("OK ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("not an OK line: {line:?}"));
+    assert!(port >= 1 << 30, "local port {port}");
+    host.write_all(b"ping").unwrap();
+    let mut echo = [0u8; 4];
+    host.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping");
+    assert_eq!(vm.join().unwrap().unwrap(), Outcome::Reset);
+    assert_eq!(
+        std::fs::read_to_string(d.0.join("serial")).unwrap(),
+        "Aping"
     );
 }

@@ -13,6 +13,7 @@ pub mod blk;
 pub mod mmio;
 mod queue;
 pub mod rng;
+pub mod vsock;
 
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub use blk::Block;
 pub use mmio::{cmdline_entry, MmioTransport, MMIO_WINDOW};
 pub use rng::Rng;
+pub use vsock::Vsock;
 
 /// Why a device could not be built, activated or serve a queue.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,134 @@
+//! hull's own VMM as a Hypervisor: `hull vmm --config FILE`, a re-exec of the hull
+//! binary, booting the guest on KVM. The agent's channel is virtio-vsock, exposed on the
+//! host as Firecracker's hybrid vsock: a Unix socket that takes `CONNECT <port>`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::{Result, SandboxError};
+use crate::hypervisor::{Hypervisor, Transport, Vm, VmConfig, AGENT_VSOCK_PORT};
+use crate::qemu::BASE_CMDLINE;
+use crate::vmm_process::VmmProcess;
+
+/// The guest's vsock context id: each VM has its own device, so any id >= 3 will do.
+const GUEST_CID: u32 = 3;
+
+pub struct HullVmm {
+    /// The hull binary (`/proc/self/exe` from within hull).
+    pub binary: PathBuf,
+}
+
+impl Default for HullVmm {
+    fn default() -> Self {
+        HullVmm {
+            binary: "/proc/self/exe".into(),
+        }
+    }
+}
+
+impl HullVmm {
+    /// The VM description `hull vmm` reads.
+    pub fn config(&self, c: &VmConfig) -> Result<serde_json::Value> {
+        let Transport::HybridVsock { socket, .. } = &c.transport else {
+            return Err(SandboxError::Vm(format!(
+                "hull-vmm talks to the agent over hybrid vsock, not {:?}",
+                c.transport
+            )));
+        };
+        let cmdline = [BASE_CMDLINE, &c.transport.cmdline(), &c.extra_cmdline]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let block: Vec<_> = c
+            .disks
+            .iter()
+            .map(|d| serde_json::json!({"path": d.path, "read_only": d.readonly, "serial": d.serial}))
+            .collect();
+        Ok(serde_json::json!({
+            "kernel": c.kernel,
+            "initramfs": c.initramfs,
+            "cmdline": cmdline,
+            "vcpus": c.vcpus,
+            "memory_mib": c.memory_mib,
+            "serial": {"file": c.console_log},
+            "block": block,
+            "rng": true,
+            "vsock": {"guest_cid": GUEST_CID, "uds_path": socket},
+        }))
+    }
+}
+
+impl Hypervisor for HullVmm {
+    fn name(&self) -> &'static str {
+        "hull-vmm"
+    }
+
+    fn transport(&self, dir: &Path) -> Transport {
+        Transport::HybridVsock {
+            socket: dir.join("vsock.sock"),
+            port: AGENT_VSOCK_PORT,
+        }
+    }
+
+    fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>> {
+        let json = self.config(config)?;
+        let dir = config
+            .console_log
+            .parent()
+            .ok_or_else(|| SandboxError::Vm("the console log has no directory".into()))?;
+        let path = dir.join("vmm.json");
+        std::fs::write(&path, json.to_string())
+            .map_err(|e| SandboxError::Vm(format!("cannot write {}: {e}", path.display())))?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("vmm").arg("--config").arg(&path);
+        VmmProcess::spawn(cmd, "hull-vmm", "hull vmm is part of hull itself")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::{Accel, Disk};
+
+    #[test]
+    fn the_vm_description_carries_disks_vsock_and_the_agents_port() {
+        let hv = HullVmm::default();
+        let dir = Path::new("/run/hull/c.vm");
+        let c = VmConfig {
+            kernel: "/g/vmlinux".into(),
+            initramfs: "/g/initramfs".into(),
+            extra_cmdline: "hull.debug".into(),
+            vcpus: 2,
+            memory_mib: 192,
+            disks: vec![Disk {
+                path: "/run/hull/c.vm/rootfs.erofs".into(),
+                readonly: true,
+                serial: "hull-rootfs".into(),
+            }],
+            transport: hv.transport(dir),
+            console_log: dir.join("console.log"),
+            accel: Accel::Kvm,
+        };
+        let v = hv.config(&c).unwrap();
+        assert_eq!(
+            v["cmdline"],
+            format!("{BASE_CMDLINE} hull.vsock={AGENT_VSOCK_PORT} hull.debug")
+        );
+        assert_eq!(v["vsock"]["uds_path"], "/run/hull/c.vm/vsock.sock");
+        assert_eq!(v["block"][0]["serial"], "hull-rootfs");
+        assert_eq!(v["block"][0]["read_only"], true);
+        assert_eq!(
+            (v["vcpus"].as_u64(), v["memory_mib"].as_u64()),
+            (Some(2), Some(192))
+        );
+        let serial = VmConfig {
+            transport: Transport::Serial {
+                socket: dir.join("agent.sock"),
+            },
+            ..c
+        };
+        assert!(hv.config(&serial).is_err());
+    }
+}

@@ -152,22 +152,20 @@ fn the_host_connects_to_a_guest_listener_through_the_hybrid_socket() {
     };
     let machine = Machine::build(&config).unwrap();
     let vm = std::thread::spawn(move || machine.run());
-    // What hull's agent client does (hull-sandbox client.rs): CONNECT, then OK <port>.
-    let mut host = UnixStream::connect(&uds).unwrap();
-    host.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    host.write_all(b"CONNECT 1024\n").unwrap();
-    let mut line = Vec::new();
-    let mut byte = [0u8];
-    while byte[0] != b'\n' {
-        host.read_exact(&mut byte).unwrap();
-        line.push(byte[0]);
-    }
-    let line = String::from_utf8(line).unwrap();
-    let port: u32 = line
-        .strip_prefix("OK ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("not an OK line: {line:?}"));
+    // What hull's agent client does (hull-sandbox client.rs): CONNECT, then OK <port>;
+    // until the guest driver is up the device closes such streams, and the client
+    // tries again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (mut host, port) = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no OK from the device"
+        );
+        match connect_port(&uds, 1024) {
+            Ok(ok) => break ok,
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
     assert!(port >= 1 << 30, "local port {port}");
     host.write_all(b"ping").unwrap();
     let mut echo = [0u8; 4];
@@ -178,4 +176,23 @@ fn the_host_connects_to_a_guest_listener_through_the_hybrid_socket() {
         std::fs::read_to_string(d.0.join("serial")).unwrap(),
         "Aping"
     );
+}
+
+/// The host half of a hybrid vsock connection: the stream and the local port it got.
+fn connect_port(uds: &Path, port: u32) -> std::io::Result<(UnixStream, u32)> {
+    let mut host = UnixStream::connect(uds)?;
+    host.set_read_timeout(Some(Duration::from_secs(20)))?;
+    host.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while byte[0] != b'\n' {
+        host.read_exact(&mut byte)?;
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let local = line
+        .strip_prefix("OK ")
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an OK line: {line:?}")))?;
+    Ok((host, local))
 }

@@ -36,7 +36,14 @@ fn guest(dir: &Path, name: &str) -> PathBuf {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    run(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(&src));
+    let includes = src.parent().unwrap();
+    run(Command::new("as")
+        .arg("--32")
+        .arg("-I")
+        .arg(includes)
+        .arg("-o")
+        .arg(&obj)
+        .arg(&src));
     run(Command::new("objcopy")
         .args(["-O", "binary"])
         .arg(&obj)
@@ -102,23 +109,7 @@ fn a_guest_talks_to_a_host_listener_over_vsock() {
         stream.write_all(b"yo").unwrap();
         hi
     });
-    let config = VmConfig {
-        kernel: guest(&d.0, "vsock_echo.S"),
-        initramfs: None,
-        cmdline: String::new(),
-        vcpus: 1,
-        memory_mib: 16,
-        memory_backend: Default::default(),
-        hugepages: Default::default(),
-        serial: SerialOut::File(d.0.join("serial")),
-        block: vec![],
-        rng: false,
-        vsock: Some(VsockConfig {
-            guest_cid: 3,
-            uds_path: uds.clone(),
-        }),
-        seccomp: true,
-    };
+    let config = vsock_vm(&d.0, "vsock_echo.S", &uds);
     let machine = Machine::build(&config).unwrap();
     assert!(uds.exists(), "the hybrid vsock socket is not there");
     assert_eq!(machine.run().unwrap(), Outcome::Reset);
@@ -133,23 +124,7 @@ fn the_host_connects_to_a_guest_listener_through_the_hybrid_socket() {
     let d = Dir(std::env::temp_dir().join(format!("hull-vmm-vsock-serve-{}", std::process::id())));
     std::fs::create_dir_all(&d.0).unwrap();
     let uds = d.0.join("vsock.sock");
-    let config = VmConfig {
-        kernel: guest(&d.0, "vsock_serve.S"),
-        initramfs: None,
-        cmdline: String::new(),
-        vcpus: 1,
-        memory_mib: 16,
-        memory_backend: Default::default(),
-        hugepages: Default::default(),
-        serial: SerialOut::File(d.0.join("serial")),
-        block: vec![],
-        rng: false,
-        vsock: Some(VsockConfig {
-            guest_cid: 3,
-            uds_path: uds.clone(),
-        }),
-        seccomp: true,
-    };
+    let config = vsock_vm(&d.0, "vsock_serve.S", &uds);
     let machine = Machine::build(&config).unwrap();
     let vm = std::thread::spawn(move || machine.run());
     // What hull's agent client does (hull-sandbox client.rs): CONNECT, then OK <port>;
@@ -195,4 +170,26 @@ fn connect_port(uds: &Path, port: u32) -> std::io::Result<(UnixStream, u32)> {
         .and_then(|p| p.trim().parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an OK line: {line:?}")))?;
     Ok((host, local))
+}
+
+/// A VM of one vCPU with a vsock device on `uds` and nothing else, running a guest
+/// from tests/guests/.
+fn vsock_vm(dir: &Path, guest_source: &str, uds: &Path) -> VmConfig {
+    VmConfig {
+        kernel: guest(dir, guest_source),
+        initramfs: None,
+        cmdline: String::new(),
+        vcpus: 1,
+        memory_mib: 16,
+        memory_backend: Default::default(),
+        hugepages: Default::default(),
+        serial: SerialOut::File(dir.join("serial")),
+        block: vec![],
+        rng: false,
+        vsock: Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: uds.to_path_buf(),
+        }),
+        seccomp: true,
+    }
 }

@@ -38,6 +38,10 @@ pub struct VmConfig {
     /// A virtio-vsock device, exposed on the host as a Unix socket (hybrid vsock).
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// On SIGTERM/SIGINT/SIGHUP, how long the guest has to shut down after hull-vmm
+    /// types Ctrl-Alt-Del on its keyboard before its vCPUs are stopped.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_ms: u64,
     /// Run each thread under its seccomp allowlist (off only for debugging with strace).
     #[serde(default = "yes")]
     pub seccomp: bool,
@@ -81,6 +85,10 @@ fn one() -> u8 {
 
 fn yes() -> bool {
     true
+}
+
+fn default_grace() -> u64 {
+    3000
 }
 
 fn default_memory() -> u32 {

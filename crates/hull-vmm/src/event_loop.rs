@@ -5,10 +5,12 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::devices::i8042::Keyboard;
 use crate::devices::virtio::VirtioDevice;
 use crate::error::{Result, VmmError};
 
@@ -35,12 +37,15 @@ const SIGNAL: u64 = 0;
 const VCPU_DONE: u64 = 1;
 const FIRST_QUEUE: u64 = 2;
 
-/// Runs until a stop signal arrives on `signal_fd` or `vcpu_done` is signalled.
+/// Runs until a vCPU stops (`vcpu_done`) or a stop signal ends the VM. The first stop
+/// signal types Ctrl-Alt-Del on the guest's keyboard and gives it `shutdown.1` to
+/// stop by itself (End::VcpuStopped); after that, or at a second signal, End::Signal.
 pub fn run(
     signal_fd: RawFd,
     vcpu_done: RawFd,
     queues: &[QueueNotifier],
     hosts: &mut [HostSource],
+    shutdown: &(Keyboard, Duration),
 ) -> Result<End> {
     let err =
         |what: &'static str| move |e: std::io::Error| VmmError::Device(format!("{what}: {e}"));
@@ -64,8 +69,24 @@ pub fn run(
         add(h.fd, first_host + i as u64)?;
     }
     let mut events = vec![EpollEvent::default(); 16];
+    // The signal that asked the guest to shut down, and until when it may.
+    let mut asked: Option<(i32, Instant)> = None;
     loop {
-        let n = match epoll.wait(-1, &mut events) {
+        let timeout = match asked {
+            None => -1,
+            Some((sig, deadline)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    tracing::info!(
+                        signal = sig,
+                        "the guest did not shut down in time: stopping it"
+                    );
+                    return Ok(End::Signal(sig));
+                }
+                left.as_millis().min(i32::MAX as u128) as i32 + 1
+            }
+        };
+        let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(err("epoll_wait")(e)),
@@ -73,10 +94,21 @@ pub fn run(
         for event in &events[..n] {
             match event.data() {
                 SIGNAL => {
-                    if let Some(sig) = read_signal(signal_fd) {
+                    let Some(sig) = read_signal(signal_fd) else {
+                        continue;
+                    };
+                    let (keyboard, grace) = shutdown;
+                    if asked.is_some() || grace.is_zero() {
                         tracing::info!(signal = sig, "stop signal: stopping the VM");
                         return Ok(End::Signal(sig));
                     }
+                    tracing::info!(
+                        signal = sig,
+                        grace_ms = grace.as_millis() as u64,
+                        "stop signal: Ctrl-Alt-Del to the guest"
+                    );
+                    keyboard.ctrl_alt_del();
+                    asked = Some((sig, Instant::now() + *grace));
                 }
                 VCPU_DONE => return Ok(End::VcpuStopped),
                 tag if tag < first_host => {

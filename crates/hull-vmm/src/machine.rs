@@ -8,6 +8,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use kvm_ioctls::IoEventAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -15,7 +16,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::boot::{self, layout, mptable, BootSource, Loaded};
 use crate::config::{SerialOut, VmConfig};
 use crate::devices::bus::{Buses, MmioBus, PioBus};
-use crate::devices::i8042::{self, I8042};
+use crate::devices::i8042::{self, Keyboard, I8042};
 use crate::devices::serial::{self, Irq, SerialDevice};
 use crate::devices::virtio::mmio::QUEUE_NOTIFY_OFFSET;
 use crate::devices::virtio::{
@@ -54,6 +55,8 @@ pub struct Machine {
     buses: Arc<Buses>,
     queues: Vec<QueueNotifier>,
     hosts: Vec<HostSource>,
+    keyboard: Keyboard,
+    shutdown_grace: Duration,
     seccomp: bool,
     pub loaded: Loaded,
     pub cmdline: String,
@@ -88,11 +91,13 @@ impl Machine {
             serial::PORTS,
             Box::new(SerialDevice::with_irq(out, Irq::Event(irq))),
         );
-        pio.insert(
-            i8042::BASE,
-            i8042::PORTS,
-            Box::new(I8042::new(reset.clone())),
-        );
+        let kbd_irq = EventFd::new(EFD_NONBLOCK)
+            .map_err(|e| VmmError::Device(format!("keyboard interrupt eventfd: {e}")))?;
+        vm.fd
+            .register_irqfd(&kbd_irq, layout::IRQ_KEYBOARD)
+            .map_err(kvm("register the keyboard IRQ"))?;
+        let (controller, keyboard) = I8042::new(reset.clone(), Some(kbd_irq));
+        pio.insert(i8042::BASE, i8042::PORTS, Box::new(controller));
         let mut mmio = MmioBus::new();
         let mut cmdline = config.cmdline.trim().to_string();
         let mut devices: Vec<Arc<Mutex<dyn VirtioDevice>>> = Vec::new();
@@ -180,6 +185,8 @@ impl Machine {
             buses: Arc::new(Buses::new(pio, mmio)),
             queues,
             hosts,
+            keyboard,
+            shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
             seccomp: config.seccomp,
             loaded,
             cmdline,
@@ -230,6 +237,7 @@ impl Machine {
         let signal_fd = signals.fd.as_raw_fd();
         let done_fd = done.as_raw_fd();
         let (queues, mut hosts) = (self.queues, self.hosts);
+        let shutdown = (self.keyboard, self.shutdown_grace);
         let vmm = std::thread::Builder::new()
             .name("vmm".into())
             .spawn(move || {
@@ -238,8 +246,9 @@ impl Machine {
                 } else {
                     Ok(())
                 };
-                let end =
-                    end.and_then(|()| event_loop::run(signal_fd, done_fd, &queues, &mut hosts));
+                let end = end.and_then(|()| {
+                    event_loop::run(signal_fd, done_fd, &queues, &mut hosts, &shutdown)
+                });
                 for k in &kickers {
                     k.kick();
                 }

@@ -30,6 +30,24 @@ pub const PVH_BANG_AND_TRIPLE_FAULT: &[u8] = &[
     0, 0, 0, 0, 0, 0, // at +20: the IDT descriptor, limit 0, base 0
 ];
 
+/// 32-bit code (PVH entry): print `K`, poll the i8042 until the keyboard sends Delete
+/// (0x53, scancode set 1), print `D` and pull the reset line: a guest that shuts down
+/// on Ctrl-Alt-Del, as hull-vmm asks on SIGTERM.
+pub const PVH_WAIT_FOR_CTRL_ALT_DEL: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xb0, b'K', 0xee, // mov al, 'K'; out dx, al
+    0xe4, 0x64, // poll: in al, 0x64
+    0xa8, 0x01, // test al, 1 (output buffer full)
+    0x74, 0xfa, // jz poll
+    0xe4, 0x60, // in al, 0x60
+    0x3c, 0x53, // cmp al, 0x53
+    0x75, 0xf4, // jne poll
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xb0, b'D', 0xee, // mov al, 'D'; out dx, al
+    0xb0, 0xfe, 0xe6, 0x64, // mov al, 0xfe; out 0x64, al
+    0xf4, // hlt
+];
+
 /// 32-bit code (PVH entry): print the command line that `hvm_start_info` (at ebx)
 /// points to, then reset: proof that the start info and the command line arrived.
 pub const PVH_PRINT_CMDLINE: &[u8] = &[

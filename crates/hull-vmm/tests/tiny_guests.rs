@@ -115,7 +115,7 @@ fn the_reset_line_ends_the_vm() {
     let mut vcpu = Vcpu::new(&vm, 0).unwrap();
     vcpu.set_real_mode(ENTRY).unwrap();
     let mut bus = PioBus::new();
-    let reset = hull_vmm::devices::i8042::I8042::new(vcpu.reset_line());
+    let reset = hull_vmm::devices::i8042::I8042::new(vcpu.reset_line(), None).0;
     bus.insert(
         hull_vmm::devices::i8042::BASE,
         hull_vmm::devices::i8042::PORTS,

@@ -77,6 +77,7 @@ fn a_guest_reads_a_sector_through_virtio_blk() {
         }],
         rng: true,
         vsock: None,
+        shutdown_grace_ms: 3000,
         seccomp: true,
     };
     let machine = Machine::build(&config).unwrap();
@@ -190,6 +191,7 @@ fn vsock_vm(dir: &Path, guest_source: &str, uds: &Path) -> VmConfig {
             guest_cid: 3,
             uds_path: uds.to_path_buf(),
         }),
+        shutdown_grace_ms: 3000,
         seccomp: true,
     }
 }

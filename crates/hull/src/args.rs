@@ -105,7 +105,7 @@ fn command_help(cmd: &str) -> String {
         }
         "check" => "  -f, --format text|json\n",
         "guest" => "  build   build or reuse the guest kernel and initramfs\n  qemu-args KERNEL INITRAMFS SOCKET CONSOLE_LOG   the QEMU arguments hull would boot them with\n      --dir DIR        cache directory (default /var/lib/hull/guest)\n      --agent FILE     the static hull-agent (default: next to hull)\n      --source FILE    kernel source tarball (default /usr/src/linux-source-6.1.tar.xz)\n",
-        "vmm" => "  -c, --config FILE   the VM, as JSON: kernel (vmlinux with a PVH note, or bzImage), initramfs,\n                      cmdline, vcpus, memory_mib, memory_backend (anonymous|memfd),\n                      hugepages (none|transparent|2m), serial (\"stdout\", \"none\" or {\"file\": PATH}),\n                      block ([{path, read_only, serial}]), rng (bool), seccomp (bool)\n",
+        "vmm" => "  -c, --config FILE   the VM, as JSON: kernel (vmlinux with a PVH note, or bzImage), initramfs,\n                      cmdline, vcpus, memory_mib, memory_backend (anonymous|memfd),\n                      hugepages (none|transparent|2m), serial (\"stdout\", \"none\" or {\"file\": PATH}),\n                      block ([{path, read_only, serial}]), rng (bool), vsock ({guest_cid, uds_path}),\n                      shutdown_grace_ms (Ctrl-Alt-Del on SIGTERM, then stop; default 3000), seccomp (bool)\n",
         "spec" => "  -b, --bundle DIR   where to write config.json (default .)\n      --rootless     a spec for running without root\n",
         _ => "",
     };

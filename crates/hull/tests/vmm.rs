@@ -118,26 +118,34 @@ fn the_hull_guest_kernel_takes_what_hull_vmm_gives_it() {
     }
 }
 
-#[test]
-fn sigterm_stops_the_vm_and_hull_vmm_exits_143() {
-    hull_only!();
+/// Starts `hull vmm` on a tiny guest, waits until the guest printed `ready` on its
+/// console, sends SIGTERM, and returns the exit code, how long the exit took, and the
+/// console.
+fn sigterm(code: &[u8], grace_ms: u64, ready: &str) -> (Option<i32>, Duration, String) {
     let d = Dir::new();
-    let kernel = d.0.join("spin");
-    // jmp $: a guest that never stops by itself.
-    std::fs::write(&kernel, hull_vmm::tiny::pvh_elf(&[0xeb, 0xfe])).unwrap();
-    let config =
-        serde_json::json!({"kernel": kernel, "memory_mib": 16, "vcpus": 2, "serial": "none"});
+    let kernel = d.0.join("kernel");
+    std::fs::write(&kernel, hull_vmm::tiny::pvh_elf(code)).unwrap();
+    let serial = d.0.join("serial");
+    let config = serde_json::json!({"kernel": kernel, "memory_mib": 16, "vcpus": 2,
+        "serial": {"file": serial}, "shutdown_grace_ms": grace_ms});
     std::fs::write(d.0.join("vm.json"), config.to_string()).unwrap();
     let mut child = Command::new(common::hull_bin())
         .args(["vmm", "--config"])
         .arg(d.0.join("vm.json"))
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the spinning guest stopped"
-    );
+    let start = Instant::now();
+    while std::fs::read_to_string(&serial).unwrap_or_default() != ready {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the guest stopped by itself"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the guest never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let start = Instant::now();
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -146,12 +154,33 @@ fn sigterm_stops_the_vm_and_hull_vmm_exits_143() {
             break s;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < Duration::from_secs(15),
             "SIGTERM did not stop hull vmm"
         );
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     };
-    assert_eq!(status.code(), Some(143));
+    let console = std::fs::read_to_string(&serial).unwrap();
+    (status.code(), start.elapsed(), console)
+}
+
+#[test]
+fn sigterm_asks_the_guest_by_ctrl_alt_del_and_it_shuts_down() {
+    hull_only!();
+    let (code, took, console) = sigterm(hull_vmm::tiny::PVH_WAIT_FOR_CTRL_ALT_DEL, 5000, "K");
+    assert_eq!(code, Some(0), "{console}");
+    assert_eq!(console, "KD");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+}
+
+#[test]
+fn sigterm_stops_a_guest_that_ignores_it_after_the_grace_and_exits_143() {
+    hull_only!();
+    // jmp $: a guest that never reads its keyboard; writes `K` first to say it runs.
+    let spin = [0x66, 0xba, 0xf8, 0x03, 0xb0, b'K', 0xee, 0xeb, 0xfe];
+    let (code, took, console) = sigterm(&spin, 500, "K");
+    assert_eq!(code, Some(143), "{console}");
+    assert!(took >= Duration::from_millis(500), "no grace: {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 #[test]

@@ -31,7 +31,9 @@ pub const LAPIC: u32 = 0xfee0_0000;
 pub const IOAPIC: u32 = 0xfec0_0000;
 /// KVM needs three pages of guest-physical space for the TSS on Intel hosts.
 pub const KVM_TSS: usize = 0xfffb_d000;
-/// Legacy interrupts: COM1 on 4; virtio devices from 5 up to the IO-APIC's 23.
+/// Legacy interrupts: the keyboard on 1, COM1 on 4; virtio devices from 5 up to the
+/// IO-APIC's 23.
+pub const IRQ_KEYBOARD: u32 = 1;
 pub const IRQ_COM1: u32 = 4;
 pub const IRQ_VIRTIO_FIRST: u32 = 5;
 pub const IRQ_MAX: u32 = 23;

@@ -29,11 +29,20 @@ impl Default for HullVmm {
 impl HullVmm {
     /// The VM description `hull vmm` reads.
     pub fn config(&self, c: &VmConfig) -> Result<serde_json::Value> {
-        let Transport::HybridVsock { socket, .. } = &c.transport else {
-            return Err(SandboxError::Vm(format!(
-                "hull-vmm talks to the agent over hybrid vsock, not {:?}",
-                c.transport
-            )));
+        let (vsock, console) = match &c.transport {
+            Transport::HybridVsock { socket, .. } => (
+                serde_json::json!({"guest_cid": GUEST_CID, "uds_path": socket}),
+                serde_json::Value::Null,
+            ),
+            Transport::Serial { socket } => (
+                serde_json::Value::Null,
+                serde_json::json!({"socket": socket}),
+            ),
+            Transport::Vsock { .. } => {
+                return Err(SandboxError::Vm(
+                    "hull-vmm has no vhost-vsock: its vsock is hybrid, on a Unix socket".into(),
+                ))
+            }
         };
         let cmdline = [BASE_CMDLINE, &c.transport.cmdline(), &c.extra_cmdline]
             .iter()
@@ -55,7 +64,8 @@ impl HullVmm {
             "serial": {"file": c.console_log},
             "block": block,
             "rng": true,
-            "vsock": {"guest_cid": GUEST_CID, "uds_path": socket},
+            "vsock": vsock,
+            "console": console,
         }))
     }
 }
@@ -123,12 +133,21 @@ mod tests {
             (v["vcpus"].as_u64(), v["memory_mib"].as_u64()),
             (Some(2), Some(192))
         );
+        assert_eq!(v["console"], serde_json::Value::Null);
         let serial = VmConfig {
             transport: Transport::Serial {
                 socket: dir.join("agent.sock"),
             },
+            ..c.clone()
+        };
+        let v = hv.config(&serial).unwrap();
+        assert_eq!(v["console"]["socket"], "/run/hull/c.vm/agent.sock");
+        assert_eq!(v["vsock"], serde_json::Value::Null);
+        assert!(v["cmdline"].as_str().unwrap().contains("hull.console=hvc0"));
+        let vhost = VmConfig {
+            transport: Transport::Vsock { cid: 9, port: 1024 },
             ..c
         };
-        assert!(hv.config(&serial).is_err());
+        assert!(hv.config(&vhost).is_err());
     }
 }

@@ -38,6 +38,9 @@ pub struct VmConfig {
     /// A virtio-vsock device, exposed on the host as a Unix socket (hybrid vsock).
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// A virtio-console (the guest's hvc0) whose host side listens on a Unix socket.
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
     /// On SIGTERM/SIGINT/SIGHUP, how long the guest has to shut down after hull-vmm
     /// types Ctrl-Alt-Del on its keyboard before its vCPUs are stopped.
     #[serde(default = "default_grace")]
@@ -67,6 +70,13 @@ pub struct VsockConfig {
     /// Host processes connect here and write `CONNECT <port>\n`; guest connections to
     /// host port P reach a listener at this path with `_P` appended.
     pub uds_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// One client at a time connects here and talks to the guest's hvc0.
+    pub socket: PathBuf,
 }
 
 /// Where the guest's COM1 output goes.
@@ -141,7 +151,11 @@ impl VmConfig {
             return Err(field("vcpus", format!("must be 1 to {MAX_CPUS}")));
         }
         let slots = (IRQ_MAX - IRQ_VIRTIO_FIRST + 1) as usize;
-        if self.block.len() + usize::from(self.rng) + usize::from(self.vsock.is_some()) > slots {
+        let devices = self.block.len()
+            + usize::from(self.rng)
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.console.is_some());
+        if devices > slots {
             return Err(field(
                 "block",
                 format!("too many virtio devices: at most {slots} with rng"),

@@ -20,7 +20,7 @@ use crate::devices::i8042::{self, Keyboard, I8042};
 use crate::devices::serial::{self, Irq, SerialDevice};
 use crate::devices::virtio::mmio::QUEUE_NOTIFY_OFFSET;
 use crate::devices::virtio::{
-    cmdline_entry, Block, MmioTransport, Rng, VirtioDevice, Vsock, MMIO_WINDOW,
+    cmdline_entry, Block, Console, MmioTransport, Rng, VirtioDevice, Vsock, MMIO_WINDOW,
 };
 use crate::error::{kvm, Result, VmmError};
 use crate::event_loop::{self, End, HostSource, QueueNotifier, StopSignals};
@@ -127,6 +127,22 @@ impl Machine {
                 }),
             });
             devices.push(vsock);
+        }
+        if let Some(c) = &config.console {
+            let console = Arc::new(Mutex::new(
+                Console::new(&c.socket).map_err(|e| VmmError::Device(format!("console: {e}")))?,
+            ));
+            let fd = lock(&console).host_event_fd();
+            let typed = console.clone();
+            hosts.push(HostSource {
+                fd,
+                work: Box::new(move || {
+                    if let Err(e) = lock(&typed).process_host_events() {
+                        tracing::warn!("virtio-console: {e}");
+                    }
+                }),
+            });
+            devices.push(console);
         }
         for (i, device) in devices.into_iter().enumerate() {
             let base = layout::MMIO_BASE + i as u64 * layout::MMIO_SIZE;

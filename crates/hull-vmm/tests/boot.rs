@@ -43,6 +43,7 @@ fn config(dir: &Path, kernel: &[u8], cmdline: &str, vcpus: u8) -> VmConfig {
         block: vec![],
         rng: false,
         vsock: None,
+        console: None,
         shutdown_grace_ms: 3000,
         seccomp: true,
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use hull_vmm::config::{BlockConfig, SerialOut, VmConfig, VsockConfig};
+use hull_vmm::config::{BlockConfig, ConsoleConfig, SerialOut, VmConfig, VsockConfig};
 use hull_vmm::machine::{Machine, Outcome};
 
 struct Dir(PathBuf);
@@ -77,6 +77,7 @@ fn a_guest_reads_a_sector_through_virtio_blk() {
         }],
         rng: true,
         vsock: None,
+        console: None,
         shutdown_grace_ms: 3000,
         seccomp: true,
     };
@@ -191,7 +192,36 @@ fn vsock_vm(dir: &Path, guest_source: &str, uds: &Path) -> VmConfig {
             guest_cid: 3,
             uds_path: uds.to_path_buf(),
         }),
+        console: None,
         shutdown_grace_ms: 3000,
         seccomp: true,
     }
+}
+
+#[test]
+fn a_guest_and_a_host_client_talk_over_virtio_console() {
+    let d = Dir(std::env::temp_dir().join(format!("hull-vmm-console-{}", std::process::id())));
+    std::fs::create_dir_all(&d.0).unwrap();
+    let socket = d.0.join("console.sock");
+    let mut config = vsock_vm(&d.0, "console_echo.S", &d.0.join("unused.sock"));
+    config.vsock = None;
+    config.console = Some(ConsoleConfig {
+        socket: socket.clone(),
+    });
+    let machine = Machine::build(&config).unwrap();
+    assert_eq!(machine.cmdline, "virtio_mmio.device=4K@0xd0000000:5");
+    let vm = std::thread::spawn(move || machine.run());
+    let mut host = UnixStream::connect(&socket).unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    host.write_all(b"from the host").unwrap();
+    let mut hello = [0u8; 5];
+    host.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello, b"hello");
+    assert_eq!(vm.join().unwrap().unwrap(), Outcome::Reset);
+    assert_eq!(
+        std::fs::read_to_string(d.0.join("serial")).unwrap(),
+        "from the host"
+    );
+    assert!(!socket.exists(), "the console socket was left behind");
 }

@@ -10,6 +10,7 @@
 //! validates descriptor chains, `blk` and `rng` are the devices.
 
 pub mod blk;
+pub mod console;
 pub mod mmio;
 mod queue;
 pub mod rng;
@@ -29,6 +30,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use blk::Block;
+pub use console::Console;
 pub use mmio::{cmdline_entry, MmioTransport, MMIO_WINDOW};
 pub use rng::Rng;
 pub use vsock::Vsock;

@@ -3,6 +3,7 @@
 //! test can tell exactly which bytes a device wrote.
 
 mod blk;
+mod console;
 mod hostile;
 mod mmio;
 mod rng;

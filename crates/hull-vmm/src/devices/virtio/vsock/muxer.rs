@@ -15,6 +15,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::connection::{Close, ConnKey, Connection};
 use super::packet::*;
@@ -37,6 +38,8 @@ const TX_STALL_RSTS: usize = MAX_CONNECTIONS;
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
 const LISTENER_TOKEN: u64 = 0;
+/// The eventfd by which a reset on a vCPU thread hands closing to the VMM thread.
+const CLOSING_TOKEN: u64 = u64::MAX;
 
 enum Owner {
     /// A host stream that has not finished its CONNECT line.
@@ -61,6 +64,11 @@ pub struct Muxer {
     rx_list: VecDeque<ConnKey>,
     rsts: VecDeque<Header>,
     next_local_port: u32,
+    /// Connections a reset ended, closed by the next `host_events` (on the VMM thread:
+    /// a reset runs on the vCPU thread that wrote the status register, whose allowlist
+    /// has no close), which `closing_event` wakes.
+    closing: Vec<Connection>,
+    closing_event: EventFd,
     /// The guest driver is running: only then are connections made.
     pub active: bool,
     pub max_connections: usize,
@@ -83,6 +91,11 @@ impl Muxer {
         epoll
             .ctl(ControlOperation::Add, listener.as_raw_fd(), ev)
             .map_err(cleanup)?;
+        let closing_event = EventFd::new(EFD_NONBLOCK).map_err(cleanup)?;
+        let ev = EpollEvent::new(EventSet::IN, CLOSING_TOKEN);
+        epoll
+            .ctl(ControlOperation::Add, closing_event.as_raw_fd(), ev)
+            .map_err(cleanup)?;
         Ok(Muxer {
             guest_cid,
             path: path.to_owned(),
@@ -95,6 +108,8 @@ impl Muxer {
             rx_list: VecDeque::new(),
             rsts: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
+            closing: Vec::new(),
+            closing_event,
             active: false,
             max_connections: MAX_CONNECTIONS,
         })
@@ -112,6 +127,10 @@ impl Muxer {
     pub fn reset(&mut self) {
         for (_, c) in self.conns.drain() {
             self.owners.remove(&c.token);
+            self.closing.push(c);
+        }
+        if !self.closing.is_empty() {
+            let _ = self.closing_event.write(1);
         }
         self.rx_list.clear();
         self.rsts.clear();
@@ -142,6 +161,10 @@ impl Muxer {
                 let set = EventSet::from_bits_truncate(ev.events());
                 match ev.data() {
                     LISTENER_TOKEN => self.accept(),
+                    CLOSING_TOKEN => {
+                        let _ = self.closing_event.read();
+                        self.closing.clear();
+                    }
                     token => match self.owners.get(&token) {
                         Some(Owner::Unannounced) => self.read_connect_line(token),
                         Some(&Owner::Conn(key)) => self.conn_event(key, set),

@@ -299,6 +299,12 @@ fn device_reset_closes_every_connection() {
     let mut v = VsGuest::new();
     let (mut s, _) = v.established_from_host(13);
     v.g.write32(VIRTIO_MMIO_STATUS, 0);
+    // The reset ran where the guest's status write did (a vCPU thread, no close on its
+    // allowlist): the host stream closes once the VMM thread's loop sees the fd wake.
+    assert!(
+        v.host_event(Duration::from_secs(2)),
+        "no wake-up after the reset"
+    );
     assert_eq!(read_to_eof(&mut s), b"");
     assert_eq!(v.dev.lock().unwrap().connection_count(), 0);
     // With the driver gone, a CONNECT is closed unanswered.

@@ -199,3 +199,68 @@ impl ActiveQueues {
         result
     }
 }
+
+/// A device's queues while its driver runs, for devices that take one chain at a time
+/// and may put it back (console, vsock).
+pub(crate) struct DeviceQueues {
+    pub memory: GuestMemoryMmap,
+    pub queues: Vec<Queue>,
+    pub irq: Arc<IrqTrigger>,
+    /// The device, for the logs.
+    pub device: &'static str,
+}
+
+impl DeviceQueues {
+    /// The next chain on queue `index`: its head and its buffers, or None as buffers
+    /// if the chain is malformed (it is still to be completed).
+    pub fn pop(&mut self, index: usize) -> Result<Option<(u16, Option<Vec<Buffer>>)>> {
+        if self.irq.needs_reset() {
+            return Err(VirtioError::NeedsReset);
+        }
+        loop {
+            let queue = &mut self.queues[index];
+            let head = match queue.iter(&self.memory) {
+                Ok(mut avail) => match avail.next() {
+                    Some(chain) => chain.head_index(),
+                    None => return Ok(None),
+                },
+                Err(source) => return Err(self.fail(index, source)),
+            };
+            let table = GuestAddress(queue.desc_table());
+            match walk(&self.memory, table, queue.size(), head) {
+                Ok(buffers) => return Ok(Some((head, Some(buffers)))),
+                // No head to give back: the entry is lost, the queue goes on (as in
+                // ActiveQueues::process). Bounded: each turn consumes an avail entry.
+                Err(e @ ChainError::HeadOutOfRange(_)) => {
+                    tracing::debug!("{} queue {index}: dropped avail entry: {e}", self.device);
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        "{} queue {index}: chain at {head} refused: {e}",
+                        self.device
+                    );
+                    return Ok(Some((head, None)));
+                }
+            }
+        }
+    }
+
+    /// Puts the chain just popped back: there turned out to be nothing to put in it.
+    pub fn unpop(&mut self, index: usize) {
+        self.queues[index].go_to_previous_position();
+    }
+
+    pub fn add_used(&mut self, index: usize, head: u16, len: u32) -> Result<()> {
+        let queue = &mut self.queues[index];
+        queue
+            .add_used(&self.memory, head, len)
+            .map_err(|source| self.fail(index, source))
+    }
+
+    fn fail(&self, index: usize, source: virtio_queue::Error) -> VirtioError {
+        let e = VirtioError::Queue { index, source };
+        tracing::warn!("{}: {e}; the device needs a reset", self.device);
+        self.irq.set_needs_reset();
+        e
+    }
+}

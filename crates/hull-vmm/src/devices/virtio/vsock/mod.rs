@@ -39,10 +39,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
 
-use super::queue::{walk, Buffer, ChainError};
+use super::queue::DeviceQueues;
 use super::{IrqTrigger, Result, VirtioDevice, VirtioError};
 pub use connection::CONN_BUF_SIZE;
 use muxer::Muxer;
@@ -65,69 +65,10 @@ pub enum VsockError {
     Epoll(io::Error),
 }
 
-/// The guest's three queues while the driver runs.
-struct Queues {
-    memory: GuestMemoryMmap,
-    queues: Vec<Queue>,
-    irq: Arc<IrqTrigger>,
-}
-
-impl Queues {
-    /// The next chain on queue `index`: its head and its buffers, or None as buffers
-    /// if the chain is malformed (it is still to be completed).
-    fn pop(&mut self, index: usize) -> Result<Option<(u16, Option<Vec<Buffer>>)>> {
-        if self.irq.needs_reset() {
-            return Err(VirtioError::NeedsReset);
-        }
-        loop {
-            let queue = &mut self.queues[index];
-            let head = match queue.iter(&self.memory) {
-                Ok(mut avail) => match avail.next() {
-                    Some(chain) => chain.head_index(),
-                    None => return Ok(None),
-                },
-                Err(source) => return Err(self.fail(index, source)),
-            };
-            let table = GuestAddress(queue.desc_table());
-            match walk(&self.memory, table, queue.size(), head) {
-                Ok(buffers) => return Ok(Some((head, Some(buffers)))),
-                // No head to give back: the entry is lost, the queue goes on (as in
-                // ActiveQueues::process). Bounded: each turn consumes an avail entry.
-                Err(e @ ChainError::HeadOutOfRange(_)) => {
-                    tracing::debug!("virtio-vsock queue {index}: dropped avail entry: {e}");
-                }
-                Err(e) => {
-                    tracing::debug!("virtio-vsock queue {index}: chain at {head} refused: {e}");
-                    return Ok(Some((head, None)));
-                }
-            }
-        }
-    }
-
-    /// Puts the chain just popped back: there turned out to be nothing to put in it.
-    fn unpop(&mut self, index: usize) {
-        self.queues[index].go_to_previous_position();
-    }
-
-    fn add_used(&mut self, index: usize, head: u16, len: u32) -> Result<()> {
-        let queue = &mut self.queues[index];
-        queue
-            .add_used(&self.memory, head, len)
-            .map_err(|source| self.fail(index, source))
-    }
-
-    fn fail(&self, index: usize, source: virtio_queue::Error) -> VirtioError {
-        let e = VirtioError::Queue { index, source };
-        tracing::warn!("virtio-vsock: {e}; the device needs a reset");
-        self.irq.set_needs_reset();
-        e
-    }
-}
-
 pub struct Vsock {
     config: [u8; 8],
     muxer: Muxer,
-    queues: Option<Queues>,
+    queues: Option<DeviceQueues>,
     /// Tx payloads and rx payloads pass through here (one at a time).
     buf: Vec<u8>,
 }
@@ -316,7 +257,8 @@ impl VirtioDevice for Vsock {
         if let Some(index) = queues.iter().position(|q| !q.is_valid(&memory)) {
             return Err(VirtioError::QueueNotReady(index));
         }
-        self.queues = Some(Queues {
+        self.queues = Some(DeviceQueues {
+            device: "virtio-vsock",
             memory,
             queues,
             irq: interrupt,

@@ -149,7 +149,13 @@ impl VirtioDevice for Block {
         interrupt: Arc<IrqTrigger>,
         _features: u64,
     ) -> Result<()> {
-        self.active = Some(ActiveQueues::new(memory, queues, interrupt, 1)?);
+        self.active = Some(ActiveQueues::new(
+            "virtio-blk",
+            memory,
+            queues,
+            interrupt,
+            1,
+        )?);
         Ok(())
     }
 

@@ -108,17 +108,22 @@ pub(crate) fn walk(
     }
 }
 
-/// What an activated device holds: guest memory, its queues, its interrupt.
+/// What an activated device holds: guest memory, its queues, its interrupt. Devices
+/// either complete every available chain at once (`process`: blk, rng) or take one
+/// chain at a time and may put it back (`pop`, `unpop`, `add_used`: console, vsock).
 pub(crate) struct ActiveQueues {
     pub memory: GuestMemoryMmap,
     queues: Vec<Queue>,
-    irq: Arc<IrqTrigger>,
+    pub irq: Arc<IrqTrigger>,
+    /// The device, for the logs.
+    device: &'static str,
 }
 
 impl ActiveQueues {
     /// The transport hands over only ready queues that passed `Queue::is_valid`; this
     /// checks again so a device activated some other way gets the same guarantees.
     pub fn new(
+        device: &'static str,
         memory: GuestMemoryMmap,
         queues: Vec<Queue>,
         irq: Arc<IrqTrigger>,
@@ -137,6 +142,7 @@ impl ActiveQueues {
             memory,
             queues,
             irq,
+            device,
         })
     }
 
@@ -146,79 +152,43 @@ impl ActiveQueues {
     /// length 0 without being touched. Returns how many chains were completed.
     ///
     /// An avail index more than a queue ahead is a driver the device can no longer
-    /// follow: the device then needs a reset and serves nothing until it gets one.
+    /// trust: the device needs a reset, and serves nothing until it gets one.
     pub fn process(
         &mut self,
         index: usize,
         mut serve: impl FnMut(&GuestMemoryMmap, &[Buffer]) -> u32,
     ) -> Result<usize> {
-        if self.irq.needs_reset() {
-            return Err(VirtioError::NeedsReset);
+        if index >= self.queues.len() {
+            return Err(VirtioError::NoSuchQueue(index));
         }
-        let queue = self
-            .queues
-            .get_mut(index)
-            .ok_or(VirtioError::NoSuchQueue(index))?;
         let mut completed = 0;
         let result = loop {
-            // A new iterator each time: it rereads (and rechecks) the avail index, and
-            // frees `queue` for add_used.
-            let head = match queue.iter(&self.memory) {
-                Ok(mut avail) => match avail.next() {
-                    Some(chain) => chain.head_index(),
-                    None => break Ok(completed),
-                },
-                Err(source) => break Err(VirtioError::Queue { index, source }),
+            let (head, buffers) = match self.pop(index) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break Ok(completed),
+                Err(e) => break Err(e),
             };
-            let table = GuestAddress(queue.desc_table());
-            let used_len = match walk(&self.memory, table, queue.size(), head) {
-                Ok(buffers) => serve(&self.memory, &buffers),
-                Err(e @ ChainError::HeadOutOfRange(_)) => {
-                    // The used ring names chains by head index: this one has none to
-                    // give back. The driver loses the entry; the queue goes on.
-                    tracing::debug!("virtio queue {index}: dropped avail entry: {e}");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!("virtio queue {index}: chain at {head} refused: {e}");
-                    0
-                }
-            };
-            if let Err(source) = queue.add_used(&self.memory, head, used_len) {
-                break Err(VirtioError::Queue { index, source });
+            let used_len = buffers.map_or(0, |b| serve(&self.memory, &b));
+            if let Err(e) = self.add_used(index, head, used_len) {
+                break Err(e);
             }
             completed += 1;
         };
         if completed > 0 {
             self.irq.signal_used();
         }
-        if let Err(e) = &result {
-            tracing::warn!("virtio: {e}; the device needs a reset");
-            self.irq.set_needs_reset();
-        }
         result
     }
-}
 
-/// A device's queues while its driver runs, for devices that take one chain at a time
-/// and may put it back (console, vsock).
-pub(crate) struct DeviceQueues {
-    pub memory: GuestMemoryMmap,
-    pub queues: Vec<Queue>,
-    pub irq: Arc<IrqTrigger>,
-    /// The device, for the logs.
-    pub device: &'static str,
-}
-
-impl DeviceQueues {
     /// The next chain on queue `index`: its head and its buffers, or None as buffers
-    /// if the chain is malformed (it is still to be completed).
+    /// if the chain is malformed (it is still to be completed, with length 0).
     pub fn pop(&mut self, index: usize) -> Result<Option<(u16, Option<Vec<Buffer>>)>> {
         if self.irq.needs_reset() {
             return Err(VirtioError::NeedsReset);
         }
         loop {
             let queue = &mut self.queues[index];
+            // A new iterator each time: it rereads (and rechecks) the avail index.
             let head = match queue.iter(&self.memory) {
                 Ok(mut avail) => match avail.next() {
                     Some(chain) => chain.head_index(),
@@ -229,8 +199,9 @@ impl DeviceQueues {
             let table = GuestAddress(queue.desc_table());
             match walk(&self.memory, table, queue.size(), head) {
                 Ok(buffers) => return Ok(Some((head, Some(buffers)))),
-                // No head to give back: the entry is lost, the queue goes on (as in
-                // ActiveQueues::process). Bounded: each turn consumes an avail entry.
+                // The used ring names chains by head index: this one has none to give
+                // back. The driver loses the entry; the queue goes on. Bounded: each
+                // turn consumes an avail entry.
                 Err(e @ ChainError::HeadOutOfRange(_)) => {
                     tracing::debug!("{} queue {index}: dropped avail entry: {e}", self.device);
                 }

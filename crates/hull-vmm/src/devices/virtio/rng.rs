@@ -60,7 +60,13 @@ impl VirtioDevice for Rng {
         interrupt: Arc<IrqTrigger>,
         _features: u64,
     ) -> Result<()> {
-        self.active = Some(ActiveQueues::new(memory, queues, interrupt, 1)?);
+        self.active = Some(ActiveQueues::new(
+            "virtio-rng",
+            memory,
+            queues,
+            interrupt,
+            1,
+        )?);
         Ok(())
     }
 

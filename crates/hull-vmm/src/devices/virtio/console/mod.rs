@@ -49,11 +49,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::queue::{Buffer, DeviceQueues};
+use super::queue::{ActiveQueues, Buffer};
 use super::{IrqTrigger, Result, VirtioDevice, VirtioError};
 use transfer::{scatter, send_chain};
 
@@ -109,7 +109,7 @@ pub struct Console {
     epoll: Epoll,
     client: Option<Client>,
     next_token: u64,
-    queues: Option<DeviceQueues>,
+    queues: Option<ActiveQueues>,
     tx: Option<TxChain>,
     /// The rx queue had no buffer when last looked at: the client is not read until
     /// the guest notifies queue 0.
@@ -484,23 +484,13 @@ impl VirtioDevice for Console {
         interrupt: Arc<IrqTrigger>,
         _features: u64,
     ) -> Result<()> {
-        if queues.len() != 2 {
-            return Err(VirtioError::QueueCount {
-                expected: 2,
-                got: queues.len(),
-            });
-        }
-        // The transport hands over only valid queues; checked again so a device
-        // activated some other way gets the same guarantees.
-        if let Some(index) = queues.iter().position(|q| !q.is_valid(&memory)) {
-            return Err(VirtioError::QueueNotReady(index));
-        }
-        self.queues = Some(DeviceQueues {
-            device: "virtio-console",
+        self.queues = Some(ActiveQueues::new(
+            "virtio-console",
             memory,
             queues,
-            irq: interrupt,
-        });
+            interrupt,
+            2,
+        )?);
         // Buffers given before DRIVER_OK came with no notification the device saw:
         // look at the queue when the host has bytes.
         self.rx_starved = false;

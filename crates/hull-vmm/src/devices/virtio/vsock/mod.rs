@@ -39,10 +39,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use super::queue::DeviceQueues;
+use super::queue::ActiveQueues;
 use super::{IrqTrigger, Result, VirtioDevice, VirtioError};
 pub use connection::CONN_BUF_SIZE;
 use muxer::Muxer;
@@ -68,7 +68,7 @@ pub enum VsockError {
 pub struct Vsock {
     config: [u8; 8],
     muxer: Muxer,
-    queues: Option<DeviceQueues>,
+    queues: Option<ActiveQueues>,
     /// Tx payloads and rx payloads pass through here (one at a time).
     buf: Vec<u8>,
 }
@@ -246,23 +246,13 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<IrqTrigger>,
         _features: u64,
     ) -> Result<()> {
-        if queues.len() != 3 {
-            return Err(VirtioError::QueueCount {
-                expected: 3,
-                got: queues.len(),
-            });
-        }
-        // The transport hands over only valid queues; checked again so a device
-        // activated some other way gets the same guarantees.
-        if let Some(index) = queues.iter().position(|q| !q.is_valid(&memory)) {
-            return Err(VirtioError::QueueNotReady(index));
-        }
-        self.queues = Some(DeviceQueues {
-            device: "virtio-vsock",
+        self.queues = Some(ActiveQueues::new(
+            "virtio-vsock",
             memory,
             queues,
-            irq: interrupt,
-        });
+            interrupt,
+            3,
+        )?);
         self.muxer.active = true;
         Ok(())
     }

@@ -11,6 +11,7 @@
 
 pub mod blk;
 pub mod console;
+mod host_socket;
 pub mod mmio;
 mod queue;
 pub mod rng;

@@ -53,6 +53,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use super::host_socket::{listen, ListenError};
 use super::queue::{ActiveQueues, Buffer};
 use super::{IrqTrigger, Result, VirtioDevice, VirtioError};
 use transfer::{scatter, send_chain};
@@ -126,21 +127,13 @@ impl Console {
         if socket_path.symlink_metadata().is_ok() {
             return Err(ConsoleError::PathExists(socket_path.to_owned()));
         }
-        let listener = UnixListener::bind(socket_path).map_err(|source| ConsoleError::Bind {
-            path: socket_path.to_owned(),
-            source,
+        let (listener, epoll) = listen(socket_path, LISTENER_TOKEN).map_err(|e| match e {
+            ListenError::Bind(source) => ConsoleError::Bind {
+                path: socket_path.to_owned(),
+                source,
+            },
+            ListenError::Setup(source) => ConsoleError::Epoll(source),
         })?;
-        // From here on the path is ours: remove it if the rest fails.
-        let cleanup = |source| {
-            let _ = std::fs::remove_file(socket_path);
-            ConsoleError::Epoll(source)
-        };
-        listener.set_nonblocking(true).map_err(cleanup)?;
-        let epoll = Epoll::new().map_err(cleanup)?;
-        let ev = EpollEvent::new(EventSet::IN, LISTENER_TOKEN);
-        epoll
-            .ctl(ControlOperation::Add, listener.as_raw_fd(), ev)
-            .map_err(cleanup)?;
         Ok(Console {
             path: socket_path.to_owned(),
             listener,

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::super::host_socket::{listen, ListenError};
 use super::connection::{Close, ConnKey, Connection};
 use super::packet::*;
 use super::{unix, VsockError};
@@ -76,21 +77,18 @@ pub struct Muxer {
 
 impl Muxer {
     pub fn new(guest_cid: u64, path: &Path) -> Result<Muxer, VsockError> {
-        let listener = UnixListener::bind(path).map_err(|source| VsockError::Bind {
-            path: path.to_owned(),
-            source,
+        let (listener, epoll) = listen(path, LISTENER_TOKEN).map_err(|e| match e {
+            ListenError::Bind(source) => VsockError::Bind {
+                path: path.to_owned(),
+                source,
+            },
+            ListenError::Setup(source) => VsockError::Epoll(source),
         })?;
         // From here on the path is ours: remove it if the rest fails.
         let cleanup = |source| {
             let _ = std::fs::remove_file(path);
             VsockError::Epoll(source)
         };
-        listener.set_nonblocking(true).map_err(cleanup)?;
-        let epoll = Epoll::new().map_err(cleanup)?;
-        let ev = EpollEvent::new(EventSet::IN, LISTENER_TOKEN);
-        epoll
-            .ctl(ControlOperation::Add, listener.as_raw_fd(), ev)
-            .map_err(cleanup)?;
         let closing_event = EventFd::new(EFD_NONBLOCK).map_err(cleanup)?;
         let ev = EpollEvent::new(EventSet::IN, CLOSING_TOKEN);
         epoll

@@ -6,6 +6,8 @@
 //! exit: if serving fails, the agent powers the VM off, which the host sees as the VM
 //! ending.
 
+use anyhow::Context;
+
 mod boot;
 mod containers;
 mod io;
@@ -31,6 +33,10 @@ fn main() {
 }
 
 fn run() -> anyhow::Result<()> {
+    // Ctrl-Alt-Del (the VMM's "please shut down") must not reboot the guest at once:
+    // with CAD disabled the kernel sends PID 1 SIGINT, and the server stops the
+    // containers first.
+    nix::sys::reboot::set_cad_enabled(false).context("disable Ctrl-Alt-Del reboot")?;
     boot::leave_initramfs()?;
     boot::mount_filesystems()?;
     // A no-op after leave_initramfs (the binary is a sealed memfd); kept so that an

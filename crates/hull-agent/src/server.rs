@@ -1,10 +1,15 @@
-//! The agent's one loop: poll the host's stream, SIGCHLD and every process's output;
-//! answer requests; relay I/O. Single-threaded, because hull-runtime forks.
+//! The agent's one loop: poll the host's stream, SIGCHLD, SIGINT and every process's
+//! output; answer requests; relay I/O. Single-threaded, because hull-runtime forks.
+//!
+//! SIGINT is the VMM's Ctrl-Alt-Del (the kernel sends it to PID 1 once the agent has
+//! disabled CAD): the containers get SIGTERM, and the loop ends when they have all
+//! exited or after `CAD_GRACE`, whichever is first.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hull_proto::{
@@ -29,7 +34,8 @@ struct Output {
 pub struct Server {
     host: File,
     decoder: FrameDecoder,
-    sigchld: SignalFd,
+    /// SIGCHLD and SIGINT.
+    signals: SignalFd,
     sandbox: Sandbox,
     outputs: Vec<Output>,
     stdins: HashMap<StreamId, (File, Key)>,
@@ -37,7 +43,14 @@ pub struct Server {
     waits: Vec<(u64, Key)>,
     greeted: bool,
     shutdown: bool,
+    /// Set by Ctrl-Alt-Del: until when the containers may take to exit.
+    stopping_until: Option<Instant>,
 }
+
+/// How long containers get between SIGTERM and SIGKILL after Ctrl-Alt-Del. Below
+/// hull-vmm's default `shutdown_grace_ms` (3 s), so the guest is down before its VMM
+/// stops waiting.
+pub const CAD_GRACE: Duration = Duration::from_secs(2);
 
 enum Outcome {
     Reply(Reply),
@@ -53,20 +66,22 @@ impl Server {
     pub fn with_sandbox(host: OwnedFd, sandbox: Sandbox) -> Result<Self> {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
+        mask.add(Signal::SIGINT);
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
-            .context("block SIGCHLD")?;
-        let sigchld = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .context("block SIGCHLD and SIGINT")?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .context("signalfd")?;
         Ok(Server {
             host: File::from(host),
             decoder: FrameDecoder::new(),
-            sigchld,
+            signals,
             sandbox,
             outputs: Vec::new(),
             stdins: HashMap::new(),
             waits: Vec::new(),
             greeted: false,
             shutdown: false,
+            stopping_until: None,
         })
     }
 
@@ -87,17 +102,26 @@ impl Server {
         let mut buf = vec![0u8; 64 * 1024];
         self.hello()?;
         while !self.shutdown {
-            let timeout = if self.greeted {
+            let mut timeout = if self.greeted {
                 PollTimeout::NONE
             } else {
                 PollTimeout::from(500u16)
             };
+            if let Some(until) = self.stopping_until {
+                // At most the 500 ms of the hello timeout too.
+                let left = until.saturating_duration_since(Instant::now()).as_millis() + 1;
+                timeout = PollTimeout::from(left.min(500) as u16);
+            }
             let (host_ready, sig_ready, ready_outputs) = self.wait_ready(timeout)?;
             if !self.greeted && !host_ready {
                 self.hello()?;
             }
             if sig_ready {
-                while let Ok(Some(_)) = self.sigchld.read_signal() {}
+                while let Ok(Some(info)) = self.signals.read_signal() {
+                    if info.ssi_signo == Signal::SIGINT as u32 {
+                        self.stop_containers();
+                    }
+                }
             }
             // Reap first: output drained at exit precedes the exit status.
             self.reap()?;
@@ -125,6 +149,20 @@ impl Server {
                 self.reap()?;
             }
             self.answer_waits()?;
+            if let Some(until) = self.stopping_until {
+                let all_exited = self.sandbox.procs.values().all(|p| p.exit.is_some());
+                if all_exited || Instant::now() >= until {
+                    tracing::info!(
+                        "Ctrl-Alt-Del: {}; shutting down",
+                        if all_exited {
+                            "every container process has exited"
+                        } else {
+                            "containers still running after the grace period get SIGKILL"
+                        }
+                    );
+                    self.shutdown = true;
+                }
+            }
         }
         self.stop_all();
         Ok(())
@@ -133,7 +171,7 @@ impl Server {
     fn wait_ready(&self, timeout: PollTimeout) -> Result<(bool, bool, Vec<StreamId>)> {
         let mut fds = Vec::with_capacity(2 + self.outputs.len());
         fds.push(PollFd::new(self.host.as_fd(), PollFlags::POLLIN));
-        fds.push(PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
         for o in &self.outputs {
             fds.push(PollFd::new(o.fd.as_fd(), PollFlags::POLLIN));
         }
@@ -403,6 +441,30 @@ impl Server {
             self.send(&Message::Response { id, reply })?;
         }
         Ok(())
+    }
+
+    /// Ctrl-Alt-Del: SIGTERM to every process of every container, once.
+    fn stop_containers(&mut self) {
+        if self.stopping_until.is_some() {
+            return;
+        }
+        tracing::info!(
+            "Ctrl-Alt-Del: asking the containers to stop (SIGTERM, SIGKILL after {} s)",
+            CAD_GRACE.as_secs()
+        );
+        self.stopping_until = Some(Instant::now() + CAD_GRACE);
+        let inits: Vec<Key> = self
+            .sandbox
+            .procs
+            .iter()
+            .filter(|(k, p)| k.1.is_none() && p.exit.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in inits {
+            if let Err(e) = self.sandbox.signal(&key, libc::SIGTERM, true) {
+                tracing::warn!("Ctrl-Alt-Del: SIGTERM to container {}: {e:#}", key.0);
+            }
+        }
     }
 
     fn stop_all(&mut self) {

@@ -2,9 +2,8 @@
 //! /proc/<pid>/exe (or a `#!/proc/self/exe` interpreter) must find a copy it cannot
 //! write, never a writable path to the file on the host. Commands that enter a container
 //! re-execute hull first, from one of:
-//! - a read-only bind mount of the binary, made in a private mount namespace and detached
-//!   before the re-exec, so no namespace can reach or remount it (runc's `try_bindfd`);
-//!   it costs a few mount calls;
+//! - a read-only bind mount of the binary that is in no mount namespace, so nothing can
+//!   reach or remount it (open_tree(2) and mount_setattr(2); see `read_only_clone`);
 //! - else a sealed memfd copy (no CAP_SYS_ADMIN, or mounts refused), which costs a copy
 //!   of the binary and measured ~6 ms per container here.
 //!
@@ -17,8 +16,6 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use nix::fcntl::{self, FcntlArg, OFlag, SealFlag};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{self, CloneFlags};
 use nix::sys::memfd::{self, MFdFlags};
 use nix::sys::stat::Mode;
 
@@ -28,9 +25,6 @@ const SEALS: SealFlag = SealFlag::F_SEAL_SEAL
     .union(SealFlag::F_SEAL_SHRINK)
     .union(SealFlag::F_SEAL_GROW)
     .union(SealFlag::F_SEAL_WRITE);
-
-/// Set across the re-exec: the fd of the mount namespace to return to.
-const HOST_NS_ENV: &str = "_HULL_HOST_MNTNS_FD";
 
 fn io(what: &'static str, e: impl Into<std::io::Error>) -> Error {
     Error::Io {
@@ -69,16 +63,15 @@ pub fn is_immutable(file: &File) -> bool {
 /// Re-executes the current process from a write-proof copy of its binary, with the same
 /// argv and environment; returns once running from one.
 pub fn ensure_sealed() -> Result<()> {
-    if let Some(fd) = std::env::var_os(HOST_NS_ENV) {
-        return_to_host_namespace(fd.to_str().and_then(|s| s.parse().ok()))?;
-    }
     if is_sealed() {
         return Ok(());
     }
-    let exe = match read_only_bind() {
+    let exe = match read_only_clone() {
         Ok(fd) => fd,
         Err(e) => {
-            tracing::debug!("read-only bind of own binary failed ({e}); copying to a sealed memfd");
+            tracing::debug!(
+                "read-only clone of own binary failed ({e}); copying to a sealed memfd"
+            );
             sealed_memfd()?
         }
     };
@@ -97,69 +90,75 @@ pub fn ensure_sealed() -> Result<()> {
     Err(io("cannot re-execute from a sealed copy", err))
 }
 
-fn return_to_host_namespace(fd: Option<i32>) -> Result<()> {
-    // SAFETY: the environment is only read and written here, before any thread exists.
-    unsafe { std::env::remove_var(HOST_NS_ENV) };
-    let fd = fd.ok_or_else(|| io("bad host namespace fd", std::io::ErrorKind::InvalidData))?;
-    // SAFETY: the fd was opened by our pre-exec self and inherited on purpose.
-    let ns = unsafe { OwnedFd::from_raw_fd(fd) };
-    // setns resets the working directory to the namespace's root; relative paths given
-    // on the command line (--bundle .) must keep their meaning.
-    let cwd = std::env::current_dir().map_err(|e| io("getcwd", e))?;
-    sched::setns(&ns, CloneFlags::CLONE_NEWNS)
-        .map_err(|e| io("cannot return to the host mount namespace", e))?;
-    std::env::set_current_dir(&cwd).map_err(|e| io("cannot return to the working directory", e))
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
 }
 
-/// Opens the binary through a read-only bind mount made in a private mount namespace,
-/// then detaches the mount. The caller's mount namespace is kept in an inherited fd so
-/// the re-executed process returns to it (hooks must run in the runtime's namespace).
-fn read_only_bind() -> Result<OwnedFd> {
-    let host = nix::fcntl::open("/proc/self/ns/mnt", OFlag::O_RDONLY, Mode::empty())
-        .map_err(|e| io("open own mount namespace", e))?;
-    sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| io("unshare mount namespace", e))?;
-    let r = (|| {
-        // Nothing done here may propagate to the host's mounts.
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_SLAVE | MsFlags::MS_REC,
-            None::<&str>,
-        )?;
-        let path = std::fs::read_link("/proc/self/exe")
-            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-        mount(
-            Some(&path),
-            &path,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )?;
-        mount(
-            None::<&str>,
-            &path,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )?;
-        let fd = nix::fcntl::open(&path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
-        umount2(&path, MntFlags::MNT_DETACH)?;
-        Ok::<_, nix::Error>(fd)
-    })();
-    match r {
-        Ok(fd) => {
-            // SAFETY: single-threaded at this point; the variable is read after exec.
-            unsafe { std::env::set_var(HOST_NS_ENV, host.as_raw_fd().to_string()) };
-            // Deliberately inherited across the exec.
-            std::mem::forget(host);
-            Ok(fd)
-        }
-        Err(e) => {
-            let _ = sched::setns(&host, CloneFlags::CLONE_NEWNS);
-            Err(io("read-only bind of own binary", e))
-        }
+/// Opens the binary through a read-only bind mount that no mount namespace holds: a
+/// clone made by open_tree(2) outside every namespace, made read-only, opened, and
+/// dissolved when its fd closes. Neither a remount nor another clone can reach a mount
+/// that is in no namespace, so the container cannot make it writable. Unlike a bind
+/// in a private namespace (runc's `try_bindfd`), this copies no mount table and needs
+/// no trip back to the host's namespace afterwards.
+fn read_only_clone() -> Result<OwnedFd> {
+    // SAFETY: open_tree with a NUL-terminated path; returns a new fd we then own.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c"/proc/self/exe".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if tree < 0 {
+        return Err(io(
+            "open_tree of own binary",
+            std::io::Error::last_os_error(),
+        ));
     }
+    // SAFETY: the syscall returned a fresh fd.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads `attr`, whose size is passed along.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io(
+            "mount_setattr read-only",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // The tree fd is O_PATH; a real open through it pins the mount after the tree fd's
+    // close dissolves it.
+    nix::fcntl::open(
+        format!("/proc/self/fd/{}", tree.as_raw_fd()).as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io("open the read-only clone of own binary", e))
 }
 
 fn sealed_memfd() -> Result<OwnedFd> {

@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::error::{Result, SandboxError};
 use crate::hypervisor::{Hypervisor, Transport, Vm, VmConfig, AGENT_VSOCK_PORT};
 use crate::qemu::BASE_CMDLINE;
-use crate::vmm_process::VmmProcess;
+use crate::vmm_process::{ShutdownRequest, VmmProcess};
 
 /// The guest's vsock context id: each VM has its own device, so any id >= 3 will do.
 const GUEST_CID: u32 = 3;
@@ -93,7 +93,12 @@ impl Hypervisor for HullVmm {
             .map_err(|e| SandboxError::Vm(format!("cannot write {}: {e}", path.display())))?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("vmm").arg("--config").arg(&path);
-        VmmProcess::spawn(cmd, "hull-vmm", "hull vmm is part of hull itself")
+        VmmProcess::spawn(
+            cmd,
+            "hull-vmm",
+            "hull vmm is part of hull itself",
+            ShutdownRequest::Sigterm,
+        )
     }
 }
 

@@ -111,6 +111,9 @@ pub trait Vm: Send {
     fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<i32>>;
     /// Ends the VMM now.
     fn kill(&mut self);
+    /// Asks the guest to shut down, as a power button would: Ctrl-Alt-Del on its
+    /// keyboard. The VMM exits once the guest has stopped; this does not wait.
+    fn request_shutdown(&mut self) -> Result<()>;
     /// What the VMM said on stderr before it exited, if it did.
     fn exit_message(&self) -> Option<String> {
         None

@@ -6,12 +6,13 @@ use std::process::Command;
 
 use crate::error::{Result, SandboxError};
 use crate::hypervisor::{Accel, Hypervisor, Transport, Vm, VmConfig};
-use crate::vmm_process::VmmProcess;
+use crate::vmm_process::{ShutdownRequest, VmmProcess};
 
 /// The kernel cmdline every hull guest gets. `reboot=t`: without ACPI the guest cannot
 /// power off, so the agent's shutdown resets it by triple fault, which QEMU's
 /// `-no-reboot` turns into an exit. `panic=-1` does the same for a kernel panic.
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+/// The i8042 is there for Ctrl-Alt-Del only: no mouse port or multiplexer to probe.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet i8042.noaux i8042.nomux";
 
 pub struct Qemu {
     pub binary: PathBuf,
@@ -76,6 +77,12 @@ impl Qemu {
             format!("file,id=console,path={}", c.console_log.display()),
             "-serial".into(),
             "chardev:console".into(),
+            // A keyboard controller and a monitor to type Ctrl-Alt-Del on it with: the
+            // guest's shutdown request, as hull-vmm gives it.
+            "-device".into(),
+            "i8042".into(),
+            "-monitor".into(),
+            format!("unix:{},server=on,wait=off", monitor_socket(c).display()),
         ]);
         match &c.transport {
             // A console port (hvc0) rather than a named port: QEMU offers 1024-entry
@@ -142,6 +149,11 @@ impl Qemu {
     }
 }
 
+/// QEMU's human monitor, beside the console log in the VM's directory.
+fn monitor_socket(c: &VmConfig) -> PathBuf {
+    c.console_log.with_file_name("qemu-monitor.sock")
+}
+
 impl Hypervisor for Qemu {
     fn name(&self) -> &'static str {
         "qemu"
@@ -157,7 +169,12 @@ impl Hypervisor for Qemu {
         tracing::debug!("{} {}", self.binary.display(), args.join(" "));
         let mut cmd = Command::new(&self.binary);
         cmd.args(&args);
-        VmmProcess::spawn(cmd, "QEMU", "apt-get install qemu-system-x86")
+        VmmProcess::spawn(
+            cmd,
+            "QEMU",
+            "apt-get install qemu-system-x86",
+            ShutdownRequest::QemuMonitor(monitor_socket(config)),
+        )
     }
 }
 
@@ -207,7 +224,8 @@ mod tests {
         let cmdline = after(&args, "-append")[0];
         assert_eq!(
             cmdline,
-            "console=ttyS0 reboot=t panic=-1 quiet tsc_early_khz=2000000 tsc=reliable \
+            "console=ttyS0 reboot=t panic=-1 quiet i8042.noaux i8042.nomux \
+             tsc_early_khz=2000000 tsc=reliable \
              lpj=20000000 no_timer_check hull.console=hvc0 hull.debug"
         );
         let devices = after(&args, "-device");

@@ -129,6 +129,22 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// Ctrl-Alt-Del: the agent stops the containers (SIGTERM, then SIGKILL after its
+    /// grace) and powers the guest off. Returns the VMM's exit code; kills the VMM if
+    /// it has not exited within `timeout`.
+    pub fn ctrl_alt_del(&mut self, timeout: Duration) -> Result<i32> {
+        self.vm.request_shutdown()?;
+        match self.vm.wait_timeout(timeout)? {
+            Some(code) => Ok(code),
+            None => Err(SandboxError::Vm(format!(
+                "the guest did not shut down within {} s of Ctrl-Alt-Del; killed it",
+                timeout.as_secs()
+            ))),
+        }
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.vm.kill();

@@ -1,7 +1,10 @@
 //! A VMM as a child process (QEMU, or hull itself as `hull vmm`): started so that it
 //! dies with the hull that started it, waited for with a timeout, killed and reaped.
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,11 +15,26 @@ pub struct VmmProcess {
     child: Option<Child>,
     name: &'static str,
     stderr: Option<String>,
+    shutdown: ShutdownRequest,
+}
+
+/// How the VMM is asked to give the guest Ctrl-Alt-Del.
+pub enum ShutdownRequest {
+    /// SIGTERM, which hull-vmm answers with Ctrl-Alt-Del (and stops the VM itself
+    /// after its grace period).
+    Sigterm,
+    /// `sendkey ctrl-alt-delete` on QEMU's human monitor at this Unix socket.
+    QemuMonitor(PathBuf),
 }
 
 impl VmmProcess {
     /// Starts `cmd`; `install` says how to get the program when it is missing.
-    pub fn spawn(mut cmd: Command, name: &'static str, install: &str) -> Result<Box<dyn Vm>> {
+    pub fn spawn(
+        mut cmd: Command,
+        name: &'static str,
+        install: &str,
+        shutdown: ShutdownRequest,
+    ) -> Result<Box<dyn Vm>> {
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -42,6 +60,7 @@ impl VmmProcess {
             child: Some(child),
             name,
             stderr: None,
+            shutdown,
         }))
     }
 }
@@ -84,12 +103,59 @@ impl Vm for VmmProcess {
         self.stderr.clone()
     }
 
+    fn request_shutdown(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_ref() else {
+            return Err(SandboxError::Vm(format!(
+                "{} has already exited",
+                self.name
+            )));
+        };
+        match &self.shutdown {
+            ShutdownRequest::Sigterm => {
+                // The child is unreaped, so its pid cannot name another process.
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                )
+                .map_err(|e| SandboxError::Vm(format!("SIGTERM to {}: {e}", self.name)))
+            }
+            ShutdownRequest::QemuMonitor(socket) => qemu_sendkey(socket, "ctrl-alt-delete"),
+        }
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
+}
+
+/// Types `keys` through QEMU's human monitor and waits for its next prompt, which
+/// comes once the command has run.
+fn qemu_sendkey(socket: &Path, keys: &str) -> Result<()> {
+    let err = |what: &str, e: std::io::Error| {
+        SandboxError::Vm(format!("QEMU monitor {}: {what}: {e}", socket.display()))
+    };
+    let mut s = UnixStream::connect(socket).map_err(|e| err("connect", e))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| err("set a timeout", e))?;
+    let prompt = |s: &mut UnixStream| -> std::io::Result<()> {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 512];
+        while !seen.ends_with(b"(qemu) ") {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        Ok(())
+    };
+    prompt(&mut s).map_err(|e| err("read the banner", e))?;
+    s.write_all(format!("sendkey {keys}\n").as_bytes())
+        .map_err(|e| err("write", e))?;
+    prompt(&mut s).map_err(|e| err("read the answer", e))
 }
 
 impl Drop for VmmProcess {

@@ -345,3 +345,65 @@ fn container_in_a_qemu_vm() {
     );
     assert!(!sandbox_dir.exists(), "the sandbox directory is removed");
 }
+
+#[test]
+fn ctrl_alt_del_stops_the_containers_then_the_guest() {
+    // What hull-vmm does on SIGTERM, typed here through QEMU's monitor: the agent must
+    // give the containers SIGTERM and its grace, then power the guest off by itself.
+    let work = std::env::temp_dir().join(format!("hull-vm-cad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let _cleanup = RemoveOnDrop(work.clone());
+    let mut sandbox = boot(&work);
+    let console = sandbox.console_log.clone();
+    let _console = ConsoleOnPanic(console.clone());
+    let agent = sandbox.agent.clone();
+
+    let (io, s) = output_io(&agent);
+    let out = agent.subscribe(s.stdout);
+    let init = "trap 'echo got TERM; exit 7' TERM; echo up; while :; do sleep 0.1; done";
+    let create = Request::CreateContainer {
+        id: "c1".into(),
+        config: config(&["sh", "-c", init]),
+        rootfs: Rootfs {
+            serial: "rootfs0".into(),
+            fstype: "erofs".into(),
+        },
+        io,
+    };
+    assert!(matches!(
+        agent.call(create, CALL),
+        Ok(Reply::Process { .. })
+    ));
+    assert_eq!(
+        agent
+            .call(Request::StartContainer { id: "c1".into() }, CALL)
+            .unwrap(),
+        Reply::Done
+    );
+    assert_eq!(out.recv_timeout(CALL).expect("the init's output"), b"up\n");
+    let waiter = std::thread::spawn({
+        let agent = agent.clone();
+        move || wait(&agent, None)
+    });
+
+    let t = std::time::Instant::now();
+    let code = sandbox
+        .ctrl_alt_del(Duration::from_secs(60))
+        .expect("the guest shuts down after Ctrl-Alt-Del");
+    eprintln!("QEMU exited {code} {:?} after Ctrl-Alt-Del", t.elapsed());
+    assert_eq!(code, 0, "QEMU ends by the guest's reset (-no-reboot)");
+    assert_eq!(
+        waiter.join().unwrap(),
+        7,
+        "the container's init ran its TERM trap"
+    );
+    let rest = String::from_utf8_lossy(&read_to_end(&out, CALL).unwrap_or_default()).into_owned();
+    assert_eq!(rest, "got TERM\n");
+    let log = std::fs::read_to_string(&console).unwrap();
+    assert!(
+        log.contains("Ctrl-Alt-Del: asking the containers to stop")
+            && log.contains("every container process has exited"),
+        "the agent's shutdown is in the console:\n{}",
+        console_tail(&console, 20)
+    );
+}

@@ -181,3 +181,60 @@ fn a_container_runs_in_a_vm_booted_by_hull_vmm() {
     );
     assert_vm_gone(&c);
 }
+
+#[test]
+fn sigterm_to_hull_vmm_lets_the_container_stop_gracefully() {
+    hull_only!();
+    use hull_sandbox::hypervisor::Accel;
+    use std::io::{BufRead, Read};
+    if Accel::detect() != Accel::Kvm {
+        eprintln!(
+            "not run: needs a Linux guest booted by hull-vmm, and this host's /dev/kvm \
+             emulates guest code (see `hull check`). Its halves are tested here: the \
+             guest's answer to Ctrl-Alt-Del under QEMU (hull-sandbox's \
+             ctrl_alt_del_stops_the_containers_then_the_guest), hull-vmm's SIGTERM to \
+             Ctrl-Alt-Del with a tiny guest (vmm.rs)."
+        );
+        return;
+    }
+    let script = "trap 'echo got TERM; exit 7' TERM; echo up; while :; do sleep 0.1; done";
+    let c = Bundle::new(&["sh", "-c", script]).container();
+    let dir = c.dir();
+    let mut child = std::process::Command::new(&c.bin)
+        .args(["--root", &c.root.display().to_string()])
+        .args(["run", "--isolation", "vm", "--bundle", &dir, &c.id])
+        .env("HULL_HYPERVISOR", "hull-vmm")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert_eq!(first, "up\n", "the container started in the VM");
+
+    let needle = c.root.join(format!("{}.vm", c.id)).display().to_string();
+    let vmm = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("vmm") && cmdline.contains(&needle)
+        })
+        .expect("the hull-vmm process of this container");
+    // The VMM types Ctrl-Alt-Del; the agent gives the container SIGTERM and its grace.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmm),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(rest, "got TERM\n");
+    assert_eq!(status.code(), Some(7), "the container's exit status");
+    assert_vm_gone(&c);
+}

@@ -64,6 +64,52 @@ fn runtime_binary_cannot_be_overwritten_through_proc_exe() {
 }
 
 #[test]
+fn runtime_binary_of_a_waiting_init_cannot_be_made_writable() {
+    // CVE-2019-5736 once more, from a root that may remount (a privileged container,
+    // or the host): the copy the init runs from must be out of every namespace's reach,
+    // not just a read-only mount that a remount would make writable again.
+    let b = Bundle::new(&["true"]);
+    let c = b.container();
+    c.create().ok("create");
+    let exe = format!("/proc/{}/exe", c.pid());
+    let clear_rdonly = MountAttr {
+        attr_set: 0,
+        attr_clr: 1, // MOUNT_ATTR_RDONLY
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let path = std::ffi::CString::new(exe.clone()).unwrap();
+    // SAFETY: mount_setattr reads a NUL-terminated path and `clear_rdonly`, whose
+    // size is passed along.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            0,
+            &clear_rdonly as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    assert!(r < 0, "mount_setattr made {exe} writable");
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{exe}: {err}");
+    let w = std::fs::OpenOptions::new().write(true).open(&exe);
+    assert!(w.is_err(), "{exe} opened for writing");
+    c.delete(true).ok("delete --force");
+    assert_clean(&c);
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+#[test]
 fn leaked_fd_as_cwd_cannot_escape_the_root() {
     // CVE-2024-21626: cwd /proc/self/fd/N must not resolve to a host directory the
     // runtime left open. Either refuse, or run inside the root with no stray fds.

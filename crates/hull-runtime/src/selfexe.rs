@@ -9,7 +9,7 @@
 //!
 //! No re-exec is needed when the installed binary already cannot be written: on a
 //! read-only mount, or marked immutable (`chattr +i`; clearing that needs
-//! CAP_LINUX_IMMUTABLE, which containers do not get). That saves ~1.5 ms per container.
+//! CAP_LINUX_IMMUTABLE, which containers do not get). That saves up to ~1 ms per container.
 
 use std::ffi::CString;
 use std::fs::File;

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::boot::layout::{IRQ_MAX, IRQ_VIRTIO_FIRST, RAM_MAX};
 use crate::boot::mptable::MAX_CPUS;
+use crate::devices::virtio::net::tap;
 pub use crate::vstate::memory::{Backend, HugePages};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -41,10 +42,17 @@ pub struct VmConfig {
     /// A virtio-console (the guest's hvc0) whose host side listens on a Unix socket.
     #[serde(default)]
     pub console: Option<ConsoleConfig>,
+    /// virtio-net devices, each on a host tap device: the guest sees eth0, eth1, ...
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     /// On SIGTERM/SIGINT/SIGHUP, how long the guest has to shut down after hull-vmm
     /// types Ctrl-Alt-Del on its keyboard before its vCPUs are stopped.
     #[serde(default = "default_grace")]
     pub shutdown_grace_ms: u64,
+    /// `hull vmm` exits as soon as the VM has ended and leaves the kernel's teardown of
+    /// the VM to a helper process (`teardown`); false tears it down before exiting.
+    #[serde(default = "yes")]
+    pub deferred_teardown: bool,
     /// Run each thread under its seccomp allowlist (off only for debugging with strace).
     #[serde(default = "yes")]
     pub seccomp: bool,
@@ -77,6 +85,57 @@ pub struct VsockConfig {
 pub struct ConsoleConfig {
     /// One client at a time connects here and talks to the guest's hvc0.
     pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The host tap device: attached to if it exists (`ip tuntap add dev NAME mode
+    /// tap`), else created for the VM's lifetime.
+    pub tap: String,
+    /// The guest's MAC address, "02:xx:xx:xx:xx:xx"; without one the guest picks a
+    /// random address.
+    #[serde(default)]
+    pub guest_mac: Option<MacAddr>,
+}
+
+/// A unicast Ethernet address, written as six colon-separated hex bytes.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MacAddr, String> {
+        let bad = || format!("{s:?} is not a MAC address (six hex bytes: 02:00:00:00:00:01)");
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        if mac[0] & 1 != 0 {
+            return Err(format!(
+                "{s:?} is a multicast address; a NIC needs a unicast one (first byte even)"
+            ));
+        }
+        if mac == [0; 6] {
+            return Err(format!("{s:?} is the zero address"));
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<MacAddr, String> {
+        s.parse()
+    }
 }
 
 /// Where the guest's COM1 output goes.
@@ -154,12 +213,35 @@ impl VmConfig {
         let devices = self.block.len()
             + usize::from(self.rng)
             + usize::from(self.vsock.is_some())
-            + usize::from(self.console.is_some());
+            + usize::from(self.console.is_some())
+            + self.net.len();
         if devices > slots {
             return Err(field(
                 "block",
-                format!("too many virtio devices: at most {slots} with rng"),
+                format!(
+                    "too many virtio devices (block, rng, vsock, console and net): at most {slots}"
+                ),
             ));
+        }
+        for (i, n) in self.net.iter().enumerate() {
+            if !tap::valid_name(&n.tap) {
+                return Err(field(
+                    "net",
+                    format!(
+                        "tap {:?} must be 1 to 15 bytes, without '/', ':', whitespace or NUL",
+                        n.tap
+                    ),
+                ));
+            }
+            if self.net[..i].iter().any(|m| m.tap == n.tap) {
+                return Err(field("net", format!("tap {} is given twice", n.tap)));
+            }
+            if n.guest_mac.is_some() && self.net[..i].iter().any(|m| m.guest_mac == n.guest_mac) {
+                return Err(field(
+                    "net",
+                    format!("two devices have the MAC address of tap {}", n.tap),
+                ));
+            }
         }
         let max_mib = RAM_MAX >> 20;
         if self.memory_mib < 2 || u64::from(self.memory_mib) > max_mib {
@@ -197,5 +279,47 @@ mod tests {
         c.memory_mib = 4096;
         let e = c.validate(p).unwrap_err().to_string();
         assert!(e.contains("memory_mib"), "{e}");
+    }
+
+    #[test]
+    fn net_devices() {
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel": "/k", "net": [{"tap": "tap0", "guest_mac": "02:00:0a:0b:0c:0d"}, {"tap": "tap1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.net[0].guest_mac,
+            Some(MacAddr([2, 0, 0xa, 0xb, 0xc, 0xd]))
+        );
+        assert_eq!(c.net[1].guest_mac, None);
+        c.validate(Path::new("c.json")).unwrap();
+        for (mac, why) in [
+            ("03:00:00:00:00:01", "multicast"),
+            ("00:00:00:00:00:00", "zero"),
+            ("02:00:00:00:00", "not a MAC"),
+            ("02:00:00:00:00:01:02", "not a MAC"),
+            ("02:00:00:00:00:0g", "not a MAC"),
+            ("2:00:00:00:00:01", "not a MAC"),
+        ] {
+            let json =
+                format!(r#"{{"kernel": "/k", "net": [{{"tap": "t", "guest_mac": "{mac}"}}]}}"#);
+            let e = serde_json::from_str::<VmConfig>(&json)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{mac}: {e}");
+        }
+        for (net, why) in [
+            (r#"[{"tap": "a/b"}]"#, "must be 1 to 15 bytes"),
+            (r#"[{"tap": "t"}, {"tap": "t"}]"#, "given twice"),
+            (
+                r#"[{"tap": "a", "guest_mac": "02:00:00:00:00:01"}, {"tap": "b", "guest_mac": "02:00:00:00:00:01"}]"#,
+                "MAC address",
+            ),
+        ] {
+            let c: VmConfig =
+                serde_json::from_str(&format!(r#"{{"kernel": "/k", "net": {net}}}"#)).unwrap();
+            let e = c.validate(Path::new("c.json")).unwrap_err().to_string();
+            assert!(e.contains(why), "{net}: {e}");
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod event_loop;
 pub mod machine;
 pub mod seccomp;
+pub mod teardown;
 pub mod tiny;
 pub mod vstate;
 

@@ -20,7 +20,7 @@ use crate::devices::i8042::{self, Keyboard, I8042};
 use crate::devices::serial::{self, Irq, SerialDevice};
 use crate::devices::virtio::mmio::QUEUE_NOTIFY_OFFSET;
 use crate::devices::virtio::{
-    cmdline_entry, Block, Console, MmioTransport, Rng, VirtioDevice, Vsock, MMIO_WINDOW,
+    cmdline_entry, net, Block, Console, MmioTransport, Net, Rng, VirtioDevice, Vsock, MMIO_WINDOW,
 };
 use crate::error::{kvm, Result, VmmError};
 use crate::event_loop::{self, End, HostSource, QueueNotifier, StopSignals};
@@ -58,6 +58,7 @@ pub struct Machine {
     keyboard: Keyboard,
     shutdown_grace: Duration,
     seccomp: bool,
+    defer_teardown: bool,
     pub loaded: Loaded,
     pub cmdline: String,
 }
@@ -112,37 +113,39 @@ impl Machine {
         }
         let mut hosts = Vec::new();
         if let Some(v) = &config.vsock {
-            let vsock = Arc::new(Mutex::new(
-                Vsock::new(v.guest_cid, &v.uds_path)
-                    .map_err(|e| VmmError::Device(format!("vsock: {e}")))?,
-            ));
+            let vsock = Vsock::new(v.guest_cid, &v.uds_path)
+                .map_err(|e| VmmError::Device(format!("vsock: {e}")))?;
+            let vsock = Arc::new(Mutex::new(vsock));
             let fd = lock(&vsock).host_event_fd();
-            let typed = vsock.clone();
-            hosts.push(HostSource {
-                fd,
-                work: Box::new(move || {
-                    if let Err(e) = lock(&typed).process_host_events() {
-                        tracing::warn!("vsock: {e}");
-                    }
-                }),
-            });
+            hosts.push(host_source(&vsock, fd, "vsock", Vsock::process_host_events));
             devices.push(vsock);
         }
         if let Some(c) = &config.console {
-            let console = Arc::new(Mutex::new(
-                Console::new(&c.socket).map_err(|e| VmmError::Device(format!("console: {e}")))?,
-            ));
+            let console =
+                Console::new(&c.socket).map_err(|e| VmmError::Device(format!("console: {e}")))?;
+            let console = Arc::new(Mutex::new(console));
             let fd = lock(&console).host_event_fd();
-            let typed = console.clone();
-            hosts.push(HostSource {
+            hosts.push(host_source(
+                &console,
                 fd,
-                work: Box::new(move || {
-                    if let Err(e) = lock(&typed).process_host_events() {
-                        tracing::warn!("virtio-console: {e}");
-                    }
-                }),
-            });
+                "virtio-console",
+                Console::process_host_events,
+            ));
             devices.push(console);
+        }
+        for n in &config.net {
+            let tap = net::tap::open(&n.tap).map_err(|e| VmmError::Device(e.to_string()))?;
+            let device = Net::new(tap, n.guest_mac.map(|m| m.0))
+                .map_err(|e| VmmError::Device(format!("tap {}: {e}", n.tap)))?;
+            let device = Arc::new(Mutex::new(device));
+            let fd = lock(&device).host_event_fd();
+            hosts.push(host_source(
+                &device,
+                fd,
+                "virtio-net",
+                Net::process_host_events,
+            ));
+            devices.push(device);
         }
         for (i, device) in devices.into_iter().enumerate() {
             let base = layout::MMIO_BASE + i as u64 * layout::MMIO_SIZE;
@@ -204,9 +207,17 @@ impl Machine {
             keyboard,
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
             seccomp: config.seccomp,
+            defer_teardown: false,
             loaded,
             cmdline,
         })
+    }
+
+    /// Leaves the kernel's VM teardown to a helper process (see `teardown`), so that
+    /// this process can exit without waiting for it. Only for a process that exits
+    /// right after `run`: the guest memory stays mapped until then.
+    pub fn defer_teardown(&mut self) {
+        self.defer_teardown = true;
     }
 
     /// Runs the VM to its end. Returns an error if a vCPU stopped with one (the first
@@ -287,11 +298,23 @@ impl Machine {
             "guest memory touched"
         );
         drop(signals);
+        // Every vCPU thread has sent its result and handed back its fds.
+        let stopped: Vec<_> = rx.iter().collect();
+        if self.defer_teardown {
+            let mut keep = vec![self.vm.fd.as_raw_fd()];
+            keep.extend(stopped.iter().map(|(_, vcpu, _)| vcpu.fd.as_raw_fd()));
+            match crate::teardown::defer(&keep) {
+                // The mapping is shared with the helper: unmapping it here would do
+                // the work here. The process is about to exit.
+                Ok(()) => std::mem::forget(self.vm.memory.clone()),
+                Err(e) => tracing::debug!("VM teardown not deferred: {e}"),
+            }
+        }
         if let Some(sig) = signal {
             return Ok(Outcome::Signal(sig));
         }
         let mut outcome = None;
-        for (r, _vcpu, _done) in rx.iter() {
+        for (r, _vcpu, _done) in stopped {
             match r {
                 Err(e) => return Err(e),
                 Ok(Stopped::Reset) => outcome = Some(Outcome::Reset),
@@ -335,6 +358,24 @@ fn resident_kib(memory: &vm_memory::GuestMemoryMmap) -> u64 {
         }
     }
     pages * page as u64 / 1024
+}
+
+/// The event loop's handle on a device's host side: when `fd` is readable, `work`.
+fn host_source<D: Send + 'static, E: std::fmt::Display + 'static>(
+    device: &Arc<Mutex<D>>,
+    fd: std::os::fd::RawFd,
+    name: &'static str,
+    work: fn(&mut D) -> std::result::Result<(), E>,
+) -> HostSource {
+    let device = device.clone();
+    HostSource {
+        fd,
+        work: Box::new(move || {
+            if let Err(e) = work(&mut lock(&device)) {
+                tracing::warn!("{name}: {e}");
+            }
+        }),
+    }
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

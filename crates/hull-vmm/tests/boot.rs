@@ -44,7 +44,9 @@ fn config(dir: &Path, kernel: &[u8], cmdline: &str, vcpus: u8) -> VmConfig {
         rng: false,
         vsock: None,
         console: None,
+        net: Vec::new(),
         shutdown_grace_ms: 3000,
+        deferred_teardown: false,
         seccomp: true,
     }
 }

@@ -188,6 +188,7 @@ fn bad_configs_get_one_clear_error() {
     hull_only!();
     let d = Dir::new();
     let missing = d.0.join("nope.json");
+    let missing_tap = format!("hvm{}", std::process::id() % 1_000_000);
     let out = Command::new(common::hull_bin())
         .args(["vmm", "--config"])
         .arg(&missing)
@@ -213,10 +214,101 @@ fn bad_configs_get_one_clear_error() {
             serde_json::json!({"kernel": d.0.join("no-kernel")}),
             "cannot read",
         ),
+        (
+            serde_json::json!({"kernel": "/k", "net": [{"tap": "t0", "guest_mac": "01:00:00:00:00:01"}]}),
+            "multicast",
+        ),
+        (
+            serde_json::json!({"kernel": "/k", "net": [{"tap": "lo"}]}),
+            "lo exists and is not a tap device",
+        ),
+        // A tap that does not exist is made for the VM, and goes with it: here the
+        // kernel is missing, so the VM never runs.
+        (
+            serde_json::json!({"kernel": d.0.join("no-kernel"), "net": [{"tap": &missing_tap}]}),
+            "cannot read",
+        ),
     ] {
         let (code, err) = vmm(&d.0, config, Duration::from_secs(30));
         assert_eq!(code, Some(1), "{err}");
         assert!(err.contains(needle), "{needle:?} not in {err:?}");
         assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    assert!(
+        !Path::new("/sys/class/net").join(&missing_tap).exists(),
+        "the tap made for the VM was left behind"
+    );
+}
+
+#[test]
+fn the_teardown_helper_keeps_only_the_vm_and_ends_with_it() {
+    hull_only!();
+    let d = Dir::new();
+    let kernel = d.0.join("kernel");
+    std::fs::write(
+        &kernel,
+        hull_vmm::tiny::pvh_elf(hull_vmm::tiny::PVH_BANG_AND_TRIPLE_FAULT),
+    )
+    .unwrap();
+    let serial = d.0.join("serial");
+    let config = serde_json::json!({"kernel": kernel, "memory_mib": 16, "vcpus": 2,
+        "serial": {"file": serial}});
+    std::fs::write(d.0.join("vm.json"), config.to_string()).unwrap();
+    // output() waits for end-of-file on stdout and stderr too: the helper must not
+    // hold them.
+    let out = Command::new(common::hull_bin())
+        .args(["--debug", "vmm", "--config"])
+        .arg(d.0.join("vm.json"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(std::fs::read_to_string(&serial).unwrap(), "!");
+    let line = err
+        .lines()
+        .find(|l| l.contains("VM teardown handed to a helper process"))
+        .unwrap_or_else(|| panic!("no teardown helper: {err}"));
+    let pid: u32 = line
+        .split("pid=")
+        .nth(1)
+        .and_then(|p| {
+            p.trim_matches('"')
+                .split(['"', ' '])
+                .next()
+                .map(String::from)
+        })
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    // While it lives it holds the VM's fd, the two vCPUs' and its pipe from hull,
+    // nothing else; then it ends by itself.
+    let start = Instant::now();
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z');
+        if state.is_empty() || zombie {
+            break;
+        }
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for fd in fds.flatten() {
+                let Ok(link) = std::fs::read_link(fd.path()) else {
+                    continue;
+                };
+                let link = link.to_string_lossy().into_owned();
+                assert!(
+                    link.starts_with("anon_inode:kvm-v") || link.starts_with("pipe:"),
+                    "the teardown helper holds {link}"
+                );
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the teardown helper {pid} is still there"
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
 }

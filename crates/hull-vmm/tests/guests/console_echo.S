@@ -4,35 +4,13 @@
 # COM1, answers "hello" on transmitq0, waits until the device has taken it, and pulls
 # the i8042 reset line.
 .code32
-.set MMIO, 0xd0000000
-.set RX_DESC, 0x200000
-.set RX_AVAIL, 0x201000
-.set RX_USED, 0x202000
-.set TX_DESC, 0x210000
-.set TX_AVAIL, 0x211000
-.set TX_USED, 0x212000
+.include "virtio.inc"
 .set RX_BUF, 0x230000
 .set TX_BUF, 0x240000
 start:
-  mov $0x8ff0, %esp             # PVH gives no stack; below the zero page
-  movl $0, MMIO+0x70            # Status: reset
-  movl $1, MMIO+0x70            # ACKNOWLEDGE
-  movl $3, MMIO+0x70            # DRIVER
-  movl $1, MMIO+0x24            # DriverFeaturesSel 1
-  movl $1, MMIO+0x20            # VIRTIO_F_VERSION_1
-  movl $0xb, MMIO+0x70          # FEATURES_OK
-  movl $0, MMIO+0x30            # queue 0: receiveq0
-  movl $4, MMIO+0x38
-  movl $RX_DESC, MMIO+0x80
-  movl $RX_AVAIL, MMIO+0x90
-  movl $RX_USED, MMIO+0xa0
-  movl $1, MMIO+0x44
-  movl $1, MMIO+0x30            # queue 1: transmitq0
-  movl $4, MMIO+0x38
-  movl $TX_DESC, MMIO+0x80
-  movl $TX_AVAIL, MMIO+0x90
-  movl $TX_USED, MMIO+0xa0
-  movl $1, MMIO+0x44
+  handshake
+  queue 0, RX_DESC, RX_AVAIL, RX_USED            # queue 0: receiveq0
+  queue 1, TX_DESC, TX_AVAIL, TX_USED            # queue 1: transmitq0
   movl $0xf, MMIO+0x70          # DRIVER_OK
   movl $RX_BUF, RX_DESC         # one writable 64-byte buffer
   movl $0, RX_DESC+4

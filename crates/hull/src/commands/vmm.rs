@@ -1,5 +1,7 @@
 //! `hull vmm --config FILE`: hull's own micro-VM monitor, in the foreground. Exits 0
 //! when the guest resets or powers off, 128+N on stop signal N, 1 on an error.
+//! The kernel's teardown of the VM is left to a helper that outlives hull by a few
+//! milliseconds (`hull_vmm::teardown`) unless the config turns that off.
 
 use std::path::Path;
 
@@ -9,7 +11,12 @@ use hull_vmm::machine::Machine;
 
 pub fn run(config: &Path) -> Result<i32> {
     let config = VmConfig::from_file(config)?;
-    let machine = Machine::build(&config).context("building the VM")?;
+    let mut machine = Machine::build(&config).context("building the VM")?;
+    // This process exits right after the VM: the kernel's teardown of the VM (SRCU
+    // grace periods, freeing guest memory) need not hold up whoever waits for it.
+    if config.deferred_teardown {
+        machine.defer_teardown();
+    }
     tracing::debug!(cmdline = %machine.cmdline, "booting");
     let outcome = machine.run().context("running the VM")?;
     Ok(outcome.exit_code())

@@ -7,12 +7,14 @@
 //! driver resets it are logged at `warn`, once per reset.
 //!
 //! Split: `mmio` is the register file and feature/status handshake, `queue` walks and
-//! validates descriptor chains, `blk` and `rng` are the devices.
+//! validates descriptor chains; `blk`, `rng`, `console`, `vsock` and `net` are the
+//! devices.
 
 pub mod blk;
 pub mod console;
 mod host_socket;
 pub mod mmio;
+pub mod net;
 mod queue;
 pub mod rng;
 pub mod vsock;
@@ -33,6 +35,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub use blk::Block;
 pub use console::Console;
 pub use mmio::{cmdline_entry, MmioTransport, MMIO_WINDOW};
+pub use net::Net;
 pub use rng::Rng;
 pub use vsock::Vsock;
 

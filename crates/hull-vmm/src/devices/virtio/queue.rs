@@ -235,3 +235,54 @@ impl ActiveQueues {
         e
     }
 }
+
+/// Copies up to `out.len()` bytes of the chain, from byte `skip` on, into `out`;
+/// returns how many. `walk` checked the buffers lie in guest memory.
+pub(crate) fn gather(
+    memory: &GuestMemoryMmap,
+    buffers: &[Buffer],
+    mut skip: u64,
+    out: &mut [u8],
+) -> usize {
+    let mut n = 0;
+    for b in buffers {
+        let len = u64::from(b.len);
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        if n == out.len() {
+            break;
+        }
+        // Both fit in usize: `len` is a u32, the rest is bounded by `out`.
+        let take = ((len - skip) as usize).min(out.len() - n);
+        let at = GuestAddress(b.addr.0 + skip);
+        if let Err(e) = memory.read_slice(&mut out[n..n + take], at) {
+            tracing::warn!("virtio: reading a validated guest buffer failed: {e}");
+            break;
+        }
+        n += take;
+        skip = 0;
+    }
+    n
+}
+
+/// Writes `data` across the chain's buffers; returns the bytes written (the used
+/// length). The caller read no more than the buffers hold.
+pub(crate) fn scatter(memory: &GuestMemoryMmap, buffers: &[Buffer], mut data: &[u8]) -> u32 {
+    let mut written = 0;
+    for b in buffers {
+        if data.is_empty() {
+            break;
+        }
+        let take = data.len().min(b.len as usize);
+        if let Err(e) = memory.write_slice(&data[..take], b.addr) {
+            tracing::warn!("virtio: writing a validated guest buffer failed: {e}");
+            break;
+        }
+        data = &data[take..];
+        // Bounded by `data`, which callers keep within a u32.
+        written += take as u32;
+    }
+    written
+}

@@ -54,9 +54,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::host_socket::{listen, ListenError};
-use super::queue::{ActiveQueues, Buffer};
+use super::queue::{scatter, ActiveQueues, Buffer};
 use super::{IrqTrigger, Result, VirtioDevice, VirtioError};
-use transfer::{scatter, send_chain};
+use transfer::send_chain;
 
 mod transfer;
 

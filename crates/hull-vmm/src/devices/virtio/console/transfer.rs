@@ -1,14 +1,13 @@
-//! Moving bytes between guest buffers and the host socket without a buffer of the
-//! guest's choosing: gather and scatter over validated chains, and send(2) with
-//! MSG_NOSIGNAL.
+//! Moving guest output to the host socket without a buffer of the guest's choosing,
+//! and send(2) with MSG_NOSIGNAL.
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
-use super::super::queue::Buffer;
+use super::super::queue::gather;
 use super::{Client, TxChain};
 
 /// Sends what is left of `chain` to the client; true once the chain is done with
@@ -42,52 +41,6 @@ pub(super) fn send_chain(
         }
     }
     true
-}
-
-/// Copies up to `out.len()` bytes of the chain, from byte `skip` on, into `out`;
-/// returns how many. `walk` checked the buffers lie in guest memory.
-fn gather(memory: &GuestMemoryMmap, buffers: &[Buffer], mut skip: u64, out: &mut [u8]) -> usize {
-    let mut n = 0;
-    for b in buffers {
-        let len = u64::from(b.len);
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        if n == out.len() {
-            break;
-        }
-        // Both fit in usize: `len` is a u32, the rest is bounded by `out`.
-        let take = ((len - skip) as usize).min(out.len() - n);
-        let at = GuestAddress(b.addr.0 + skip);
-        if let Err(e) = memory.read_slice(&mut out[n..n + take], at) {
-            tracing::warn!("virtio-console: tx read failed: {e}");
-            break;
-        }
-        n += take;
-        skip = 0;
-    }
-    n
-}
-
-/// Writes `data` across the chain's buffers; returns the bytes written (the used
-/// length). The caller read no more than the buffers hold.
-pub(super) fn scatter(memory: &GuestMemoryMmap, buffers: &[Buffer], mut data: &[u8]) -> u32 {
-    let mut written = 0;
-    for b in buffers {
-        if data.is_empty() {
-            break;
-        }
-        let take = data.len().min(b.len as usize);
-        if let Err(e) = memory.write_slice(&data[..take], b.addr) {
-            tracing::warn!("virtio-console: rx write failed: {e}");
-            break;
-        }
-        data = &data[take..];
-        // At most CHUNK in all.
-        written += take as u32;
-    }
-    written
 }
 
 /// write(2) without SIGPIPE: a host client that went away must be an error here, not

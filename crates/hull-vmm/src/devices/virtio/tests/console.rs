@@ -4,14 +4,12 @@
 //! readable before each `process_host_events()`.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 use virtio_bindings::virtio_mmio::*;
@@ -49,29 +47,6 @@ impl Drop for TempDir {
     }
 }
 
-/// Negotiates, makes both queues ready on `RINGS` (cleared), and sets DRIVER_OK.
-fn bring_up(g: &mut Guest) {
-    g.negotiate();
-    for (i, &(d, a, u)) in RINGS.iter().enumerate() {
-        fill(&g.mem, d, 16 * 256, 0);
-        fill(&g.mem, a, 6 + 2 * 256, 0);
-        fill(&g.mem, u, 6 + 8 * 256, 0);
-        g.write32(VIRTIO_MMIO_QUEUE_SEL, i as u32);
-        g.write32(VIRTIO_MMIO_QUEUE_NUM, 256);
-        for (lo, v) in [
-            (VIRTIO_MMIO_QUEUE_DESC_LOW, d),
-            (VIRTIO_MMIO_QUEUE_AVAIL_LOW, a),
-            (VIRTIO_MMIO_QUEUE_USED_LOW, u),
-        ] {
-            g.write32(lo, v as u32);
-            g.write32(lo + 4, 0);
-        }
-        g.write32(VIRTIO_MMIO_QUEUE_READY, 1);
-        assert_eq!(g.read32(VIRTIO_MMIO_QUEUE_READY), 1);
-    }
-    g.driver_ok();
-}
-
 struct ConGuest {
     g: Guest,
     dev: Arc<Mutex<Console>>,
@@ -94,18 +69,9 @@ impl ConGuest {
         let dir = TempDir::new();
         let path = dir.0.join("console.sock");
         let dev = Arc::new(Mutex::new(Console::new(&path).unwrap()));
-        let mem = crate::vstate::memory::anonymous(MEM_SIZE as usize).unwrap();
-        fill(&mem, DATA, DATA_END - DATA, GUARD);
         let shared: Arc<Mutex<dyn VirtioDevice>> = dev.clone();
-        let transport = MmioTransport::new(mem.clone(), shared).unwrap();
-        let irq = transport.interrupt();
-        let mut g = Guest {
-            mem,
-            dev: transport,
-            irq,
-            q: DriverQueue::new(256, RINGS[0].0, RINGS[0].1, RINGS[0].2),
-        };
-        bring_up(&mut g);
+        let mut g = Guest::shared(shared, DATA_END, RINGS[0]);
+        g.bring_up(&RINGS);
         ConGuest {
             g,
             dev,
@@ -215,11 +181,7 @@ impl ConGuest {
     /// runs `process_host_events` and returns true.
     fn host_event(&mut self, timeout: Duration) -> bool {
         let fd = self.dev.lock().unwrap().host_event_fd();
-        // SAFETY: the device, which owns the fd, outlives this borrow.
-        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let mut fds = [PollFd::new(bfd, PollFlags::POLLIN)];
-        let ms = PollTimeout::try_from(timeout.as_millis() as i32).unwrap();
-        if poll(&mut fds, ms).unwrap() == 0 {
+        if !host_fd_readable(fd, timeout) {
             return false;
         }
         self.dev.lock().unwrap().process_host_events().unwrap();
@@ -527,7 +489,7 @@ fn a_client_outlives_a_driver_reset() {
     g.host_quiet();
     assert!(g.dev.lock().unwrap().has_client());
     // A new driver (same rings, cleared) gets the bytes and can write back.
-    bring_up(&mut g.g);
+    g.g.bring_up(&RINGS);
     g.rx = DriverQueue::new(256, RINGS[0].0, RINGS[0].1, RINGS[0].2);
     g.tx = DriverQueue::new(256, RINGS[1].0, RINGS[1].1, RINGS[1].2);
     g.rx_seen = 0;

@@ -6,6 +6,7 @@ mod blk;
 mod console;
 mod hostile;
 mod mmio;
+mod net;
 mod rng;
 
 use std::fs;
@@ -59,6 +60,49 @@ impl Guest {
             irq,
             q: DriverQueue::new(256, DESC, AVAIL, USED),
         }
+    }
+
+    /// A transport over a device the test keeps a handle on, with the data area up to
+    /// `guard_end` filled with GUARD; queue 0 of the driver's view is `rings[0]`.
+    pub fn shared(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        guard_end: u64,
+        ring0: (u64, u64, u64),
+    ) -> Guest {
+        let mem = memory::anonymous(MEM_SIZE as usize).unwrap();
+        fill(&mem, DATA, guard_end - DATA, GUARD);
+        let dev = MmioTransport::new(mem.clone(), device).unwrap();
+        let irq = dev.interrupt();
+        Guest {
+            mem,
+            dev,
+            irq,
+            q: DriverQueue::new(256, ring0.0, ring0.1, ring0.2),
+        }
+    }
+
+    /// Negotiates, makes a 256-entry queue ready on each of `rings` (desc, avail,
+    /// used; cleared first), and sets DRIVER_OK.
+    pub fn bring_up(&mut self, rings: &[(u64, u64, u64)]) {
+        self.negotiate();
+        for (i, &(d, a, u)) in rings.iter().enumerate() {
+            fill(&self.mem, d, 16 * 256, 0);
+            fill(&self.mem, a, 6 + 2 * 256, 0);
+            fill(&self.mem, u, 6 + 8 * 256, 0);
+            self.write32(VIRTIO_MMIO_QUEUE_SEL, i as u32);
+            self.write32(VIRTIO_MMIO_QUEUE_NUM, 256);
+            for (lo, v) in [
+                (VIRTIO_MMIO_QUEUE_DESC_LOW, d),
+                (VIRTIO_MMIO_QUEUE_AVAIL_LOW, a),
+                (VIRTIO_MMIO_QUEUE_USED_LOW, u),
+            ] {
+                self.write32(lo, v as u32);
+                self.write32(lo + 4, 0);
+            }
+            self.write32(VIRTIO_MMIO_QUEUE_READY, 1);
+            assert_eq!(self.read32(VIRTIO_MMIO_QUEUE_READY), 1);
+        }
+        self.driver_ok();
     }
 
     /// A device brought up as Linux does, with queue 0 of `size` entries.
@@ -198,6 +242,17 @@ impl Guest {
             }
         }
     }
+}
+
+/// Waits up to `timeout` for a device's host event fd to become readable, as the
+/// event loop does.
+pub fn host_fd_readable(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    // SAFETY: the caller's device owns the fd and outlives this call.
+    let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let mut fds = [PollFd::new(bfd, PollFlags::POLLIN)];
+    let ms = PollTimeout::try_from(timeout.as_millis() as i32).unwrap();
+    poll(&mut fds, ms).unwrap() > 0
 }
 
 pub fn fill(mem: &GuestMemoryMmap, addr: u64, len: u64, byte: u8) {

@@ -10,22 +10,20 @@ mod hostile;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::fd::BorrowedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use virtio_bindings::virtio_mmio::*;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::packet::*;
 use super::Vsock;
-use crate::devices::virtio::tests::{fill, DriverQueue, Guest, Watchdog, DATA, GUARD, MEM_SIZE};
-use crate::devices::virtio::{MmioTransport, VirtioDevice};
-use crate::vstate::memory;
+use crate::devices::virtio::tests::{
+    fill, host_fd_readable, DriverQueue, Guest, Watchdog, DATA, GUARD,
+};
+use crate::devices::virtio::VirtioDevice;
 
 pub const CID: u64 = 3;
 /// What the test guest advertises as its receive buffer, unless a test says otherwise.
@@ -115,36 +113,9 @@ impl VsGuest {
         let dir = TempDir::new();
         let path = dir.0.join("v.sock");
         let dev = Arc::new(Mutex::new(Vsock::new(CID, &path).unwrap()));
-        let mem = memory::anonymous(MEM_SIZE as usize).unwrap();
-        fill(&mem, DATA, (3 << 20) - 0x1000, GUARD);
         let shared: Arc<Mutex<dyn VirtioDevice>> = dev.clone();
-        let transport = MmioTransport::new(mem.clone(), shared).unwrap();
-        let irq = transport.interrupt();
-        let mut g = Guest {
-            mem,
-            dev: transport,
-            irq,
-            q: DriverQueue::new(256, RINGS[0].0, RINGS[0].1, RINGS[0].2),
-        };
-        g.negotiate();
-        for (i, &(d, a, u)) in RINGS.iter().enumerate() {
-            fill(&g.mem, d, 16 * 256, 0);
-            fill(&g.mem, a, 6 + 2 * 256, 0);
-            fill(&g.mem, u, 6 + 8 * 256, 0);
-            g.write32(VIRTIO_MMIO_QUEUE_SEL, i as u32);
-            g.write32(VIRTIO_MMIO_QUEUE_NUM, 256);
-            for (lo, v) in [
-                (VIRTIO_MMIO_QUEUE_DESC_LOW, d),
-                (VIRTIO_MMIO_QUEUE_AVAIL_LOW, a),
-                (VIRTIO_MMIO_QUEUE_USED_LOW, u),
-            ] {
-                g.write32(lo, v as u32);
-                g.write32(lo + 4, 0);
-            }
-            g.write32(VIRTIO_MMIO_QUEUE_READY, 1);
-            assert_eq!(g.read32(VIRTIO_MMIO_QUEUE_READY), 1);
-        }
-        g.driver_ok();
+        let mut g = Guest::shared(shared, DATA + (3 << 20) - 0x1000, RINGS[0]);
+        g.bring_up(&RINGS);
         VsGuest {
             g,
             dev,
@@ -288,12 +259,7 @@ impl VsGuest {
     /// runs `process_host_events` and returns true.
     pub fn host_event(&mut self, timeout: Duration) -> bool {
         let fd = self.dev.lock().unwrap().host_event_fd();
-        // SAFETY: the device, which owns the fd, outlives this borrow.
-        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let mut fds = [PollFd::new(bfd, PollFlags::POLLIN)];
-        let ms = PollTimeout::try_from(timeout.as_millis() as i32).unwrap();
-        let n = poll(&mut fds, ms).unwrap();
-        if n == 0 {
+        if !host_fd_readable(fd, timeout) {
             return false;
         }
         self.dev.lock().unwrap().process_host_events().unwrap();

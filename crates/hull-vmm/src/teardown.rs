@@ -33,6 +33,9 @@ struct HelperArgs {
     /// Write end of a pipe the VMM reads: one byte once the helper has closed what it
     /// must not hold (the VMM's stdout, device sockets and taps).
     ready: i32,
+    /// The helper's copy of `vmm_gone`'s write end, closed first: while it holds it,
+    /// it would wait forever.
+    vmm_gone_w: i32,
     /// The fds to keep (the caller's and the two above), sorted; the first `count`.
     keep: [i32; MAX_KEEP],
     count: usize,
@@ -44,6 +47,15 @@ struct HelperArgs {
 /// shared with the helper, so unmapping it here would free it here). Returns once the
 /// helper holds nothing but `keep`.
 pub fn defer(keep: &[RawFd]) -> io::Result<()> {
+    // PID 1 of a PID namespace takes every process in it down when it exits, and
+    // waits for them: nothing would be gained.
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } == 1 {
+        return Err(io::Error::other("hull is PID 1 of its namespace"));
+    }
+    if keep.iter().any(|&fd| fd < 0) {
+        return Err(io::Error::other("a negative fd to keep"));
+    }
     if keep.len() + 2 > MAX_KEEP {
         return Err(io::Error::other(format!(
             "{} fds to keep, at most {}",
@@ -90,6 +102,7 @@ pub fn defer(keep: &[RawFd]) -> io::Result<()> {
         args.write(HelperArgs {
             vmm_gone: vmm_gone_r,
             ready: ready_w,
+            vmm_gone_w,
             keep: sorted,
             count,
         })
@@ -97,6 +110,16 @@ pub fn defer(keep: &[RawFd]) -> io::Result<()> {
     // SAFETY: the top of the mapping, 16-byte aligned, is the helper's stack (growing
     // down toward `args`, which it leaves alone: `helper` uses well under a page).
     let top = unsafe { stack.cast::<u8>().add(STACK_SIZE) };
+    // The helper starts with every signal blocked (SIGKILL and SIGSTOP aside): it runs
+    // on this thread's TLS, where a handler must never run while the VMM goes on.
+    // SAFETY: zeroed sigsets are valid buffers for sigfillset and pthread_sigmask.
+    let (mut all, mut old): (libc::sigset_t, libc::sigset_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: plain sigset manipulation on local values.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+    }
     // SAFETY: `helper` makes raw syscalls only (see the module comment); CLONE_VM
     // shares this address space, so `args` and the stack stay valid for it. SIGCHLD as
     // the exit signal lets whoever inherits it reap it.
@@ -113,6 +136,8 @@ pub fn defer(keep: &[RawFd]) -> io::Result<()> {
     } else {
         Ok(())
     };
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
     // Ours to close: the helper's ends (it has its own copies), and its readiness pipe
     // once it has spoken. The write end of `vmm_gone` stays open until this process
     // exits: that is the signal.
@@ -121,11 +146,13 @@ pub fn defer(keep: &[RawFd]) -> io::Result<()> {
     if let Err(e) = cloned {
         close_fd(vmm_gone_w);
         close_fd(ready_r);
+        // SAFETY: no helper runs on the mapping.
+        unsafe { libc::munmap(stack, STACK_SIZE) };
         return Err(e);
     }
     let mut byte = 0u8;
-    // SAFETY: reads at most one byte into `byte`.
     let n = loop {
+        // SAFETY: reads at most one byte into `byte`.
         let r = unsafe { libc::read(ready_r, (&mut byte as *mut u8).cast(), 1) };
         if r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
             break r;
@@ -133,6 +160,9 @@ pub fn defer(keep: &[RawFd]) -> io::Result<()> {
     };
     close_fd(ready_r);
     if n != 1 {
+        // It is gone (or going) and holds nothing: reap it here.
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
         return Err(io::Error::other(
             "the teardown helper ended before it was ready",
         ));
@@ -169,6 +199,8 @@ fn close_both(a: RawFd, b: RawFd) {
 extern "C" fn helper(args: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `defer` placed a HelperArgs here, in a mapping never unmapped.
     let args = unsafe { &*args.cast::<HelperArgs>() };
+    // SAFETY: closes the helper's own copy of the pipe end.
+    unsafe { sys::syscall3(libc::SYS_close, args.vmm_gone_w as u64, 0, 0) };
     let mut next: u64 = 0;
     for &fd in args.keep.iter().take(args.count) {
         let fd = fd as u64;
@@ -211,12 +243,12 @@ extern "C" fn helper(args: *mut libc::c_void) -> libc::c_int {
     0
 }
 
-/// close_range(2), or close(2) one by one where the kernel lacks it (before 5.9) — up to
-/// a bound, since the fd table of a VMM is small.
+/// close_range(2), or close(2) one by one where it fails (a kernel before 5.9, or a
+/// seccomp profile that refuses it), up to a bound: a VMM's fd table is small.
 fn close_range(first: u64, last: u64) {
     // SAFETY: closes fds of the helper's own table.
     let r = unsafe { sys::syscall3(libc::SYS_close_range, first, last, 0) };
-    if r == -(libc::ENOSYS as i64) {
+    if r < 0 {
         for fd in first..=last.min(first + 4096) {
             // SAFETY: as above.
             unsafe { sys::syscall3(libc::SYS_close, fd, 0, 0) };

@@ -284,7 +284,10 @@ impl Console {
             return;
         }
         let mut want = EventSet::empty();
-        if self.queues.is_some() && !self.rx_starved && !c.read_eof {
+        // A queue the guest broke serves nothing until a reset: the client is not
+        // watched either, or bytes waiting in it would keep the loop spinning.
+        let serving = self.queues.as_ref().is_some_and(|q| !q.irq.needs_reset());
+        if serving && !self.rx_starved && !c.read_eof {
             want |= EventSet::IN;
         }
         if self.tx.is_some() {

@@ -19,9 +19,10 @@
 //! buffers the device stops watching the tap, and frames wait in the tap's own queue
 //! (where the host kernel drops them once it is full, as a real NIC's ring would).
 //!
-//! Threads: `host_event_fd()` is an epoll set over the tap, readable when
-//! `process_host_events()` has work; activation and reset run on a vCPU thread and
-//! leave the epoll interest to the VMM thread, whose allowlist has epoll_ctl.
+//! Threads: `host_event_fd()` is an epoll set over the tap and a wake-up eventfd,
+//! readable when `process_host_events()` has work; activation and reset run on a vCPU
+//! thread and leave the epoll interest to the VMM thread (whose allowlist has
+//! epoll_ctl), waking it through the eventfd.
 //! Syscalls on the processing path: epoll_wait (timeout 0), epoll_ctl, read and write
 //! on the tap, write on the interrupt eventfd.
 
@@ -36,6 +37,7 @@ use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::queue::{gather, scatter, ActiveQueues, Buffer};
 use super::{IrqTrigger, Result, VirtioDevice, VirtioError};
@@ -52,6 +54,7 @@ pub const ETH_HLEN: usize = 14;
 /// VLAN tag.
 pub const MAX_FRAME: usize = 65535 + ETH_HLEN + 4;
 const TAP_TOKEN: u64 = 0;
+const WAKE_TOKEN: u64 = 1;
 
 /// Frames moved and dropped, in each direction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +76,10 @@ pub struct Net {
     /// SOCK_SEQPACKET socket in the tests). Non-blocking.
     frames: OwnedFd,
     epoll: Epoll,
+    /// In the epoll set: written by activation and reset (on a vCPU thread, which may
+    /// not touch the epoll set), so the VMM thread brings the tap's interest up to date
+    /// even when the driver gave receive buffers before DRIVER_OK and never notifies.
+    wake: EventFd,
     /// The interest registered for the tap; None once it left the epoll set.
     interest: Option<EventSet>,
     /// The MAC address as the config space holds it.
@@ -98,9 +105,15 @@ impl Net {
         epoll
             .ctl(ControlOperation::Add, frames.as_raw_fd(), ev)
             .map_err(NetError::Epoll)?;
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(NetError::Epoll)?;
+        let ev = EpollEvent::new(EventSet::IN, WAKE_TOKEN);
+        epoll
+            .ctl(ControlOperation::Add, wake.as_raw_fd(), ev)
+            .map_err(NetError::Epoll)?;
         Ok(Net {
             frames,
             epoll,
+            wake,
             interest: Some(EventSet::empty()),
             mac,
             queues: None,
@@ -132,6 +145,10 @@ impl Net {
             }
         };
         for ev in &events[..n] {
+            if ev.data() == WAKE_TOKEN {
+                let _ = self.wake.read();
+                continue;
+            }
             let set = EventSet::from_bits_truncate(ev.events());
             if set.intersects(EventSet::ERROR | EventSet::HANG_UP) && !self.broken {
                 tracing::warn!(
@@ -161,7 +178,10 @@ impl Net {
             }
             return;
         }
-        let want = if self.queues.is_some() && !self.rx_starved {
+        // A queue the guest broke serves nothing until a reset: not watched either, or a
+        // frame waiting in the tap would keep the loop spinning.
+        let serving = self.queues.as_ref().is_some_and(|q| !q.irq.needs_reset());
+        let want = if serving && !self.rx_starved {
             EventSet::IN
         } else {
             EventSet::empty()
@@ -386,11 +406,16 @@ impl VirtioDevice for Net {
             2,
         )?);
         // Receive buffers given before DRIVER_OK came with no notification the device
-        // saw. Not `refresh` here: a vCPU thread runs this (see the module comment).
+        // saw. Not `refresh` here: a vCPU thread runs this (see the module comment);
+        // the wake-up has the VMM thread do it.
         self.rx_starved = false;
+        let _ = self.wake.write(1);
         Ok(())
     }
 
+    /// Runs on the VMM thread: KVM's ioeventfds take every valid QueueNotify write
+    /// (32-bit, as the transport requires), so the transport never calls this from a
+    /// vCPU thread, whose allowlist lacks the tap's read and epoll_ctl.
     fn process_queue(&mut self, index: usize) -> Result<usize> {
         if self.queues.is_none() {
             return Err(VirtioError::NotActivated);
@@ -412,5 +437,6 @@ impl VirtioDevice for Net {
         // runs this; the VMM thread refreshes the interest.
         self.queues = None;
         self.rx_starved = false;
+        let _ = self.wake.write(1);
     }
 }

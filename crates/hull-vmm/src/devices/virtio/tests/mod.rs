@@ -84,6 +84,12 @@ impl Guest {
     /// Negotiates, makes a 256-entry queue ready on each of `rings` (desc, avail,
     /// used; cleared first), and sets DRIVER_OK.
     pub fn bring_up(&mut self, rings: &[(u64, u64, u64)]) {
+        self.prepare(rings);
+        self.driver_ok();
+    }
+
+    /// `bring_up` short of DRIVER_OK.
+    pub fn prepare(&mut self, rings: &[(u64, u64, u64)]) {
         self.negotiate();
         for (i, &(d, a, u)) in rings.iter().enumerate() {
             fill(&self.mem, d, 16 * 256, 0);
@@ -102,7 +108,6 @@ impl Guest {
             self.write32(VIRTIO_MMIO_QUEUE_READY, 1);
             assert_eq!(self.read32(VIRTIO_MMIO_QUEUE_READY), 1);
         }
-        self.driver_ok();
     }
 
     /// A device brought up as Linux does, with queue 0 of `size` entries.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
@@ -331,9 +331,11 @@ fn without_receive_buffers_frames_wait_in_the_tap() {
         assert_eq!(head, u32::from(posted_head));
         assert_eq!(n.received(at, len).1, *f);
     }
-    // A driver reset leaves frames in the tap for the next driver.
+    // A driver reset leaves frames in the tap for the next driver; the reset's wake-up
+    // is served once, then the fd is quiet.
     n.g.write32(VIRTIO_MMIO_STATUS, 0);
     n.host_send(&frame(90, 7));
+    n.dev.lock().unwrap().process_host_events().unwrap();
     assert!(
         !n.host_event(Duration::from_millis(100)),
         "host fd readable without a driver"
@@ -372,4 +374,66 @@ fn a_tap_that_goes_away_is_left_alone() {
     n.transmit(&n.tx_chain(0, &frame(64, 0), &[]));
     assert_eq!(n.stats().tx_dropped, 1);
     assert_eq!(n.rx_used(), vec![]);
+}
+
+#[test]
+fn receive_buffers_given_before_driver_ok_are_used_without_a_notify() {
+    let watchdog = Watchdog::arm(Duration::from_secs(60));
+    let (dev_end, host) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    let dev = Arc::new(Mutex::new(Net::new(dev_end, None).unwrap()));
+    let shared: Arc<Mutex<dyn VirtioDevice>> = dev.clone();
+    let mut g = Guest::shared(shared, DATA_END, RINGS[0]);
+    g.prepare(&RINGS);
+    // The event loop has served the driver's reset: nothing is pending.
+    dev.lock().unwrap().process_host_events().unwrap();
+    let mut rx = DriverQueue::new(256, RINGS[0].0, RINGS[0].1, RINGS[0].2);
+    let head = rx.add_chain(&g.mem, &[(RX_AREA, RX_LEN, true)]);
+    rx.publish(&g.mem, head);
+    g.driver_ok();
+    let mut n = NetGuest {
+        g,
+        dev,
+        rx,
+        tx: DriverQueue::new(256, RINGS[1].0, RINGS[1].1, RINGS[1].2),
+        rx_seen: 0,
+        rx_next: RX_AREA + u64::from(RX_LEN),
+        host,
+        _watchdog: watchdog,
+    };
+    let f = frame(70, 4);
+    n.host_send(&f);
+    // Nothing notified queue 0: the activation's wake-up has the device watch the tap.
+    while n.stats().rx_frames < 1 {
+        assert!(n.host_event(Duration::from_secs(5)), "frame not delivered");
+    }
+    assert_eq!(n.rx_used(), vec![(u32::from(head), (HDR_LEN + 70) as u32)]);
+    assert_eq!(n.received(RX_AREA, (HDR_LEN + 70) as u32).1, f);
+}
+
+#[test]
+fn a_receive_queue_the_guest_broke_is_not_served_nor_spun_on() {
+    let mut n = NetGuest::new(None);
+    n.post_rx(1);
+    n.host_send(&frame(60, 5));
+    while n.stats().rx_frames < 1 {
+        assert!(n.host_event(Duration::from_secs(5)), "frame not delivered");
+    }
+    // The avail index jumps more than a queue ahead: the device needs a reset.
+    n.rx.set_avail_idx(&n.g.mem, n.rx.avail_idx.wrapping_add(1000));
+    n.g.notify(0);
+    assert_ne!(n.g.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+    // A frame waits in the tap; the device must not watch it (a busy loop).
+    n.host_send(&frame(60, 6));
+    n.dev.lock().unwrap().process_host_events().unwrap();
+    assert!(
+        !n.host_event(Duration::from_millis(100)),
+        "host fd readable for a broken queue"
+    );
+    assert_eq!(n.stats().rx_frames, 1);
 }

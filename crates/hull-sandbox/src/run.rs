@@ -27,6 +27,9 @@ use crate::sandbox::{Sandbox, SandboxConfig};
 /// In the sandbox directory: "PID START_TIME" of the hull that runs the VM.
 pub const OWNER_FILE: &str = "owner";
 
+/// In the sandbox directory: "PID START_TIME" of the VMM process.
+pub const VMM_FILE: &str = "vmm";
+
 /// The sandbox directory of container `id` under hull's root.
 pub fn sandbox_dir(state_root: &Path, id: &str) -> PathBuf {
     state_root.join(format!("{id}.vm"))
@@ -34,7 +37,12 @@ pub fn sandbox_dir(state_root: &Path, id: &str) -> PathBuf {
 
 /// The hull that owns the VM sandbox of `id`, as recorded: (pid, start time).
 fn owner(state_root: &Path, id: &str) -> Option<(i32, u64)> {
-    let text = std::fs::read_to_string(sandbox_dir(state_root, id).join(OWNER_FILE)).ok()?;
+    recorded(state_root, id, OWNER_FILE)
+}
+
+/// A "PID START_TIME" file of the sandbox of `id`.
+fn recorded(state_root: &Path, id: &str, file: &str) -> Option<(i32, u64)> {
+    let text = std::fs::read_to_string(sandbox_dir(state_root, id).join(file)).ok()?;
     let mut words = text.split_whitespace();
     Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
 }
@@ -65,6 +73,27 @@ pub fn delete(state_root: &Path, id: &str, force: bool) -> Result<bool> {
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while owner_alive(state_root, id).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    // The VMM dies with its hull, but takes a moment (QEMU tearing down its guest):
+    // the sandbox is gone only when the VMM is.
+    if let Some((pid, start)) = recorded(state_root, id, VMM_FILE) {
+        let running = || {
+            process_start_time(pid) == Some(start)
+                && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+        };
+        if running() {
+            let _ = signal_exact(pid, start, libc::SIGKILL);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while running() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
     }

@@ -59,6 +59,14 @@ impl Sandbox {
                 return Err(e);
             }
         };
+        // Who runs the VM: `hull delete --force` waits for it to be gone (it dies with
+        // its hull, by PDEATHSIG, but not at once), even after a SIGKILL of hull here.
+        if let Some(start) = hull_runtime::state::process_start_time(vm.pid() as i32) {
+            let _ = std::fs::write(
+                cfg.dir.join(crate::run::VMM_FILE),
+                format!("{} {start}\n", vm.pid()),
+            );
+        }
         let mut exit = None;
         let alive = || match vm.wait_timeout(Duration::ZERO) {
             Ok(None) => true,

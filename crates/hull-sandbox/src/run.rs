@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hull_proto::{ProcessIo, Reply, Request, Rootfs};
 use hull_runtime::signal::signal_exact;
-use hull_runtime::state::process_start_time;
+use hull_runtime::state::{process_start_time, process_stat};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios::{self, SetArg};
 
@@ -79,16 +79,9 @@ pub fn delete(state_root: &Path, id: &str, force: bool) -> Result<bool> {
     // The VMM dies with its hull, but takes a moment (QEMU tearing down its guest):
     // the sandbox is gone only when the VMM is.
     if let Some((pid, start)) = recorded(state_root, id, VMM_FILE) {
-        let running = || {
-            process_start_time(pid) == Some(start)
-                && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                    !s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
-        };
+        // A zombie is gone for this purpose: it holds nothing but its pid.
+        let running =
+            || matches!(process_stat(pid), Some((state, s)) if s == start && state != 'Z');
         if running() {
             let _ = signal_exact(pid, start, libc::SIGKILL);
         }

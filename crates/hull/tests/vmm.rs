@@ -283,14 +283,10 @@ fn the_teardown_helper_keeps_only_the_vm_and_ends_with_it() {
     // nothing else; then it ends by itself.
     let start = Instant::now();
     loop {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = state
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z');
-        if state.is_empty() || zombie {
+        if matches!(
+            hull_runtime::state::process_stat(pid as i32),
+            None | Some(('Z', _))
+        ) {
             break;
         }
         if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {

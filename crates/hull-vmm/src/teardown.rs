@@ -16,8 +16,9 @@
 //! goes on exiting, so it makes raw system calls only: no libc (whose errno lives in
 //! the VMM thread's TLS), no allocation, nothing that can panic.
 
-use std::io;
-use std::os::fd::RawFd;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 /// The most fds the helper keeps: the VM's, one per vCPU (at most 254), its two pipe
 /// ends.
@@ -64,13 +65,7 @@ pub fn defer(keep: &[RawFd]) -> io::Result<()> {
         )));
     }
     let (vmm_gone_r, vmm_gone_w) = pipe()?;
-    let (ready_r, ready_w) = match pipe() {
-        Ok(p) => p,
-        Err(e) => {
-            close_both(vmm_gone_r, vmm_gone_w);
-            return Err(e);
-        }
-    };
+    let (ready_r, ready_w) = pipe()?;
     // SAFETY: a fresh anonymous mapping; it is never unmapped (the helper may still
     // run on it while this process exits), and the process ends soon after.
     let stack = unsafe {
@@ -84,25 +79,22 @@ pub fn defer(keep: &[RawFd]) -> io::Result<()> {
         )
     };
     if stack == libc::MAP_FAILED {
-        let e = io::Error::last_os_error();
-        close_both(vmm_gone_r, vmm_gone_w);
-        close_both(ready_r, ready_w);
-        return Err(e);
+        return Err(io::Error::last_os_error());
     }
     let count = keep.len() + 2;
     let mut sorted = [0i32; MAX_KEEP];
     sorted[..keep.len()].copy_from_slice(keep);
-    sorted[keep.len()] = vmm_gone_r;
-    sorted[keep.len() + 1] = ready_w;
+    sorted[keep.len()] = vmm_gone_r.as_raw_fd();
+    sorted[keep.len() + 1] = ready_w.as_raw_fd();
     sorted[..count].sort_unstable();
     let args = stack.cast::<HelperArgs>();
     // SAFETY: the mapping is STACK_SIZE bytes, page-aligned, and far larger than
     // HelperArgs; nothing else refers to it yet.
     unsafe {
         args.write(HelperArgs {
-            vmm_gone: vmm_gone_r,
-            ready: ready_w,
-            vmm_gone_w,
+            vmm_gone: vmm_gone_r.as_raw_fd(),
+            ready: ready_w.as_raw_fd(),
+            vmm_gone_w: vmm_gone_w.as_raw_fd(),
             keep: sorted,
             count,
         })
@@ -139,27 +131,16 @@ pub fn defer(keep: &[RawFd]) -> io::Result<()> {
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
     // Ours to close: the helper's ends (it has its own copies), and its readiness pipe
-    // once it has spoken. The write end of `vmm_gone` stays open until this process
-    // exits: that is the signal.
-    close_fd(vmm_gone_r);
-    close_fd(ready_w);
+    // once it has spoken.
+    drop((vmm_gone_r, ready_w));
     if let Err(e) = cloned {
-        close_fd(vmm_gone_w);
-        close_fd(ready_r);
         // SAFETY: no helper runs on the mapping.
         unsafe { libc::munmap(stack, STACK_SIZE) };
         return Err(e);
     }
-    let mut byte = 0u8;
-    let n = loop {
-        // SAFETY: reads at most one byte into `byte`.
-        let r = unsafe { libc::read(ready_r, (&mut byte as *mut u8).cast(), 1) };
-        if r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break r;
-        }
-    };
-    close_fd(ready_r);
-    if n != 1 {
+    // One byte, or end-of-file if the helper ended first (read_exact retries EINTR).
+    let ready = File::from(ready_r).read_exact(&mut [0u8]).is_ok();
+    if !ready {
         // It is gone (or going) and holds nothing: reap it here.
         // SAFETY: waits for our own child.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
@@ -167,6 +148,9 @@ pub fn defer(keep: &[RawFd]) -> io::Result<()> {
             "the teardown helper ended before it was ready",
         ));
     }
+    // The write end of `vmm_gone` stays open until this process exits: that is the
+    // helper's signal.
+    let _ = vmm_gone_w.into_raw_fd();
     tracing::debug!(
         pid,
         fds = keep.len(),
@@ -175,23 +159,14 @@ pub fn defer(keep: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
-fn pipe() -> io::Result<(RawFd, RawFd)> {
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into `fds`.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((fds[0], fds[1]))
-}
-
-fn close_fd(fd: RawFd) {
-    // SAFETY: `fd` is one of the pipe ends this module opened and owns.
-    unsafe { libc::close(fd) };
-}
-
-fn close_both(a: RawFd, b: RawFd) {
-    close_fd(a);
-    close_fd(b);
+    // SAFETY: both fds were just made and nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The helper's body: keep `args.keep`, wait for the VMM's end, exit (which closes the

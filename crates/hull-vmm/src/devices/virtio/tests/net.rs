@@ -49,6 +49,14 @@ fn frame(len: usize, seed: u8) -> Vec<u8> {
 
 impl NetGuest {
     fn new(mac: Option<[u8; 6]>) -> NetGuest {
+        let mut n = NetGuest::prepared(mac);
+        n.g.driver_ok();
+        n
+    }
+
+    /// A device whose driver has negotiated and made both queues ready, short of
+    /// DRIVER_OK.
+    fn prepared(mac: Option<[u8; 6]>) -> NetGuest {
         let watchdog = Watchdog::arm(Duration::from_secs(60));
         let (dev_end, host) = socketpair(
             AddressFamily::Unix,
@@ -60,7 +68,7 @@ impl NetGuest {
         let dev = Arc::new(Mutex::new(Net::new(dev_end, mac).unwrap()));
         let shared: Arc<Mutex<dyn VirtioDevice>> = dev.clone();
         let mut g = Guest::shared(shared, DATA_END, RINGS[0]);
-        g.bring_up(&RINGS);
+        g.prepare(&RINGS);
         NetGuest {
             g,
             dev,
@@ -110,16 +118,7 @@ impl NetGuest {
     /// Publishes a transmit chain and notifies queue 1; checks it was completed with
     /// length 0 at once.
     fn transmit(&mut self, bufs: &[Buf]) {
-        let before = self.tx.used_idx(&self.g.mem);
-        let head = self.tx.add_chain(&self.g.mem, bufs);
-        self.tx.publish(&self.g.mem, head);
-        self.g.notify(1);
-        assert_eq!(
-            self.tx.used_idx(&self.g.mem),
-            before.wrapping_add(1),
-            "tx completed"
-        );
-        assert_eq!(self.tx.used(&self.g.mem, before), (u32::from(head), 0));
+        self.g.transmit(&mut self.tx, 1, bufs);
     }
 
     /// Writes a virtio header and `frame` at TX_AREA + `slot` * 64 KiB, split into
@@ -378,34 +377,12 @@ fn a_tap_that_goes_away_is_left_alone() {
 
 #[test]
 fn receive_buffers_given_before_driver_ok_are_used_without_a_notify() {
-    let watchdog = Watchdog::arm(Duration::from_secs(60));
-    let (dev_end, host) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-    )
-    .unwrap();
-    let dev = Arc::new(Mutex::new(Net::new(dev_end, None).unwrap()));
-    let shared: Arc<Mutex<dyn VirtioDevice>> = dev.clone();
-    let mut g = Guest::shared(shared, DATA_END, RINGS[0]);
-    g.prepare(&RINGS);
+    let mut n = NetGuest::prepared(None);
     // The event loop has served the driver's reset: nothing is pending.
-    dev.lock().unwrap().process_host_events().unwrap();
-    let mut rx = DriverQueue::new(256, RINGS[0].0, RINGS[0].1, RINGS[0].2);
-    let head = rx.add_chain(&g.mem, &[(RX_AREA, RX_LEN, true)]);
-    rx.publish(&g.mem, head);
-    g.driver_ok();
-    let mut n = NetGuest {
-        g,
-        dev,
-        rx,
-        tx: DriverQueue::new(256, RINGS[1].0, RINGS[1].1, RINGS[1].2),
-        rx_seen: 0,
-        rx_next: RX_AREA + u64::from(RX_LEN),
-        host,
-        _watchdog: watchdog,
-    };
+    n.dev.lock().unwrap().process_host_events().unwrap();
+    let head = n.rx.add_chain(&n.g.mem, &[(RX_AREA, RX_LEN, true)]);
+    n.rx.publish(&n.g.mem, head);
+    n.g.driver_ok();
     let f = frame(70, 4);
     n.host_send(&f);
     // Nothing notified queue 0: the activation's wake-up has the device watch the tap.

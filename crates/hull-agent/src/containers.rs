@@ -215,6 +215,25 @@ impl Sandbox {
         Ok(container::events::stats(&self.state_root, id)?)
     }
 
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        Ok(container::ps::pids(&self.state_root, id)?)
+    }
+
+    pub fn pause(&self, id: &str) -> Result<()> {
+        Ok(container::pause::pause(&self.state_root, id)?)
+    }
+
+    pub fn resume(&self, id: &str) -> Result<()> {
+        Ok(container::pause::resume(&self.state_root, id)?)
+    }
+
+    /// `resources`: a runtime-spec LinuxResources as JSON.
+    pub fn update(&self, id: &str, resources: &str) -> Result<()> {
+        let r: oci_spec::runtime::LinuxResources =
+            serde_json::from_str(resources).context("update: not a runtime-spec LinuxResources")?;
+        Ok(container::update::update(&self.state_root, id, &r)?)
+    }
+
     pub fn resize(&self, key: &Key, rows: u16, cols: u16) -> Result<()> {
         let p = self.proc(key)?;
         let pty = p

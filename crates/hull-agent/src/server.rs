@@ -328,6 +328,24 @@ impl Server {
                 self.stdins.retain(|_, (_, k)| k.0 != cid);
                 done
             }
+            Request::Pids { container } => Ok(Outcome::Reply(Reply::Pids {
+                pids: self.sandbox.pids(&container)?,
+            })),
+            Request::Pause { container } => {
+                self.sandbox.pause(&container)?;
+                done
+            }
+            Request::Resume { container } => {
+                self.sandbox.resume(&container)?;
+                done
+            }
+            Request::Update {
+                container,
+                resources,
+            } => {
+                self.sandbox.update(&container, &resources)?;
+                done
+            }
             Request::Shutdown => {
                 self.shutdown = true;
                 done

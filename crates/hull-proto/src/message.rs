@@ -117,6 +117,22 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// The container's processes, as the guest numbers them.
+    Pids {
+        container: String,
+    },
+    /// Freeze every process of the container (its cgroup in the guest).
+    Pause {
+        container: String,
+    },
+    Resume {
+        container: String,
+    },
+    /// New limits for the container's cgroup: a runtime-spec LinuxResources as JSON.
+    Update {
+        container: String,
+        resources: String,
+    },
     /// Sync the disks and power the VM off.
     Shutdown,
 }
@@ -137,6 +153,9 @@ pub enum Reply {
     /// The cgroup statistics, in the shape `hull events --stats` prints.
     Stats {
         json: String,
+    },
+    Pids {
+        pids: Vec<i32>,
     },
 }
 

@@ -37,6 +37,12 @@ pub enum Error {
         status: Status,
     },
 
+    /// `delete` of a container that is not stopped, without --force.
+    #[error(
+        "cannot delete container {id:?}: it is {status}; stop it first, or use delete --force"
+    )]
+    NotStopped { id: String, status: Status },
+
     /// `kill` with an unknown signal name or number.
     #[error("invalid signal {0:?}: use a name like KILL or SIGTERM, or a number")]
     InvalidSignal(String),

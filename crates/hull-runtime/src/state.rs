@@ -23,6 +23,8 @@ pub const STATE_FILE: &str = "state.json";
 pub const PROVISIONAL_FILE: &str = "state.creating.json";
 /// Exists once `start` has released the init.
 pub const STARTED_MARK: &str = "started";
+/// Exists while a VM container is paused (a namespace container's freezer says it).
+pub const PAUSED_MARK: &str = "paused";
 pub const EXEC_FIFO: &str = "exec.fifo";
 /// The runtime-spec version hull reports.
 pub const OCI_VERSION: &str = "1.2.0";
@@ -55,6 +57,44 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// The boundary a container runs behind; recorded at create, fixed for its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Namespaces and cgroups on the host's kernel.
+    #[default]
+    Namespace,
+    /// A micro-VM with its own kernel; `pid` is the host-side proxy.
+    Vm,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Namespace => "namespace",
+            Isolation::Vm => "vm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Isolation> {
+        match s {
+            "namespace" => Some(Isolation::Namespace),
+            "vm" => Some(Isolation::Vm),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The annotation that names a container's isolation: read from config.json at create,
+/// and added to what `hull state` prints.
+pub const ISOLATION_ANNOTATION: &str = "io.hull.isolation";
+
 /// Everything hull keeps about a container between commands.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerState {
@@ -76,6 +116,9 @@ pub struct ContainerState {
     pub started: bool,
     pub cgroup: Cgroup,
     pub config: Spec,
+    /// Absent in state written before VM containers had one: those are namespace ones.
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 /// The OCI state, as `hull state` prints it (runc's field order and names).
@@ -110,8 +153,15 @@ impl ContainerState {
             rootfs: &self.rootfs,
             created: &self.created,
             owner: &self.owner,
-            annotations: self.config.annotations().clone().unwrap_or_default(),
+            annotations: self.annotations(),
         }
+    }
+
+    /// config.json's annotations, plus the isolation the container actually got.
+    fn annotations(&self) -> HashMap<String, String> {
+        let mut a = self.config.annotations().clone().unwrap_or_default();
+        a.insert(ISOLATION_ANNOTATION.into(), self.isolation.as_str().into());
+        a
     }
 
     /// Whether the recorded init is still the same live process (a zombie counts as

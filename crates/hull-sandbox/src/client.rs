@@ -355,6 +355,10 @@ fn op_name(r: &Request) -> &'static str {
         Request::ResizeTerminal { .. } => "resize_terminal",
         Request::CloseStdin { .. } => "close_stdin",
         Request::DeleteContainer { .. } => "delete_container",
+        Request::Pids { .. } => "pids",
+        Request::Pause { .. } => "pause",
+        Request::Resume { .. } => "resume",
+        Request::Update { .. } => "update",
         Request::Shutdown => "shutdown",
     }
 }

@@ -25,6 +25,9 @@ pub enum SandboxError {
     /// The agent refused a request.
     #[error("agent refused {op}: {message}")]
     Refused { op: &'static str, message: String },
+    /// The namespace runtime's part (state directory, cgroups, bundle) failed.
+    #[error(transparent)]
+    Runtime(#[from] hull_runtime::error::Error),
     /// No answer in time.
     #[error("timed out after {secs} s waiting for {what}")]
     Timeout { what: String, secs: u64 },

@@ -5,6 +5,7 @@
 pub mod check;
 pub mod client;
 pub mod clock;
+pub mod container;
 pub mod error;
 pub mod guest;
 pub mod hullvmm;
@@ -12,7 +13,6 @@ pub mod hypervisor;
 pub mod image;
 pub mod initramfs;
 pub mod qemu;
-pub mod run;
 pub mod sandbox;
 pub mod vmm_process;
 

@@ -21,12 +21,15 @@ pub struct Qemu {
 }
 
 /// Where the measured TSC frequency is kept (per host boot).
+/// The QEMU that boots the guest, looked up on PATH.
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+
 pub const TSC_CACHE: &str = "/run/hull-vm/tsc-khz";
 
 impl Default for Qemu {
     fn default() -> Self {
         Qemu {
-            binary: "qemu-system-x86_64".into(),
+            binary: QEMU_BINARY.into(),
             tsc_khz: crate::clock::tsc_khz(Path::new(TSC_CACHE)),
         }
     }

@@ -62,10 +62,7 @@ impl Sandbox {
         // Who runs the VM: `hull delete --force` waits for it to be gone (it dies with
         // its hull, by PDEATHSIG, but not at once), even after a SIGKILL of hull here.
         if let Some(start) = hull_runtime::state::process_start_time(vm.pid() as i32) {
-            let _ = std::fs::write(
-                cfg.dir.join(crate::run::VMM_FILE),
-                format!("{} {start}\n", vm.pid()),
-            );
+            let _ = std::fs::write(cfg.dir.join(VMM_FILE), format!("{} {start}\n", vm.pid()));
         }
         let mut exit = None;
         let alive = || match vm.wait_timeout(Duration::ZERO) {
@@ -165,4 +162,14 @@ pub fn console_tail(log: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// In the sandbox directory: "PID START_TIME" of the VMM process.
+pub const VMM_FILE: &str = "vmm";
+
+/// The VMM recorded in sandbox directory `dir`: (pid, start time).
+pub fn recorded_vmm(dir: &Path) -> Option<(i32, u64)> {
+    let text = std::fs::read_to_string(dir.join(VMM_FILE)).ok()?;
+    let mut words = text.split_whitespace();
+    Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
 }

@@ -74,7 +74,8 @@ Commands:
 fn usage() -> String {
     format!(
         "hull: a secure container runtime (OCI runtime-spec, runc-compatible)\n\n\
-         Usage: hull [--root DIR] [--log FILE] [--log-format text|json] [--debug] [--systemd-cgroup] COMMAND [ARGS]\n\n{COMMANDS}\n\
+         Usage: hull [--root DIR] [--log FILE] [--log-format text|json] [--debug] [--systemd-cgroup] [--isolation namespace|vm] COMMAND [ARGS]\n\n{COMMANDS}\n\
+         Invoked as hull-vm, new containers get VM isolation unless --isolation says otherwise.\n\
          Run `hull COMMAND --help` for a command's flags.\n"
     )
 }
@@ -90,7 +91,7 @@ fn version() -> String {
 fn command_help(cmd: &str) -> String {
     let flags = match cmd {
         "create" | "run" => {
-            "  -b, --bundle DIR         bundle directory (default .)\n      --console-socket PATH  unix socket to receive the pty master\n      --pid-file FILE      write the init's pid here\n      --no-pivot           MS_MOVE + chroot instead of pivot_root\n      --no-new-keyring     keep the caller's session keyring\n      --preserve-fds N     pass fds 3..3+N to the container\n  -d, --detach             (run) return once started\n      --keep               (run) accepted for runc compatibility\n      --isolation vm       (run) in a micro-VM, in the foreground (or annotation io.hull.isolation=vm)\n"
+            "  -b, --bundle DIR         bundle directory (default .)\n      --console-socket PATH  unix socket to receive the pty master\n      --pid-file FILE      write the init's pid here\n      --no-pivot           MS_MOVE + chroot instead of pivot_root\n      --no-new-keyring     keep the caller's session keyring\n      --preserve-fds N     pass fds 3..3+N to the container\n  -d, --detach             (run) return once started\n      --keep               (run) accepted for runc compatibility\n      --isolation vm       (global flag, also accepted here) in a micro-VM (or annotation io.hull.isolation=vm)\n"
         }
         "kill" => "  -a, --all   signal every process of the container\n  ARGS: ID [SIGNAL] (default SIGTERM; names or numbers)\n",
         "delete" => "  -f, --force   kill the container first if it runs\n",
@@ -136,6 +137,15 @@ fn global_flag(flag: &str, p: &mut Parser, g: &mut Global) -> R<bool> {
             g.log_format = Some(f);
         }
         "--debug" => g.debug = true,
+        "--isolation" => {
+            let v = text(p.value()?, "--isolation")?;
+            if v != "vm" && v != "namespace" {
+                return Err(Stop::Usage(format!(
+                    "--isolation {v:?}: use namespace or vm"
+                )));
+            }
+            g.isolation = Some(v);
+        }
         "--systemd-cgroup" => g.systemd_cgroup = true,
         "--criu" => g.criu = Some(text(p.value()?, "--criu")?),
         _ => return Ok(false),
@@ -144,9 +154,15 @@ fn global_flag(flag: &str, p: &mut Parser, g: &mut Global) -> R<bool> {
 }
 
 pub fn parse_from<I: IntoIterator<Item = OsString>>(args: I) -> R<Cli> {
-    let mut p = Parser::from_iter(args);
+    let mut args = args.into_iter();
+    let program = args.next().unwrap_or_default();
+    let mut p = Parser::from_iter(std::iter::once(program.clone()).chain(args));
     let mut g = Global {
         root: PathBuf::from("/run/hull"),
+        program: std::path::Path::new(&program)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         ..Global::default()
     };
     let name = loop {
@@ -202,7 +218,6 @@ fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
     let mut update = UpdateArgs::default();
     let mut guest = crate::cli::GuestBuildArgs::default();
     let mut vm_config = None;
-    let mut isolation = None;
     let mut seen = Seen { positional: vec![] };
     // exec and ps pass everything after the container id on untouched.
     let passes_rest = matches!(name, "exec" | "ps");
@@ -240,15 +255,6 @@ fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
             }
             ("run", "-d" | "--detach") => detach = true,
             ("run", "--keep") => keep = true,
-            ("run", "--isolation") => {
-                let v = text(p.value()?, "--isolation")?;
-                if v != "vm" && v != "namespace" {
-                    return Err(Stop::Usage(format!(
-                        "--isolation {v:?}: use namespace or vm"
-                    )));
-                }
-                isolation = Some(v);
-            }
             ("kill", "-a" | "--all") => all = true,
             ("delete", "-f" | "--force") => force = true,
             ("list" | "ps", "-f" | "--format") => {
@@ -289,7 +295,6 @@ fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
             create.id = one_id(name, seen)?;
             Command::Run {
                 create,
-                isolation,
                 detach,
                 keep,
             }

@@ -24,6 +24,10 @@ pub struct Global {
     pub rootless: Option<String>,
     /// Accepted for runc compatibility; checkpointing is not part of hull.
     pub criu: Option<String>,
+    /// `--isolation`: namespace or vm, for containers this command creates.
+    pub isolation: Option<String>,
+    /// The name hull was invoked as (`hull-vm` defaults to VM isolation).
+    pub program: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -53,8 +57,6 @@ pub enum Command {
     /// Create and start a container; wait for it unless --detach.
     Run {
         create: CreateArgs,
-        /// `vm`: in a micro-VM (also set by the annotation io.hull.isolation=vm).
-        isolation: Option<String>,
         /// Return once started.
         detach: bool,
         /// Keep the container's state after it exits.

@@ -283,3 +283,22 @@ fn events_stats_reports_memory_and_pids() {
         "expected cpu usage"
     );
 }
+
+/// docker 20.10 writes 0 for "unset" in every config.json (blockIO.weight 0 among
+/// them, and this host has no blkio.weight file): runc skips such fields, so must hull,
+/// or every `docker run --runtime hull` fails.
+#[test]
+fn zero_values_that_mean_unset_are_not_written() {
+    let c = limited(
+        &["true"],
+        json!({
+            "blockIO": {"weight": 0, "leafWeight": 0},
+            "cpu": {"shares": 0, "quota": 0, "period": 0, "realtimeRuntime": 0, "realtimePeriod": 0},
+            "memory": {"limit": 0, "reservation": 0, "swap": 0},
+            "pids": {"limit": 0}
+        }),
+    );
+    let out = c.run();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_clean(&c);
+}

@@ -8,9 +8,9 @@ use common::{Bundle, Container};
 use std::path::Path;
 use std::process::Stdio;
 
-/// No QEMU still running for this container, and no sandbox directory.
+/// No QEMU still running for this container, and no state directory.
 fn assert_vm_gone(c: &Container) {
-    let sandbox = c.root.join(format!("{}.vm", c.id));
+    let sandbox = c.root.join(&c.id);
     assert!(!sandbox.exists(), "{} was left behind", sandbox.display());
     let needle = sandbox.display().to_string();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -89,7 +89,7 @@ fn a_failing_container_in_a_vm_reports_and_cleans_up() {
         },
     );
     out.assert_error("no guest", &["hull guest build"]);
-    assert!(!Path::new(&c.root.join(format!("{}.vm", c.id))).exists());
+    assert!(!Path::new(&c.root.join(&c.id)).exists());
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn delete_force_ends_a_vm_whose_hull_was_killed_and_leaves_nothing() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let sandbox = c.root.join(format!("{}.vm", c.id));
+    let sandbox = c.root.join(&c.id).join("vm");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !sandbox.join("console.log").exists() {
         assert!(std::time::Instant::now() < deadline, "no sandbox appeared");
@@ -214,7 +214,7 @@ fn sigterm_to_hull_vmm_lets_the_container_stop_gracefully() {
     stdout.read_line(&mut first).unwrap();
     assert_eq!(first, "up\n", "the container started in the VM");
 
-    let needle = c.root.join(format!("{}.vm", c.id)).display().to_string();
+    let needle = c.root.join(&c.id).join("vm").display().to_string();
     let vmm = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()

@@ -16,6 +16,7 @@ mod group;
 mod path;
 mod stats;
 mod stats_parse;
+mod unset;
 mod v1;
 mod v2;
 mod v2_devices;
@@ -142,7 +143,8 @@ impl Cgroup {
     }
 
     pub fn create(&mut self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
-        let result = self.create_inner(resources);
+        let resources = resources.map(unset::zero_means_unset);
+        let result = self.create_inner(resources.as_ref());
         if result.is_err() {
             match self.destroy() {
                 Ok(()) => self.all_mut().for_each(|h| h.created.clear()),
@@ -189,6 +191,7 @@ impl Cgroup {
 
     /// Set `resources` (also used by `hull update` on a running container).
     pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        let resources = &unset::zero_means_unset(resources);
         if self.version == CgroupVersion::V2 {
             if let Some(u) = &self.unified {
                 v2::enable(u, &v2::required_controllers(resources)?, &[], self.version)?;

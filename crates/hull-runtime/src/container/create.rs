@@ -156,6 +156,7 @@ pub fn create_from(
         started: false,
         cgroup: cgroup.clone(),
         config: bundle.spec.clone(),
+        isolation: state::Isolation::Namespace,
     };
     // One save before anything else is made, naming the cgroup directories about to
     // be created: `delete --force` finds everything even if this process dies now.
@@ -498,7 +499,7 @@ fn write_id_maps(pid: i32, bundle: &Bundle) -> Result<()> {
     Ok(())
 }
 
-fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     let tmp = path.with_extension("hull-tmp");
     let io = |source| Error::Io {
         what: "cannot write --pid-file",

@@ -20,23 +20,27 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         }
         Err(e) => return Err(e),
     };
+    delete_container(&c, force)
+}
+
+/// `delete` of a container the caller has loaded.
+pub fn delete_container(c: &Container, force: bool) -> Result<()> {
     let status = c.status();
     match status {
         Status::Stopped => {}
         // runtime-spec: deleting a container that is not stopped is an error (runc
         // deletes created ones anyway; the validation suite checks the spec's rule).
         Status::Creating | Status::Created | Status::Running | Status::Paused if force => {
-            kill::kill_and_wait(&c)
+            kill::kill_and_wait(c)
         }
         _ => {
-            return Err(Error::WrongState {
-                id: id.into(),
-                action: "delete",
+            return Err(Error::NotStopped {
+                id: c.id().into(),
                 status,
             })
         }
     }
-    destroy(&c)
+    destroy(c)
 }
 
 /// Tears down what a container left and runs poststop hooks.

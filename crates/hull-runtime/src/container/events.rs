@@ -21,12 +21,15 @@ pub struct Event<'a> {
 }
 
 pub fn stats(root: &Path, id: &str) -> Result<String> {
-    let c = Container::load(root, id)?;
+    stats_of(&Container::load(root, id)?)
+}
+
+pub fn stats_of(c: &Container) -> Result<String> {
     c.require(
         "events",
         &[Status::Created, Status::Running, Status::Paused],
     )?;
-    event_json(&c)
+    event_json(c)
 }
 
 fn event_json(c: &Container) -> Result<String> {
@@ -40,8 +43,11 @@ fn event_json(c: &Container) -> Result<String> {
 }
 
 /// Calls `out` with one stats event per interval until the container stops.
-pub fn stream(root: &Path, id: &str, interval: Duration, mut out: impl FnMut(&str)) -> Result<()> {
-    let c = Container::load(root, id)?;
+pub fn stream(root: &Path, id: &str, interval: Duration, out: impl FnMut(&str)) -> Result<()> {
+    stream_of(&Container::load(root, id)?, interval, out)
+}
+
+pub fn stream_of(c: &Container, interval: Duration, mut out: impl FnMut(&str)) -> Result<()> {
     c.require(
         "events",
         &[Status::Created, Status::Running, Status::Paused],
@@ -50,7 +56,7 @@ pub fn stream(root: &Path, id: &str, interval: Duration, mut out: impl FnMut(&st
         if c.status() == Status::Stopped {
             return Ok(());
         }
-        match event_json(&c) {
+        match event_json(c) {
             Ok(line) => out(&line),
             // The cgroup vanishes when the container is deleted under us.
             Err(_) if c.status() == Status::Stopped => return Ok(()),

@@ -30,6 +30,11 @@ pub struct ExecOptions {
 /// Returns the process's exit code, or 0 once started when detached.
 pub fn exec(opts: ExecOptions) -> Result<i32> {
     let c = Container::load(&opts.root, &opts.id)?;
+    exec_in(&c, opts)
+}
+
+/// `exec` in a container the caller has loaded.
+pub fn exec_in(c: &Container, opts: ExecOptions) -> Result<i32> {
     c.require("exec", &[Status::Created, Status::Running])?;
     let terminal = opts.process.terminal() == Some(true);
     if !opts.detach {
@@ -60,7 +65,7 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
         (_, false) => (None, None),
     };
     let plan = Plan::from_linux(c.state.config.linux().as_ref());
-    let join = namespaces_to_join(&c, &plan)?;
+    let join = namespaces_to_join(c, &plan)?;
     let pidfd =
         pidfd_open(c.state.pid).map_err(|e| Error::Setup(format!("pidfd_open init: {e}")))?;
     if !c.state.init_alive() {
@@ -75,7 +80,7 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
     let stage1 = match unsafe { unistd::fork() }.map_err(|e| Error::Setup(format!("fork: {e}")))? {
         ForkResult::Child => {
             drop(parent);
-            stage1_main(&c, &opts, &plan, &pidfd, join, console, &child)
+            stage1_main(c, &opts, &plan, &pidfd, join, console, &child)
         }
         ForkResult::Parent { child } => child,
     };

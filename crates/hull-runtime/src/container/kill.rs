@@ -12,12 +12,15 @@ use crate::signal::{pidfd_open, pidfd_send};
 use crate::state::Status;
 
 pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<()> {
-    let c = Container::load(root, id)?;
+    kill_container(&Container::load(root, id)?, signal, all)
+}
+
+pub fn kill_container(c: &Container, signal: i32, all: bool) -> Result<()> {
     let status = c.require("kill", &[Status::Created, Status::Running, Status::Paused])?;
     if all {
-        return signal_all(&c, signal, status == Status::Paused);
+        return signal_all(c, signal, status == Status::Paused);
     }
-    signal_init(&c, signal)
+    signal_init(c, signal)
 }
 
 /// Signals the init; errors if the recorded pid now belongs to another process.

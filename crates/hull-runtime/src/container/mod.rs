@@ -51,7 +51,13 @@ impl Container {
         if matches!(s.init_stat(), None | Some('Z')) {
             return Status::Stopped;
         }
-        if s.cgroup.is_frozen().unwrap_or(false) {
+        // A VM container's processes are frozen in the guest; the host cgroup holds
+        // the proxy and the VMM, which keep running.
+        let paused = match s.isolation {
+            crate::state::Isolation::Namespace => s.cgroup.is_frozen().unwrap_or(false),
+            crate::state::Isolation::Vm => self.dir.path.join(crate::state::PAUSED_MARK).exists(),
+        };
+        if paused {
             return Status::Paused;
         }
         if s.started {

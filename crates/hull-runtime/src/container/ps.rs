@@ -7,7 +7,10 @@ use crate::error::Result;
 use crate::state::Status;
 
 pub fn pids(root: &Path, id: &str) -> Result<Vec<i32>> {
-    let c = Container::load(root, id)?;
+    pids_of(&Container::load(root, id)?)
+}
+
+pub fn pids_of(c: &Container) -> Result<Vec<i32>> {
     c.require("ps", &[Status::Created, Status::Running, Status::Paused])?;
     let mut p = c.state.cgroup.pids()?;
     p.sort_unstable();

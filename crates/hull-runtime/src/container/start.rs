@@ -13,7 +13,10 @@ use crate::hooks;
 use crate::state::Status;
 
 pub fn start(root: &Path, id: &str) -> Result<()> {
-    let mut c = Container::load(root, id)?;
+    start_container(Container::load(root, id)?)
+}
+
+pub fn start_container(mut c: Container) -> Result<()> {
     c.require("start", &[Status::Created])?;
     let fifo_path = c.dir.fifo();
     // Non-blocking open: a reader needs no writer; the init opens its end when ready.

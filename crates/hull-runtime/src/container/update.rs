@@ -9,7 +9,10 @@ use crate::error::Result;
 use crate::state::Status;
 
 pub fn update(root: &Path, id: &str, resources: &LinuxResources) -> Result<()> {
-    let mut c = Container::load(root, id)?;
+    update_container(Container::load(root, id)?, resources)
+}
+
+pub fn update_container(mut c: Container, resources: &LinuxResources) -> Result<()> {
     c.require(
         "update",
         &[Status::Created, Status::Running, Status::Paused],
@@ -30,7 +33,7 @@ pub fn update(root: &Path, id: &str, resources: &LinuxResources) -> Result<()> {
 }
 
 /// Fields set in `new` replace those of `old`, per controller section.
-fn merge(old: Option<LinuxResources>, new: &LinuxResources) -> LinuxResources {
+pub fn merge(old: Option<LinuxResources>, new: &LinuxResources) -> LinuxResources {
     let mut r = old.unwrap_or_default();
     if new.memory().is_some() {
         r.set_memory(*new.memory());

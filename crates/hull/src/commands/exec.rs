@@ -2,13 +2,14 @@
 //! container's own process section as the default for everything not given.
 
 use anyhow::{bail, Context, Result};
-use hull_runtime::container::exec::{self, ExecOptions};
+use hull_lifecycle::{ExecRequest, Lifecycle};
 use hull_runtime::container::Container;
 use oci_spec::runtime::{Capabilities, Capability, Process};
 
-use crate::cli::{ExecArgs, Global};
+use crate::cli::ExecArgs;
 
-pub fn exec(g: &Global, a: ExecArgs) -> Result<i32> {
+pub fn exec(lc: &Lifecycle, a: ExecArgs) -> Result<i32> {
+    let c = lc.load(&a.id)?;
     let process = match &a.process {
         Some(path) => {
             let text = std::fs::read(path)
@@ -20,24 +21,24 @@ pub fn exec(g: &Global, a: ExecArgs) -> Result<i32> {
                 )
             })?
         }
-        None => from_args(g, &a)?,
+        None => from_args(&c, &a)?,
     };
     if process.args().as_ref().is_none_or(|v| v.is_empty()) {
         bail!("exec needs a command: hull exec ID COMMAND [ARG...] or --process FILE");
     }
-    Ok(exec::exec(ExecOptions {
-        root: g.root.clone(),
-        id: a.id,
-        process,
-        console_socket: a.console_socket,
-        pid_file: a.pid_file,
-        detach: a.detach,
-        preserve_fds: a.preserve_fds,
-    })?)
+    Ok(lc.exec(
+        &c,
+        ExecRequest {
+            process,
+            console_socket: a.console_socket,
+            pid_file: a.pid_file,
+            detach: a.detach,
+            preserve_fds: a.preserve_fds,
+        },
+    )?)
 }
 
-fn from_args(g: &Global, a: &ExecArgs) -> Result<Process> {
-    let c = Container::load(&g.root, &a.id)?;
+fn from_args(c: &Container, a: &ExecArgs) -> Result<Process> {
     let mut p = c
         .state
         .config

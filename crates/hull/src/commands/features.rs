@@ -136,6 +136,28 @@ pub fn features() -> Value {
         annotations.insert("io.github.seccomp.libseccomp.version".into(), v.into());
     }
     annotations.insert("io.hull.version".into(), env!("CARGO_PKG_VERSION").into());
+    // Which boundaries `--isolation` (or io.hull.isolation) can ask for here, and why
+    // not where one cannot be given.
+    if let Ok(settings) = hull_lifecycle::Settings::load() {
+        let mut available = vec![];
+        for (isolation, why) in hull_lifecycle::isolations(&settings) {
+            match why {
+                Ok(()) => available.push(isolation.as_str()),
+                Err(why) => {
+                    annotations.insert(
+                        format!("io.hull.isolation.{isolation}.unavailable"),
+                        why.into(),
+                    );
+                }
+            }
+        }
+        annotations.insert(
+            "io.hull.isolation.available".into(),
+            available.join(",").into(),
+        );
+        let default = settings.isolation.unwrap_or_default();
+        annotations.insert("io.hull.isolation.default".into(), default.as_str().into());
+    }
 
     json!({
         "ociVersionMin": "1.0.0",
@@ -229,6 +251,14 @@ mod tests {
         let annotations = f.annotations().as_ref().unwrap();
         assert_eq!(annotations["io.hull.version"], env!("CARGO_PKG_VERSION"));
         assert!(annotations.contains_key("io.github.seccomp.libseccomp.version"));
+        let available = &annotations["io.hull.isolation.available"];
+        assert!(available.starts_with("namespace"), "{available}");
+        // The VM is listed, or the reason it is not is.
+        assert!(
+            available.contains("vm")
+                || annotations.contains_key("io.hull.isolation.vm.unavailable"),
+            "{annotations:?}"
+        );
     }
 
     #[test]

@@ -1,15 +1,15 @@
 //! Read-only commands: state, list, ps, events.
 
 use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use hull_lifecycle::Lifecycle;
 use hull_runtime::container::{self, Container};
-use hull_runtime::state::Status;
+use hull_runtime::state::{Isolation, Status};
 
-pub fn state(root: &Path, id: &str) -> Result<i32> {
-    let c = Container::load(root, id)?;
+pub fn state(lc: &Lifecycle, id: &str) -> Result<i32> {
+    let c = lc.load(id)?;
     let status = c.status();
     println!("{}", serde_json::to_string_pretty(&c.state.oci(status))?);
     Ok(0)
@@ -30,8 +30,8 @@ fn owner(c: &Container) -> String {
         .unwrap_or_else(|| format!("#{uid}"))
 }
 
-pub fn list(root: &Path, format: &str, quiet: bool) -> Result<i32> {
-    let all = container::list::list(root)?;
+pub fn list(lc: &Lifecycle, format: &str, quiet: bool) -> Result<i32> {
+    let all = container::list::list(&lc.root)?;
     let mut out = std::io::stdout().lock();
     if quiet {
         for (c, _) in &all {
@@ -45,6 +45,8 @@ pub fn list(root: &Path, format: &str, quiet: bool) -> Result<i32> {
             .map(|(c, s)| {
                 let mut v = serde_json::to_value(c.state.oci(*s)).unwrap_or_default();
                 v["owner"] = owner(c).into();
+                // A column only here: runc's table stays as engines parse it.
+                v["isolation"] = c.state.isolation.as_str().into();
                 v
             })
             .collect();
@@ -93,10 +95,20 @@ fn tabulate(rows: &[[String; 6]]) -> String {
     s
 }
 
-pub fn ps(root: &Path, id: &str, format: &str, args: &[String]) -> Result<i32> {
-    let pids = container::ps::pids(root, id)?;
+pub fn ps(lc: &Lifecycle, id: &str, format: &str, args: &[String]) -> Result<i32> {
+    let c = lc.load(id)?;
+    let pids = hull_lifecycle::backend(c.state.isolation).pids(&c)?;
     if format == "json" {
         println!("{}", serde_json::to_string(&pids)?);
+        return Ok(0);
+    }
+    if c.state.isolation == Isolation::Vm {
+        // The host's ps cannot see into the guest: its pids, as the guest numbers them.
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "PID (in the container's VM)")?;
+        for p in pids {
+            writeln!(out, "{p}")?;
+        }
         return Ok(0);
     }
     let args: Vec<String> = if args.is_empty() {
@@ -136,13 +148,13 @@ pub fn ps(root: &Path, id: &str, format: &str, args: &[String]) -> Result<i32> {
     Ok(0)
 }
 
-pub fn events(root: &Path, id: &str, stats: bool, interval: &str) -> Result<i32> {
+pub fn events(lc: &Lifecycle, id: &str, stats: bool, interval: &str) -> Result<i32> {
     if stats {
-        println!("{}", container::events::stats(root, id)?);
+        println!("{}", lc.stats(id)?);
         return Ok(0);
     }
     let every = parse_duration(interval)?;
-    container::events::stream(root, id, every, |line| {
+    lc.events(id, every, |line| {
         let mut o = std::io::stdout().lock();
         let _ = writeln!(o, "{line}");
         let _ = o.flush();

@@ -7,87 +7,83 @@ pub mod guest;
 pub mod info;
 pub mod spec;
 pub mod update;
-pub mod vm;
 pub mod vmm;
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use hull_runtime::container::{self, create::CreateOptions, create::StartMode};
+use hull_lifecycle::{choose, Asked, CreateRequest, Lifecycle};
 
 use crate::cli::{Cli, Command, CreateArgs, Global};
+
+/// What the command line asked for: `--isolation`, or the name `hull-vm`.
+fn asked(g: &Global) -> Result<Asked> {
+    Ok(Asked {
+        flag: g.isolation.as_deref().map(choose::parse_flag).transpose()?,
+        vm_command: g.program == choose::VM_COMMAND,
+    })
+}
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
     let g = &cli.global;
     if g.systemd_cgroup {
         check_systemd()?;
     }
-    let root = g.root.as_path();
+    let lc = Lifecycle::new(g.root.clone(), asked(g)?);
     match cli.command {
         Command::Create(a) => {
             hull_runtime::selfexe::ensure_sealed()?;
-            container::create::create(&create_options(g, &a), StartMode::Fifo)?;
+            lc.create(&create_request(&a))?;
             Ok(0)
         }
         Command::Run {
             create,
-            isolation,
             detach,
             keep,
         } => {
             hull_runtime::selfexe::ensure_sealed()?;
             tracing::debug!("sealed");
             let _ = keep;
-            // Loaded once, here: it says which isolation, and the runtime takes it on.
-            hull_runtime::spec::validate_id(&create.id)?;
-            let bundle = hull_runtime::spec::Bundle::load(&create.bundle)?;
-            if vm::wanted(isolation.as_deref(), &bundle) {
-                return vm::run(g, &create, detach);
-            }
-            let opts = create_options(g, &create);
-            Ok(container::run::run_bundle(&opts, bundle, detach)?)
+            Ok(lc.run(&create_request(&create), detach)?)
         }
         Command::Start { id } => {
-            container::start::start(root, &id)?;
+            lc.start(&id)?;
             Ok(0)
         }
-        Command::State { id } => info::state(root, &id),
+        Command::State { id } => info::state(&lc, &id),
         Command::Kill { all, id, signal } => {
             let sig = hull_runtime::signal::parse(&signal)?;
-            container::kill::kill(root, &id, sig, all)?;
+            lc.kill(&id, sig, all)?;
             Ok(0)
         }
         Command::Delete { force, id } => {
-            if hull_sandbox::run::delete(root, &id, force)? {
-                return Ok(0);
-            }
-            container::delete::delete(root, &id, force)?;
+            lc.delete(&id, force)?;
             Ok(0)
         }
-        Command::List { format, quiet } => info::list(root, &format, quiet),
+        Command::List { format, quiet } => info::list(&lc, &format, quiet),
         Command::Ps {
             format,
             id,
             ps_args,
-        } => info::ps(root, &id, &format, &ps_args),
+        } => info::ps(&lc, &id, &format, &ps_args),
         Command::Exec(a) => {
             hull_runtime::selfexe::ensure_sealed()?;
-            exec::exec(g, a)
+            exec::exec(&lc, a)
         }
         Command::Pause { id } => {
-            container::pause::pause(root, &id)?;
+            lc.pause(&id)?;
             Ok(0)
         }
         Command::Resume { id } => {
-            container::pause::resume(root, &id)?;
+            lc.resume(&id)?;
             Ok(0)
         }
         Command::Events {
             stats,
             interval,
             id,
-        } => info::events(root, &id, stats, &interval),
-        Command::Update(a) => update::update(root, a),
+        } => info::events(&lc, &id, stats, &interval),
+        Command::Update(a) => update::update(&lc, a),
         Command::Spec { bundle, rootless } => write_spec(&bundle, rootless),
         Command::Check { json } => check::check(json),
         Command::GuestBuild(a) => guest::build(a),
@@ -105,11 +101,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
-fn create_options(g: &Global, a: &CreateArgs) -> CreateOptions {
-    CreateOptions {
+fn create_request(a: &CreateArgs) -> CreateRequest {
+    CreateRequest {
         id: a.id.clone(),
         bundle: a.bundle.clone(),
-        root: g.root.clone(),
         console_socket: a.console_socket.clone(),
         pid_file: a.pid_file.clone(),
         no_pivot: a.no_pivot,

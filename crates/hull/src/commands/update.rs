@@ -1,16 +1,15 @@
 //! `hull update`: resources from -r FILE (runtime-spec LinuxResources JSON) and/or flags.
 
 use std::io::Read;
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use hull_runtime::container;
+use hull_lifecycle::Lifecycle;
 use oci_spec::runtime::LinuxResources;
 use serde_json::{json, Value};
 
 use crate::cli::UpdateArgs;
 
-pub fn update(root: &Path, a: UpdateArgs) -> Result<i32> {
+pub fn update(lc: &Lifecycle, a: UpdateArgs) -> Result<i32> {
     let mut v: Value = match &a.resources {
         Some(p) => {
             let mut text = String::new();
@@ -68,7 +67,7 @@ pub fn update(root: &Path, a: UpdateArgs) -> Result<i32> {
     }
     let res: LinuxResources =
         serde_json::from_value(v).context("resources do not form a valid LinuxResources")?;
-    container::update::update(root, &a.id, &res)?;
+    lc.update(&a.id, &res)?;
     Ok(0)
 }
 

@@ -5,7 +5,7 @@
 //! tests themselves against runc), else the `hull` binary of this package.
 #![allow(dead_code)]
 
-mod cleanup;
+pub mod cleanup;
 
 // Not every test file checks cleanup.
 #[allow(unused_imports)]

@@ -1,0 +1,217 @@
+//! `create` and `run` of a VM container: the state directory and the host cgroup, then
+//! the proxy, forked, which boots the sandbox and says "ok" or why not. Only then is
+//! the final state written (its pid: the proxy), and the proxy told to go on; a
+//! `create` that dies before that takes the proxy with it (PDEATHSIG), and what it
+//! left reads as stopped for `delete --force`.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use hull_runtime::cgroups::Cgroup;
+use hull_runtime::container::create::write_pid_file;
+use hull_runtime::error::Error as RuntimeError;
+use hull_runtime::spec::Bundle;
+use hull_runtime::state::{self, ContainerState, Isolation, StateDir};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{ForkResult, Pid};
+
+use super::proxy::{self, ProxyPlan};
+use super::{relay, VmSettings};
+use crate::error::{io_err, Result, SandboxError};
+
+pub struct VmCreate<'a> {
+    pub root: &'a Path,
+    pub id: &'a str,
+    /// Loaded and validated by the caller.
+    pub bundle: Bundle,
+    pub console_socket: Option<&'a Path>,
+    pub pid_file: Option<&'a Path>,
+    pub preserve_fds: i32,
+    pub settings: &'a VmSettings,
+}
+
+/// Undoes a failed create, in reverse order.
+struct Undo {
+    dir: Option<StateDir>,
+    cgroup: Option<Cgroup>,
+    proxy: Option<Pid>,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some(pid) = self.proxy {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        if let Some(cg) = &self.cgroup {
+            if let Ok(pids) = cg.pids() {
+                for p in pids {
+                    let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                }
+            }
+            let _ = cg.destroy();
+        }
+        if let Some(dir) = &self.dir {
+            let _ = dir.remove();
+        }
+    }
+}
+
+/// `hull create`: returns once the container waits in the guest for `start`.
+pub fn create(req: VmCreate) -> Result<()> {
+    create_proxy(req, false).map(drop)
+}
+
+/// `hull run`: create, start, and unless `detach` wait for the container's exit and
+/// delete it; the exit status.
+pub fn run(req: VmCreate, detach: bool) -> Result<i32> {
+    let root = req.root.to_path_buf();
+    let id = req.id.to_string();
+    let proxy = create_proxy(req, !detach)?;
+    let c = hull_runtime::container::Container::load(&root, &id)?;
+    if let Err(e) = super::start(&c) {
+        let _ = super::delete(&c, true);
+        return Err(e);
+    }
+    if detach {
+        return Ok(0);
+    }
+    let status = proxy::wait_forwarding_signals(proxy);
+    let c = hull_runtime::container::Container::load(&root, &id)?;
+    super::delete(&c, true)?;
+    Ok(status)
+}
+
+fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
+    if req.preserve_fds > 0 {
+        return Err(SandboxError::Vm(
+            "--preserve-fds: extra fds cannot be handed into a VM container yet; run it with namespace isolation".into(),
+        ));
+    }
+    let bundle = &req.bundle;
+    let config_path = bundle.dir.join("config.json");
+    let config =
+        std::fs::read_to_string(&config_path).map_err(io_err("cannot read", &config_path))?;
+    let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
+    if terminal && req.console_socket.is_none() && !foreground {
+        return Err(SandboxError::Runtime(RuntimeError::InvalidConfig {
+            path: config_path,
+            reason: "process.terminal is true: pass --console-socket to receive the pty master, or set it to false".into(),
+        }));
+    }
+    let cgroups_path = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .and_then(|p| p.to_str());
+    let mut cgroup = Cgroup::resolve(cgroups_path, req.id).map_err(RuntimeError::from)?;
+    let dir = StateDir::create(req.root, req.id)?;
+    let mut undo = Undo {
+        dir: Some(dir.clone()),
+        cgroup: None,
+        proxy: None,
+    };
+    let me = std::process::id() as i32;
+    cgroup.plan_dirs();
+    let mut st = ContainerState {
+        id: req.id.to_string(),
+        pid: 0,
+        start_time: 0,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        created: state::rfc3339_now(),
+        owner: String::new(),
+        creator: state::process_start_time(me).map(|t| (me, t)),
+        started: false,
+        cgroup: cgroup.clone(),
+        config: bundle.spec.clone(),
+        isolation: Isolation::Vm,
+    };
+    dir.save_provisional(&st)?;
+    undo.cgroup = Some(cgroup.clone());
+    // The sandbox's cgroup holds the proxy and the VMM: the engine's accounting of the
+    // container covers the whole VM. The container's own limits hold in the guest.
+    cgroup.create(None).map_err(RuntimeError::from)?;
+    let tty = match (terminal, req.console_socket) {
+        (true, Some(sock)) => Some(send_pty(sock)?),
+        _ => None,
+    };
+    let plan = ProxyPlan {
+        id: req.id.to_string(),
+        state_dir: dir.path.clone(),
+        config,
+        rootfs: bundle.rootfs.clone(),
+        spec: bundle.spec.clone(),
+        terminal,
+        tty,
+        settings: req.settings.clone(),
+        cgroup: cgroup.clone(),
+        foreground,
+    };
+    let (ours, theirs) = UnixStream::pair().map_err(io_err("socketpair for", &dir.path))?;
+    // SAFETY: hull is single-threaded up to here (DESIGN.md); the child runs the proxy.
+    let pid = match unsafe { nix::unistd::fork() }
+        .map_err(|e| SandboxError::Vm(format!("fork the proxy: {e}")))?
+    {
+        ForkResult::Child => {
+            drop(ours);
+            proxy::main(plan, theirs)
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(theirs);
+    drop(plan);
+    undo.proxy = Some(pid);
+    let mut ours = ours;
+    let answer = read_answer(&mut ours);
+    if answer != "ok" {
+        return Err(SandboxError::Vm(if answer.is_empty() {
+            "the proxy exited while starting the VM".into()
+        } else {
+            answer
+        }));
+    }
+    st.pid = pid.as_raw();
+    st.start_time = state::process_start_time(st.pid).ok_or(RuntimeError::ChildGone)?;
+    st.creator = None;
+    dir.save(&st)?;
+    if let Some(p) = req.pid_file {
+        write_pid_file(p, st.pid)?;
+    }
+    ours.write_all(b"go")
+        .map_err(|e| SandboxError::Vm(format!("the proxy went away: {e}")))?;
+    // Until the proxy has dropped its PDEATHSIG it dies with us: wait for its EOF,
+    // which it gives once it no longer depends on this process.
+    let _ = ours.read(&mut [0u8; 1]);
+    undo.dir = None;
+    undo.cgroup = None;
+    undo.proxy = None;
+    Ok(pid)
+}
+
+/// The proxy's one line: "ok", or the error.
+fn read_answer(s: &mut UnixStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while let Ok(1) = s.read(&mut byte) {
+        if byte[0] == b'\n' {
+            break;
+        }
+        buf.push(byte[0]);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A new pty whose master goes to the engine at `--console-socket`, as runc sends it;
+/// the slave stays with the proxy.
+pub(super) fn send_pty(sock: &Path) -> Result<OwnedFd> {
+    let (master, slave) = relay::open_pty().map_err(io_err("cannot open a pty for", sock))?;
+    let conn =
+        UnixStream::connect(sock).map_err(io_err("cannot connect to --console-socket", sock))?;
+    hull_runtime::fdpass::send_fd(conn.as_fd(), b"/dev/ptmx", master.as_fd())
+        .map_err(io_err("cannot send the pty master to", sock))?;
+    Ok(slave)
+}

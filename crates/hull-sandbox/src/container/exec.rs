@@ -1,0 +1,282 @@
+//! `exec` in a VM container. The client hands its stdio (or a pty's slave whose master
+//! went to --console-socket) to the proxy with the request; the proxy relays it to
+//! the agent's streams. The client then waits on the connection for the exit status,
+//! passing on its signals and the terminal's size. With --detach it forks a waiter that
+//! does this and reports the waiter's pid: the process engines wait on and signal, as
+//! they do the exec'd process itself with runc.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hull_proto::{ProcessIo, Reply, Request};
+use hull_runtime::container::Container;
+use hull_runtime::state::Status;
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::ForkResult;
+use oci_spec::runtime::Process;
+
+use super::control::{self, Control, ControlReply};
+use super::proxy::{Shared, CALL};
+use super::relay::{self, RawTerminal};
+use crate::error::{Result, SandboxError};
+
+pub struct VmExec<'a> {
+    pub process: Process,
+    pub console_socket: Option<&'a Path>,
+    pub pid_file: Option<&'a Path>,
+    pub detach: bool,
+    pub preserve_fds: i32,
+}
+
+/// The exit status, or 0 once started when detached.
+pub fn exec(c: &Container, req: VmExec) -> Result<i32> {
+    c.require("exec", &[Status::Created, Status::Running])?;
+    if req.preserve_fds > 0 {
+        return Err(SandboxError::Vm(
+            "--preserve-fds: extra fds cannot be handed into a VM container yet".into(),
+        ));
+    }
+    let terminal = req.process.terminal() == Some(true);
+    let process = serde_json::to_string(&req.process)
+        .map_err(|e| SandboxError::Vm(format!("exec: the process: {e}")))?;
+    let dup = |fd: BorrowedFd| {
+        fd.try_clone_to_owned()
+            .map_err(|e| SandboxError::Vm(format!("exec: dup: {e}")))
+    };
+    let (fds, tty, raw) = match (terminal, req.console_socket) {
+        (true, Some(sock)) => {
+            let slave = super::create::send_pty(sock)?;
+            (
+                vec![dup(slave.as_fd())?, dup(slave.as_fd())?],
+                Some(slave),
+                None,
+            )
+        }
+        (true, None) if req.detach => {
+            return Err(SandboxError::Vm(
+                "--tty with --detach needs --console-socket to receive the pty".into(),
+            ))
+        }
+        (true, None) => {
+            let stdin = std::io::stdin();
+            let fds = vec![dup(stdin.as_fd())?, dup(std::io::stdout().as_fd())?];
+            (
+                fds,
+                Some(dup(stdin.as_fd())?),
+                RawTerminal::enter(stdin.as_fd()),
+            )
+        }
+        (false, _) => (
+            vec![
+                dup(std::io::stdin().as_fd())?,
+                dup(std::io::stdout().as_fd())?,
+                dup(std::io::stderr().as_fd())?,
+            ],
+            None,
+            None,
+        ),
+    };
+    let conn = control::connect(&c.dir.path)?;
+    let borrowed: Vec<BorrowedFd> = fds.iter().map(|f| f.as_fd()).collect();
+    control::send(
+        conn.as_fd(),
+        &Control::Exec { process, terminal },
+        &borrowed,
+    )?;
+    drop(fds);
+    match control::recv::<ControlReply>(conn.as_fd())? {
+        Some((ControlReply::Started { .. }, _)) => {}
+        Some((ControlReply::Error { message }, _)) => return Err(SandboxError::Vm(message)),
+        other => {
+            return Err(SandboxError::Vm(format!(
+                "exec: the proxy answered {:?}",
+                other.map(|o| o.0)
+            )))
+        }
+    }
+    if !req.detach {
+        let status = wait_exec(&conn, tty);
+        drop(raw);
+        return Ok(status);
+    }
+    // SAFETY: hull is single-threaded up to here; the child only waits.
+    match unsafe { nix::unistd::fork() }.map_err(|e| SandboxError::Vm(format!("fork: {e}")))? {
+        ForkResult::Child => {
+            let _ = nix::unistd::setsid();
+            if let Some(t) = &tty {
+                let _ = relay::take_controlling_terminal(t.as_fd());
+            }
+            let _ = relay::stdio_to_null();
+            std::process::exit(wait_exec(&conn, tty))
+        }
+        ForkResult::Parent { child } => {
+            if let Some(p) = req.pid_file {
+                hull_runtime::container::create::write_pid_file(p, child.as_raw())
+                    .map_err(SandboxError::from)?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Signals that reach the exec's stand-in go to the exec.
+fn passed_on() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Waits for the exec's exit status on `conn`; 255 if the proxy went away.
+fn wait_exec(conn: &OwnedFd, tty: Option<OwnedFd>) -> i32 {
+    let set = passed_on();
+    if set.thread_block().is_ok() {
+        if let Ok(sender) = conn.try_clone() {
+            std::thread::spawn(move || loop {
+                let Ok(sig) = set.wait() else { return };
+                let msg = match (sig, &tty) {
+                    (Signal::SIGWINCH, Some(t)) => match relay::window_size(t.as_fd()) {
+                        Some((rows, cols)) => Control::Resize { rows, cols },
+                        None => continue,
+                    },
+                    (Signal::SIGWINCH, None) => continue,
+                    (s, _) => Control::Signal { signal: s as i32 },
+                };
+                if control::send(sender.as_fd(), &msg, &[]).is_err() {
+                    return;
+                }
+            });
+        }
+    }
+    loop {
+        match control::recv::<ControlReply>(conn.as_fd()) {
+            Ok(Some((ControlReply::Exited { status }, _))) => return status,
+            Ok(Some(_)) => continue,
+            _ => return 255,
+        }
+    }
+}
+
+/// The proxy's side of one exec: relays, the exec's start, resizes and signals from
+/// the client, and its exit status back. A client that goes away first takes the exec
+/// with it (SIGKILL): it was the exec's stand-in on the host.
+pub(super) fn serve_exec(
+    shared: &Arc<Shared>,
+    conn: OwnedFd,
+    process: String,
+    terminal: bool,
+    fds: Vec<OwnedFd>,
+) {
+    let fail = |conn: &OwnedFd, message: String| {
+        let _ = control::send(conn.as_fd(), &ControlReply::Error { message }, &[]);
+    };
+    let wanted = if terminal { 2 } else { 3 };
+    if fds.len() != wanted {
+        return fail(
+            &conn,
+            format!(
+                "exec: {} fds came with the request, not {wanted}",
+                fds.len()
+            ),
+        );
+    }
+    let agent = shared.agent.clone();
+    let exec_id = shared.exec_id();
+    let streams = agent.streams();
+    let mut fds = fds.into_iter();
+    let (input, output, error) = (fds.next(), fds.next(), fds.next());
+    let mut outputs = Vec::new();
+    if let Some(o) = output {
+        outputs.push(relay::out_of_agent(agent.subscribe(streams.stdout), o));
+    }
+    if let Some(e) = error {
+        outputs.push(relay::out_of_agent(agent.subscribe(streams.stderr), e));
+    }
+    let request = Request::Exec {
+        container: shared.id.clone(),
+        exec_id: exec_id.clone(),
+        process,
+        io: ProcessIo {
+            stdin: Some(streams.stdin),
+            stdout: Some(streams.stdout),
+            stderr: (!terminal).then_some(streams.stderr),
+            terminal,
+        },
+    };
+    let pid = match agent.call(request, CALL) {
+        Ok(Reply::Process { pid }) => pid,
+        Ok(r) => return fail(&conn, format!("exec: the agent answered {r:?}")),
+        Err(e) => return fail(&conn, e.to_string()),
+    };
+    if let Some(i) = input {
+        relay::into_agent(agent.clone(), streams.stdin, i);
+    }
+    if control::send(conn.as_fd(), &ControlReply::Started { pid }, &[]).is_err() {
+        tracing::debug!("exec {exec_id}: the client left before it started");
+    }
+    let exited = Arc::new(AtomicBool::new(false));
+    if let Ok(reader) = conn.try_clone() {
+        let (shared, exec_id, exited) = (shared.clone(), exec_id.clone(), exited.clone());
+        std::thread::spawn(move || exec_requests(&shared, &exec_id, reader, &exited));
+    }
+    let wait = Request::Wait {
+        container: shared.id.clone(),
+        exec_id: Some(exec_id),
+    };
+    let status = match agent.call(wait, Duration::from_secs(u32::MAX as u64)) {
+        Ok(Reply::Exited { status }) => status,
+        _ => 255,
+    };
+    exited.store(true, Ordering::SeqCst);
+    for o in outputs {
+        let _ = o.join();
+    }
+    let _ = control::send(conn.as_fd(), &ControlReply::Exited { status }, &[]);
+}
+
+fn exec_requests(shared: &Shared, exec_id: &str, conn: OwnedFd, exited: &AtomicBool) {
+    loop {
+        let request = match control::recv::<Control>(conn.as_fd()) {
+            Ok(Some((Control::Resize { rows, cols }, _))) => Request::ResizeTerminal {
+                container: shared.id.clone(),
+                exec_id: Some(exec_id.into()),
+                rows,
+                cols,
+            },
+            Ok(Some((Control::Signal { signal }, _))) => Request::Signal {
+                container: shared.id.clone(),
+                exec_id: Some(exec_id.into()),
+                signal,
+                all: false,
+            },
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => {
+                if !exited.load(Ordering::SeqCst) {
+                    let _ = shared.agent.call(
+                        Request::Signal {
+                            container: shared.id.clone(),
+                            exec_id: Some(exec_id.into()),
+                            signal: libc::SIGKILL,
+                            all: false,
+                        },
+                        CALL,
+                    );
+                }
+                return;
+            }
+        };
+        let _ = shared.agent.call(request, CALL);
+    }
+}

@@ -1,0 +1,212 @@
+//! VM containers through the whole runc lifecycle. `create` forks a proxy: it boots the
+//! sandbox (a VM with the hull guest), has the agent create the container from the
+//! bundle's config.json, relays the stdio `create` was handed, and is the pid that
+//! `create` reports: engines (conmon, containerd's shim) wait on it and get the
+//! container's exit status from it. Later commands reach the proxy through its control
+//! socket in the container's state directory; the state itself is the namespace
+//! runtime's `state.json`, recording `isolation: vm`.
+//!
+//! The proxy owns the VMM (a child of its, with PDEATHSIG), so a proxy that dies takes
+//! the VM with it and the container reads as stopped.
+
+pub mod control;
+mod create;
+mod exec;
+mod proxy;
+pub mod relay;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hull_runtime::container::Container;
+use hull_runtime::error::Error as RuntimeError;
+use hull_runtime::signal::signal_exact;
+use hull_runtime::state::{process_stat, Status, PAUSED_MARK};
+use oci_spec::runtime::LinuxResources;
+
+pub use create::{create, run, VmCreate};
+use exec::serve_exec;
+pub use exec::{exec, VmExec};
+
+use crate::error::{io_err, Result, SandboxError};
+use control::{Control, ControlReply};
+
+/// The directory of the VM's files inside the container's state directory.
+pub const SANDBOX_DIR: &str = "vm";
+
+/// Which VMM boots the guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HypervisorChoice {
+    /// hull-vmm where KVM runs guest code in hardware, QEMU (TCG) elsewhere.
+    #[default]
+    Auto,
+    HullVmm,
+    Qemu,
+}
+
+impl HypervisorChoice {
+    pub fn parse(s: &str) -> Option<HypervisorChoice> {
+        match s {
+            "auto" => Some(HypervisorChoice::Auto),
+            "hull-vmm" => Some(HypervisorChoice::HullVmm),
+            "qemu" => Some(HypervisorChoice::Qemu),
+            _ => None,
+        }
+    }
+}
+
+/// The host's VM settings (config.toml's `[vm]`, after the environment).
+#[derive(Debug, Clone)]
+pub struct VmSettings {
+    pub hypervisor: HypervisorChoice,
+    /// Where `hull guest build` cached the guest.
+    pub guest_dir: PathBuf,
+    /// An explicit (kernel, initramfs) instead of guest_dir's.
+    pub guest_files: Option<(PathBuf, PathBuf)>,
+    /// vCPUs when the bundle sets no cpu quota or cpuset.
+    pub vcpus: u8,
+    /// Guest memory when the bundle sets no memory limit.
+    pub memory_mib: u32,
+    /// From starting the VMM to the agent's hello.
+    pub agent_timeout: Duration,
+}
+
+impl Default for VmSettings {
+    fn default() -> Self {
+        VmSettings {
+            hypervisor: HypervisorChoice::Auto,
+            guest_dir: PathBuf::from(crate::guest::DEFAULT_DIR),
+            guest_files: None,
+            vcpus: 1,
+            memory_mib: 256,
+            agent_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+fn require(c: &Container, action: &'static str, allowed: &[Status]) -> Result<Status> {
+    Ok(c.require(action, allowed)?)
+}
+
+fn call(c: &Container, request: &Control) -> Result<ControlReply> {
+    control::call(&c.dir.path, request)
+}
+
+pub fn start(c: &Container) -> Result<()> {
+    require(c, "start", &[Status::Created])?;
+    call(c, &Control::Start)?;
+    Ok(c.dir.mark_started()?)
+}
+
+pub fn kill(c: &Container, signal: i32, all: bool) -> Result<()> {
+    require(
+        c,
+        "kill",
+        &[Status::Created, Status::Running, Status::Paused],
+    )?;
+    call(c, &Control::Kill { signal, all })?;
+    Ok(())
+}
+
+/// The container's processes, as the guest numbers them.
+pub fn pids(c: &Container) -> Result<Vec<i32>> {
+    require(c, "ps", &[Status::Created, Status::Running, Status::Paused])?;
+    match call(c, &Control::Pids)? {
+        ControlReply::Pids { pids } => Ok(pids),
+        r => Err(SandboxError::Vm(format!("ps: the proxy answered {r:?}"))),
+    }
+}
+
+pub fn pause(c: &Container) -> Result<()> {
+    require(c, "pause", &[Status::Running, Status::Created])?;
+    call(c, &Control::Pause)?;
+    let mark = c.dir.path.join(PAUSED_MARK);
+    std::fs::write(&mark, b"").map_err(io_err("cannot record the pause in", &mark))
+}
+
+pub fn resume(c: &Container) -> Result<()> {
+    require(c, "resume", &[Status::Paused])?;
+    call(c, &Control::Resume)?;
+    let mark = c.dir.path.join(PAUSED_MARK);
+    std::fs::remove_file(&mark).map_err(io_err("cannot remove", &mark))
+}
+
+/// One `events --stats` line, from the guest's cgroup of the container.
+pub fn stats(c: &Container) -> Result<String> {
+    require(
+        c,
+        "events",
+        &[Status::Created, Status::Running, Status::Paused],
+    )?;
+    match call(c, &Control::Stats)? {
+        ControlReply::Stats { json } => Ok(json),
+        r => Err(SandboxError::Vm(format!(
+            "events: the proxy answered {r:?}"
+        ))),
+    }
+}
+
+/// New limits for the container's cgroup in the guest, remembered in its state.
+pub fn update(mut c: Container, resources: &LinuxResources) -> Result<()> {
+    require(
+        &c,
+        "update",
+        &[Status::Created, Status::Running, Status::Paused],
+    )?;
+    let json =
+        serde_json::to_string(resources).map_err(|e| SandboxError::Vm(format!("update: {e}")))?;
+    call(&c, &Control::Update { resources: json })?;
+    let merged = hull_runtime::container::update::merge(
+        c.state
+            .config
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone()),
+        resources,
+    );
+    if let Some(linux) = c.state.config.linux_mut() {
+        linux.set_resources(Some(merged));
+    }
+    Ok(c.dir.save(&c.state)?)
+}
+
+/// Removes a stopped VM container, or with `force` any: the proxy (and with it the
+/// VM), the VMM should it outlive the proxy, the host cgroup, the state directory.
+pub fn delete(c: &Container, force: bool) -> Result<()> {
+    let status = c.status();
+    if status != Status::Stopped && !force {
+        return Err(SandboxError::Runtime(RuntimeError::NotStopped {
+            id: c.id().into(),
+            status,
+        }));
+    }
+    let st = &c.state;
+    if st.pid > 0 {
+        let _ = signal_exact(st.pid, st.start_time, libc::SIGKILL);
+        wait_gone(st.pid, st.start_time);
+    }
+    // The VMM dies with its proxy (PDEATHSIG), but not at once; the sandbox is gone
+    // only when the VMM is.
+    if let Some((pid, start)) = crate::sandbox::recorded_vmm(&c.dir.path.join(SANDBOX_DIR)) {
+        let _ = signal_exact(pid, start, libc::SIGKILL);
+        wait_gone(pid, start);
+    }
+    if let Ok(pids) = st.cgroup.pids() {
+        for p in pids {
+            // SAFETY: kill(2); these are the sandbox's own processes in its cgroup.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+    let cg = st.cgroup.destroy();
+    c.dir.remove()?;
+    cg.map_err(|e| SandboxError::Runtime(e.into()))
+}
+
+/// Waits (at most 5 s) until `pid` with `start` has exited; a zombie counts as gone.
+fn wait_gone(pid: i32, start: u64) {
+    let running = || matches!(process_stat(pid), Some((state, s)) if s == start && state != 'Z');
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

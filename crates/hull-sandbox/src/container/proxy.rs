@@ -1,0 +1,465 @@
+//! The proxy: the host-side process of a VM container, forked by `create`. It boots
+//! the sandbox, has the agent create the container, relays the stdio `create` was
+//! handed, forwards the signals it gets to the container's init, serves the control
+//! socket, and exits with the container's exit status (255 when the VM died under it).
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hull_proto::{ProcessIo, Reply, Request, Rootfs};
+use hull_runtime::cgroups::Cgroup;
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+
+use super::control::{self, Control, ControlReply};
+use super::relay::{self, RawTerminal};
+use super::{serve_exec, VmSettings, SANDBOX_DIR};
+use crate::client::AgentClient;
+use crate::error::{io_err, Result, SandboxError};
+use crate::guest::GuestAssets;
+use crate::hullvmm::HullVmm;
+use crate::hypervisor::{Accel, Disk, Hypervisor};
+use crate::qemu::Qemu;
+use crate::sandbox::{Sandbox, SandboxConfig};
+
+pub(super) const CALL: Duration = Duration::from_secs(60);
+const FOREVER: Duration = Duration::from_secs(u32::MAX as u64);
+const ROOTFS_SERIAL: &str = "rootfs0";
+/// What the guest kernel and agent need besides the container (measured ~24 MiB).
+const GUEST_OVERHEAD_MIB: u64 = 64;
+
+pub(super) struct ProxyPlan {
+    pub id: String,
+    pub state_dir: PathBuf,
+    /// config.json's text, as the agent gets it.
+    pub config: String,
+    pub rootfs: PathBuf,
+    pub spec: Spec,
+    pub terminal: bool,
+    /// The pty slave whose master went to --console-socket.
+    pub tty: Option<OwnedFd>,
+    pub settings: VmSettings,
+    pub cgroup: Cgroup,
+    /// `hull run` in the foreground: the caller's session and terminal.
+    pub foreground: bool,
+}
+
+/// What the threads of a running proxy share.
+pub(super) struct Shared {
+    pub agent: Arc<AgentClient>,
+    pub id: String,
+    next_exec: AtomicU32,
+}
+
+impl Shared {
+    pub fn exec_id(&self) -> String {
+        format!("exec-{}", self.next_exec.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+struct Proxy {
+    sandbox: Sandbox,
+    shared: Arc<Shared>,
+    listener: OwnedFd,
+    outputs: Vec<JoinHandle<()>>,
+    /// The container's terminal on the host, for window sizes.
+    tty: Option<OwnedFd>,
+    raw: Option<RawTerminal>,
+}
+
+/// Signals the proxy passes on to the container's init (SIGWINCH: a resize).
+fn forwarded() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// The forked child's whole life.
+pub(super) fn main(plan: ProxyPlan, mut parent: UnixStream) -> ! {
+    // SAFETY: prctl with integer arguments. A `create` that dies before it has written
+    // the state takes the proxy (and so the VM) with it.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let proxy = match boot(plan) {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = e.to_string().replace('\n', " / ");
+            let _ = writeln!(parent, "{msg}");
+            std::process::exit(1);
+        }
+    };
+    let mut go = [0u8; 2];
+    if parent.write_all(b"ok\n").is_err() || parent.read_exact(&mut go).is_err() || &go != b"go" {
+        std::process::exit(1);
+    }
+    // SAFETY: as above; from now on the proxy outlives `create`.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
+    drop(parent);
+    let status = proxy.serve();
+    std::process::exit(status)
+}
+
+fn boot(mut plan: ProxyPlan) -> Result<Proxy> {
+    if !plan.foreground {
+        nix::unistd::setsid().map_err(|e| SandboxError::Vm(format!("setsid: {e}")))?;
+    }
+    if let Some(tty) = &plan.tty {
+        relay::take_controlling_terminal(tty.as_fd())
+            .map_err(|e| SandboxError::Vm(format!("the console pty: {e}")))?;
+    }
+    // Before any thread exists, so every thread inherits the mask.
+    forwarded()
+        .thread_block()
+        .map_err(|e| SandboxError::Vm(format!("block signals: {e}")))?;
+    plan.cgroup
+        .add_task(std::process::id() as i32)
+        .map_err(hull_runtime::error::Error::from)?;
+    let sandbox = start_sandbox(&plan)?;
+    let agent = sandbox.agent.clone();
+    let shared = Arc::new(Shared {
+        agent: agent.clone(),
+        id: plan.id.clone(),
+        next_exec: AtomicU32::new(1),
+    });
+    let (stdio, tty, raw) = stdio(&mut plan)?;
+    let streams = agent.streams();
+    let mut outputs = vec![relay::out_of_agent(
+        agent.subscribe(streams.stdout),
+        stdio.1,
+    )];
+    if let Some(err) = stdio.2 {
+        outputs.push(relay::out_of_agent(agent.subscribe(streams.stderr), err));
+    }
+    let io = ProcessIo {
+        stdin: Some(streams.stdin),
+        stdout: Some(streams.stdout),
+        stderr: (!plan.terminal).then_some(streams.stderr),
+        terminal: plan.terminal,
+    };
+    let create = Request::CreateContainer {
+        id: plan.id.clone(),
+        config: std::mem::take(&mut plan.config),
+        rootfs: Rootfs {
+            serial: ROOTFS_SERIAL.into(),
+            fstype: "erofs".into(),
+        },
+        io,
+    };
+    agent.call(create, CALL)?;
+    relay::into_agent(agent.clone(), streams.stdin, stdio.0);
+    if let Some(t) = &tty {
+        resize(&shared, None, t);
+    }
+    let listener = control::listen(&plan.state_dir)?;
+    Ok(Proxy {
+        sandbox,
+        shared,
+        listener,
+        outputs,
+        tty,
+        raw,
+    })
+}
+
+type Stdio = (OwnedFd, OwnedFd, Option<OwnedFd>);
+
+/// The container's stdio on the host: the console pty, or the fds `create` was given.
+/// The proxy's own 0, 1 and 2 become /dev/null, so the relays hold the only copies
+/// and the engine sees EOF when the container's output ends.
+fn stdio(plan: &mut ProxyPlan) -> Result<(Stdio, Option<OwnedFd>, Option<RawTerminal>)> {
+    let dup = |fd: std::os::fd::BorrowedFd| {
+        fd.try_clone_to_owned()
+            .map_err(|e| SandboxError::Vm(format!("dup stdio: {e}")))
+    };
+    let (io, tty, raw) = match plan.tty.take() {
+        Some(t) => {
+            let raw = RawTerminal::enter(t.as_fd());
+            ((dup(t.as_fd())?, dup(t.as_fd())?, None), Some(t), raw)
+        }
+        None => {
+            let (i, o) = (std::io::stdin(), std::io::stdout());
+            let io = (
+                dup(i.as_fd())?,
+                dup(o.as_fd())?,
+                (!plan.terminal)
+                    .then(|| dup(std::io::stderr().as_fd()))
+                    .transpose()?,
+            );
+            // `hull run` of a terminal container on the caller's own terminal.
+            let (tty, raw) = if plan.terminal {
+                (Some(dup(i.as_fd())?), RawTerminal::enter(i.as_fd()))
+            } else {
+                (None, None)
+            };
+            (io, tty, raw)
+        }
+    };
+    if !plan.foreground || !plan.terminal {
+        relay::stdio_to_null().map_err(io_err("cannot point stdio at", "/dev/null"))?;
+    }
+    Ok((io, tty, raw))
+}
+
+fn start_sandbox(plan: &ProxyPlan) -> Result<Sandbox> {
+    let s = &plan.settings;
+    let assets = match &s.guest_files {
+        Some((kernel, initramfs)) => GuestAssets {
+            vmlinux: kernel.clone(),
+            bzimage: kernel.clone(),
+            initramfs: initramfs.clone(),
+            kernel_build_seconds: None,
+            kernel_build_incremental: None,
+        },
+        None => GuestAssets::locate(&s.guest_dir)?,
+    };
+    let dir = plan.state_dir.join(SANDBOX_DIR);
+    std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+    let image = dir.join("rootfs.erofs");
+    crate::image::erofs_from_dir(&plan.rootfs, &image)?;
+    let (vcpus, memory_mib) = sizing(&plan.spec, s);
+    let accel = Accel::detect();
+    let hypervisor: Box<dyn Hypervisor> = match (s.hypervisor, accel) {
+        (super::HypervisorChoice::HullVmm, _) | (super::HypervisorChoice::Auto, Accel::Kvm) => {
+            Box::new(HullVmm::default())
+        }
+        _ => Box::new(Qemu::default()),
+    };
+    Sandbox::start(
+        hypervisor.as_ref(),
+        SandboxConfig {
+            assets,
+            dir,
+            disks: vec![Disk {
+                path: image,
+                readonly: true,
+                serial: ROOTFS_SERIAL.into(),
+            }],
+            vcpus,
+            memory_mib,
+            accel,
+            extra_cmdline: String::new(),
+            boot_timeout: s.agent_timeout,
+        },
+    )
+}
+
+/// vCPUs from the cpu quota or cpuset, memory from the limit plus the guest's own
+/// needs; the settings' defaults where the bundle says nothing.
+pub(super) fn sizing(spec: &Spec, s: &VmSettings) -> (u8, u32) {
+    let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let cpu = res.and_then(|r| r.cpu().as_ref());
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let from_quota = cpu.and_then(|c| match (c.quota(), c.period()) {
+        (Some(q), Some(p)) if q > 0 && p > 0 => Some((q as u64).div_ceil(p)),
+        _ => None,
+    });
+    let from_cpuset = cpu
+        .and_then(|c| c.cpus().as_deref())
+        .filter(|s| !s.is_empty())
+        .map(|set| cpuset_count(set) as u64);
+    let vcpus = from_quota
+        .or(from_cpuset)
+        .unwrap_or(u64::from(s.vcpus))
+        .clamp(1, host_cpus.max(1) as u64) as u8;
+    let memory = res
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|&l| l > 0)
+        .map(|l| (l as u64).div_ceil(1 << 20) + GUEST_OVERHEAD_MIB)
+        .unwrap_or(u64::from(s.memory_mib))
+        .clamp(96, 1 << 16) as u32;
+    (vcpus, memory)
+}
+
+/// CPUs in a cpuset list such as "0-2,5".
+fn cpuset_count(set: &str) -> usize {
+    set.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 1,
+            },
+            None => 1,
+        })
+        .sum()
+}
+
+/// Tells the guest the terminal's size on the host.
+pub(super) fn resize(shared: &Shared, exec_id: Option<String>, tty: &OwnedFd) {
+    if let Some((rows, cols)) = relay::window_size(tty.as_fd()) {
+        let request = Request::ResizeTerminal {
+            container: shared.id.clone(),
+            exec_id,
+            rows,
+            cols,
+        };
+        let _ = shared.agent.call(request, CALL);
+    }
+}
+
+impl Proxy {
+    fn serve(self) -> i32 {
+        let shared = self.shared.clone();
+        let tty = self.tty;
+        std::thread::spawn(move || forward_signals(&shared, tty));
+        let (listener, shared) = (self.listener, self.shared.clone());
+        std::thread::spawn(move || loop {
+            let Ok(conn) = control::accept(listener.as_fd()) else {
+                return;
+            };
+            let shared = shared.clone();
+            std::thread::spawn(move || serve_connection(&shared, conn));
+        });
+        let wait = Request::Wait {
+            container: self.shared.id.clone(),
+            exec_id: None,
+        };
+        let status = match self.shared.agent.call(wait, FOREVER) {
+            Ok(Reply::Exited { status }) => status,
+            Ok(r) => {
+                tracing::error!("wait answered {r:?}");
+                255
+            }
+            Err(e) => {
+                tracing::error!("the container's VM went away: {e}");
+                255
+            }
+        };
+        for o in self.outputs {
+            let _ = o.join();
+        }
+        drop(self.raw);
+        // The container's writable layer is the guest's tmpfs: nothing to keep, but
+        // the agent syncs what volumes may hold before powering off.
+        let _ = self.sandbox.shutdown(Duration::from_secs(10));
+        status
+    }
+}
+
+fn forward_signals(shared: &Shared, tty: Option<OwnedFd>) {
+    let set = forwarded();
+    loop {
+        let Ok(sig) = set.wait() else { return };
+        if sig == Signal::SIGWINCH {
+            if let Some(t) = &tty {
+                resize(shared, None, t);
+            }
+            continue;
+        }
+        let request = Request::Signal {
+            container: shared.id.clone(),
+            exec_id: None,
+            signal: sig as i32,
+            all: false,
+        };
+        let _ = shared.agent.call(request, CALL);
+    }
+}
+
+/// One control connection: requests until EOF, or an exec, which keeps it.
+fn serve_connection(shared: &Arc<Shared>, conn: OwnedFd) {
+    loop {
+        let (request, fds) = match control::recv::<Control>(conn.as_fd()) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = control::send(
+                    conn.as_fd(),
+                    &ControlReply::Error {
+                        message: e.to_string(),
+                    },
+                    &[],
+                );
+                return;
+            }
+        };
+        if let Control::Exec { process, terminal } = request {
+            return serve_exec(shared, conn, process, terminal, fds);
+        }
+        let reply = match answer(shared, request) {
+            Ok(r) => r,
+            Err(e) => ControlReply::Error {
+                message: e.to_string(),
+            },
+        };
+        if control::send(conn.as_fd(), &reply, &[]).is_err() {
+            return;
+        }
+    }
+}
+
+fn answer(shared: &Shared, request: Control) -> Result<ControlReply> {
+    let container = shared.id.clone();
+    let agent_request = match request {
+        Control::Start => Request::StartContainer { id: container },
+        Control::Kill { signal, all } => Request::Signal {
+            container,
+            exec_id: None,
+            signal,
+            all,
+        },
+        Control::Pids => Request::Pids { container },
+        Control::Pause => Request::Pause { container },
+        Control::Resume => Request::Resume { container },
+        Control::Stats => Request::Stats { container },
+        Control::Update { resources } => Request::Update {
+            container,
+            resources,
+        },
+        Control::Exec { .. } | Control::Resize { .. } | Control::Signal { .. } => {
+            return Err(SandboxError::Vm(
+                "resize and signal requests go on an exec's own connection".into(),
+            ))
+        }
+    };
+    Ok(match shared.agent.call(agent_request, CALL)? {
+        Reply::Pids { pids } => ControlReply::Pids { pids },
+        Reply::Stats { json } => ControlReply::Stats { json },
+        _ => ControlReply::Done,
+    })
+}
+
+/// `hull run` in the foreground: waits for the proxy (our child) and passes on the
+/// signals sent to us by a process; a terminal's own (^C, a resize) reach the proxy
+/// directly, as it shares our process group.
+pub(super) fn wait_forwarding_signals(proxy: Pid) -> i32 {
+    let mut set = forwarded();
+    set.remove(Signal::SIGWINCH);
+    if set.thread_block().is_ok() {
+        std::thread::spawn(move || loop {
+            // SAFETY: siginfo_t is plain data that sigwaitinfo fills in.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: a valid signal set and a valid out-pointer.
+            let sig = unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) };
+            if sig > 0 && info.si_code <= 0 {
+                // SAFETY: kill(2) on our own child, which we have not reaped.
+                unsafe { libc::kill(proxy.as_raw(), sig) };
+            }
+        });
+    }
+    loop {
+        match nix::sys::wait::waitpid(proxy, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => return code,
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 255,
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! VM containers through the runc lifecycle as engines drive it: `create` and `start`
+//! as separate processes, the pid from --pid-file as the process to wait on (the test
+//! is its subreaper, as conmon and containerd's shim are), state, exec, ps, pause,
+//! events, update, kill and delete. Boots real VMs (QEMU/TCG here).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Bundle, Container};
+
+/// The test process adopts orphans, as conmon and containerd's shim do: the proxy that
+/// `create` reports outlives `create` and is waited on here.
+fn become_subreaper() {
+    nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+}
+
+/// The exit status of `pid`, a process this test adopted.
+fn wait_adopted(pid: i32, timeout: Duration) -> i32 {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + timeout;
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => {}
+            Err(e) => panic!("waitpid {pid}: {e} (not adopted?)"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} still runs after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_pid(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `hull --isolation vm create` with stdin from `input`; stdout and stderr of the
+/// container land in init.out and init.err.
+fn create_vm(c: &Container, input: Option<&Path>, global: &[&str]) -> (common::Out, PathBuf) {
+    let pid_file = c.bundle.dir.join("init.pid");
+    let mut cmd = Command::new(&c.bin);
+    cmd.arg("--root").arg(&c.root).args(global);
+    cmd.args(["create", "--bundle", &c.dir(), "--pid-file"])
+        .arg(&pid_file)
+        .arg(&c.id);
+    let stdin = match input {
+        Some(p) => Stdio::from(std::fs::File::open(p).unwrap()),
+        None => Stdio::null(),
+    };
+    cmd.stdin(stdin)
+        .stdout(std::fs::File::create(c.bundle.dir.join("init.out")).unwrap())
+        .stderr(std::fs::File::create(c.bundle.dir.join("init.err")).unwrap());
+    let status = cmd.status().expect("spawn create");
+    let out = common::Out {
+        code: status.code().unwrap_or(128),
+        stdout: String::new(),
+        stderr: c.init_output().1,
+    };
+    (out, pid_file)
+}
+
+/// No process of this container's sandbox left (proxy or VMM), no state directory.
+fn assert_vm_gone(c: &Container) {
+    let state = c.root.join(&c.id);
+    assert!(!state.exists(), "{} was left behind", state.display());
+    let needle = state.display().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(&needle),
+            "a VMM of this container still runs: pid {:?}",
+            e.file_name()
+        );
+    }
+    let left: Vec<PathBuf> = common::cleanup::cgroup_hierarchies()
+        .into_iter()
+        .map(|h| h.join(&c.id))
+        .filter(|p| p.join(&c.id).exists())
+        .collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}
+
+fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn create_then_start_runs_in_the_vm_and_the_reported_pid_carries_the_exit_status() {
+    hull_only!();
+    become_subreaper();
+    let c = Bundle::new(&["sh", "-c", "uname -r; cat; echo to-stderr >&2; exit 7"]).container();
+    let input = c.bundle.dir.join("input");
+    std::fs::write(&input, "through the proxy\n").unwrap();
+    let (out, pid_file) = create_vm(&c, Some(&input), &["--isolation", "vm"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let pid = read_pid(&pid_file);
+    let st = c.state();
+    assert_eq!(st["status"], "created", "{st}");
+    assert_eq!(st["pid"], pid, "state and --pid-file name the same process");
+    assert_eq!(st["annotations"]["io.hull.isolation"], "vm", "{st}");
+    let list = c.hull(&["list", "--format", "json"]).ok("list");
+    assert!(list.stdout.contains(r#""isolation":"vm""#), "{list:?}");
+    // Nothing runs before start.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.init_output().0, "", "the container ran before start");
+    c.start().ok("start");
+    assert_eq!(wait_adopted(pid, Duration::from_secs(60)), 7);
+    let (stdout, stderr) = c.init_output();
+    let mut lines = stdout.lines();
+    let kernel = lines.next().unwrap_or_default();
+    assert!(
+        !kernel.is_empty() && kernel != host_kernel(),
+        "ran on the host's kernel: {stdout:?}"
+    );
+    assert_eq!(lines.next(), Some("through the proxy"), "{stdout:?}");
+    assert_eq!(stderr, "to-stderr\n");
+    assert_eq!(c.status(), "stopped");
+    c.delete(false).ok("delete");
+    assert_vm_gone(&c);
+}
+
+#[test]
+fn the_annotation_gives_a_vm_through_create_and_start_or_a_conflict_is_refused() {
+    hull_only!();
+    become_subreaper();
+    let c = Bundle::new(&["uname", "-r"])
+        .config(|v| v["annotations"] = serde_json::json!({"io.hull.isolation": "vm"}))
+        .container();
+    // The operator asking for namespaces while the bundle asks for a VM: refused, and
+    // nothing made.
+    let (out, _) = create_vm(&c, None, &["--isolation", "namespace"]);
+    out.assert_error("conflicting isolation", &["io.hull.isolation"]);
+    assert!(!c.root.join(&c.id).exists());
+    // Without a flag the annotation decides: the guest's kernel, not the host's.
+    let (out, pid_file) = create_vm(&c, None, &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    c.start().ok("start");
+    assert_eq!(
+        wait_adopted(read_pid(&pid_file), Duration::from_secs(60)),
+        0
+    );
+    let kernel = c.init_output().0;
+    assert!(
+        !kernel.trim().is_empty() && kernel.trim() != host_kernel(),
+        "{kernel:?}"
+    );
+    c.delete(false).ok("delete");
+    assert_vm_gone(&c);
+}
+
+#[test]
+fn hull_vm_as_a_command_name_and_the_config_file_choose_vm() {
+    hull_only!();
+    become_subreaper();
+    let c = Bundle::new(&["true"]).container();
+    let bin_dir = c.bundle.dir.join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let hull_vm = bin_dir.join("hull-vm");
+    std::os::unix::fs::symlink(&c.bin, &hull_vm).unwrap();
+    let out = Command::new(&hull_vm)
+        .args(["--root", &c.root.display().to_string()])
+        .args(["create", "--bundle", &c.dir(), &c.id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+    assert_eq!(c.state()["annotations"]["io.hull.isolation"], "vm");
+    c.delete(true).ok("delete --force");
+    assert_vm_gone(&c);
+
+    // config.toml's default; a mistake in it is an error naming the file.
+    let conf = c.bundle.dir.join("config.toml");
+    std::fs::write(&conf, "isolation = \"vm\"\n").unwrap();
+    let out = c.hull_with(&["create", "--bundle", &c.dir(), &c.id], |cmd| {
+        cmd.env("HULL_CONFIG", &conf);
+    });
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(c.state()["annotations"]["io.hull.isolation"], "vm");
+    c.delete(true).ok("delete --force");
+    std::fs::write(&conf, "isolaton = \"vm\"\n").unwrap();
+    let out = c.hull_with(&["create", "--bundle", &c.dir(), &c.id], |cmd| {
+        cmd.env("HULL_CONFIG", &conf);
+    });
+    out.assert_error("a misspelt key", &["config.toml"]);
+    assert_vm_gone(&c);
+}
+
+#[test]
+fn exec_ps_pause_events_update_and_kill_all_reach_the_guest() {
+    hull_only!();
+    become_subreaper();
+    let c = Bundle::new(&["sh", "-c", "echo up; while :; do sleep 1; done"])
+        .config(|v| v["linux"]["resources"]["memory"] = serde_json::json!({"limit": 67108864}))
+        .container();
+    let (out, pid_file) = create_vm(&c, None, &["--isolation", "vm"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    c.start().ok("start");
+    assert_eq!(c.status(), "running");
+
+    let out = c.exec(&[
+        "sh",
+        "-c",
+        "echo in-exec; cat /sys/fs/cgroup/memory.max; exit 5",
+    ]);
+    assert_eq!(out.code, 5, "{out:?}");
+    assert_eq!(out.stdout, "in-exec\n67108864\n");
+
+    // Detached: the pid reported stands for the exec and carries its status.
+    let exec_pid = c.bundle.dir.join("exec.pid");
+    let exec_pid_s = exec_pid.display().to_string();
+    let out = c.exec_with(
+        &["-d", "--pid-file", &exec_pid_s],
+        &["sh", "-c", "sleep 1; exit 9"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        wait_adopted(read_pid(&exec_pid), Duration::from_secs(60)),
+        9
+    );
+
+    let ps = c.hull(&["ps", "--format", "json", &c.id]).ok("ps");
+    let pids: Vec<i32> = serde_json::from_str(&ps.stdout).unwrap();
+    // Numbered by the guest (as runc's are by the host): the container's shell is one.
+    assert!(!pids.is_empty(), "{ps:?}");
+    let table = c.hull(&["ps", &c.id]).ok("ps");
+    assert!(table.stdout.contains(&pids[0].to_string()), "{table:?}");
+
+    c.hull(&["pause", &c.id]).ok("pause");
+    assert_eq!(c.status(), "paused");
+    c.hull(&["resume", &c.id]).ok("resume");
+    assert_eq!(c.status(), "running");
+
+    let ev = c.hull(&["events", "--stats", &c.id]).ok("events");
+    let ev: serde_json::Value = serde_json::from_str(&ev.stdout).unwrap();
+    assert_eq!(ev["type"], "stats", "{ev}");
+    assert!(
+        ev["data"]["memory"]["usage"]["usage"].as_u64().unwrap_or(0) > 0,
+        "{ev}"
+    );
+
+    c.hull(&["update", "--memory", "100m", &c.id]).ok("update");
+    let out = c.exec(&["cat", "/sys/fs/cgroup/memory.max"]);
+    assert_eq!(out.stdout.trim(), "104857600", "{out:?}");
+
+    c.hull(&["kill", "--all", &c.id, "KILL"]).ok("kill --all");
+    assert_eq!(
+        wait_adopted(read_pid(&pid_file), Duration::from_secs(60)),
+        137
+    );
+    assert_eq!(c.status(), "stopped");
+    c.delete(false).ok("delete");
+    assert_vm_gone(&c);
+}
+
+#[test]
+fn a_killed_proxy_or_vmm_reads_as_stopped_and_delete_leaves_nothing() {
+    hull_only!();
+    become_subreaper();
+    for victim in ["proxy", "vmm"] {
+        let c = Bundle::new(&["sleep", "1000"]).container();
+        let (out, pid_file) = create_vm(&c, None, &["--isolation", "vm"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        c.start().ok("start");
+        let proxy = read_pid(&pid_file);
+        let target = match victim {
+            "proxy" => proxy,
+            _ => vmm_pid(&c),
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(target),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let status = wait_adopted(proxy, Duration::from_secs(30));
+        if victim == "proxy" {
+            assert_eq!(status, 137);
+        } else {
+            assert_eq!(status, 255, "the proxy reports a VM that died under it");
+        }
+        c.wait_status("stopped", Duration::from_secs(10));
+        c.delete(false).ok("delete");
+        assert_vm_gone(&c);
+    }
+}
+
+/// The VMM of `c`: the process whose command line names its sandbox directory.
+fn vmm_pid(c: &Container) -> i32 {
+    let needle = c.root.join(&c.id).join("vm").display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(&needle)
+        })
+        .expect("the VMM of this container")
+}
+
+#[test]
+fn ids_with_dots_never_touch_each_other() {
+    hull_only!();
+    become_subreaper();
+    // A namespace container named like a VM sandbox directory used to be.
+    let web = Bundle::new(&["sleep", "1000"]).container();
+    let dotted = format!("{}.vm", web.id);
+    let out = web.hull(&["run", "-d", "--bundle", &web.dir(), &dotted]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let vm = Container {
+        id: web.id.clone(),
+        root: web.root.clone(),
+        bin: web.bin.clone(),
+        bundle: Bundle::new(&["sleep", "1000"]),
+    };
+    std::fs::write(
+        vm.bundle.dir.join("config.json"),
+        serde_json::to_vec(&vm.bundle.config).unwrap(),
+    )
+    .unwrap();
+    let (out, _) = create_vm(&vm, None, &["--isolation", "vm"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    vm.delete(true).ok("delete --force of the VM container");
+    let st = web
+        .hull(&["state", &dotted])
+        .ok("state of the namespace container");
+    assert!(st.stdout.contains("\"running\""), "{st:?}");
+    web.hull(&["delete", "--force", &dotted]).ok("delete");
+    assert!(!web.root.join(&dotted).exists());
+}

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use hull_proto::{ProcessIo, Rootfs};
+use hull_proto::{MountFile, ProcessIo, Rootfs};
 use hull_runtime::container::{self, create::CreateOptions, create::StartMode};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
@@ -58,6 +58,7 @@ impl Sandbox {
         config: &str,
         rootfs: &Rootfs,
         pio: &ProcessIo,
+        files: &[MountFile],
     ) -> Result<(i32, NearEnds)> {
         hull_runtime::spec::validate_id(id)?;
         let key = (id.to_string(), None);
@@ -66,8 +67,8 @@ impl Sandbox {
         }
         let bundle = self.bundles.join(id);
         let made = (|| {
-            let readonly = write_config(&bundle, config, pio.terminal)?;
-            mount_rootfs(&bundle, rootfs, readonly)?;
+            write_config(&bundle, config, pio.terminal, files)?;
+            mount_rootfs(&bundle, rootfs)?;
             let spec_bundle = hull_runtime::spec::Bundle::load(&bundle)?;
             let opts = CreateOptions {
                 id: id.to_string(),
@@ -290,11 +291,12 @@ fn pty_ends(master: &OwnedFd, pio: &ProcessIo, near: &mut NearEnds) -> Result<()
     Ok(())
 }
 
-/// Writes config.json with the root pointing at the bundle's mount; says whether the
-/// container asked for a read-only root.
-fn write_config(bundle: &Path, config: &str, terminal: bool) -> Result<bool> {
+/// Writes config.json with the root pointing at the bundle's mount and the host's
+/// file copies in place.
+fn write_config(bundle: &Path, config: &str, terminal: bool, files: &[MountFile]) -> Result<()> {
     let mut v: serde_json::Value =
         serde_json::from_str(config).context("config.json is not valid JSON")?;
+    place_files(bundle, &mut v, files)?;
     // As for exec: the host's streams decide whether there is a terminal.
     if let Some(p) = v.get_mut("process").and_then(|p| p.as_object_mut()) {
         p.insert("terminal".into(), terminal.into());
@@ -303,15 +305,35 @@ fn write_config(bundle: &Path, config: &str, terminal: bool) -> Result<bool> {
         .get_mut("root")
         .and_then(|r| r.as_object_mut())
         .ok_or_else(|| anyhow!("config.json has no root object"))?;
-    let readonly = root
-        .get("readonly")
-        .and_then(|r| r.as_bool())
-        .unwrap_or(false);
     root.insert("path".into(), "rootfs".into());
     std::fs::create_dir_all(bundle.join("rootfs")).context("mkdir bundle")?;
     std::fs::write(bundle.join("config.json"), serde_json::to_vec(&v)?)
         .context("write config.json")?;
-    Ok(readonly)
+    Ok(())
+}
+
+/// The host's copies of bound files go to `<bundle>/files/<mount>`, and the mounts
+/// that named them on the host bind the copies.
+fn place_files(bundle: &Path, config: &mut serde_json::Value, files: &[MountFile]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let dir = bundle.join("files");
+    std::fs::create_dir_all(&dir).context("mkdir the bundle's files")?;
+    for f in files {
+        let mount = config
+            .get_mut("mounts")
+            .and_then(|m| m.get_mut(f.mount))
+            .and_then(|m| m.as_object_mut())
+            .ok_or_else(|| anyhow!("a file for mount {} that the config does not have", f.mount))?;
+        let path = dir.join(f.mount.to_string());
+        std::fs::write(&path, &f.content).with_context(|| format!("write {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode & 0o7777))
+            .with_context(|| format!("chmod {}", path.display()))?;
+        mount.insert("source".into(), path.display().to_string().into());
+    }
+    Ok(())
 }
 
 /// The disk whose virtio serial the host named.
@@ -330,22 +352,25 @@ fn find_disk(serial: &str) -> Result<PathBuf> {
 
 /// A read-only image gets a tmpfs overlay on top, so the container can write, unless it
 /// asked for a read-only root.
-fn mount_rootfs(bundle: &Path, rootfs: &Rootfs, readonly: bool) -> Result<()> {
+fn mount_rootfs(bundle: &Path, rootfs: &Rootfs) -> Result<()> {
     let dev = find_disk(&rootfs.serial)?;
     let fstype = match rootfs.fstype.as_str() {
         t @ ("erofs" | "ext4") => t,
         t => bail!("rootfs type {t:?} is not supported: use erofs or ext4"),
     };
     let target = bundle.join("rootfs");
-    let image_ro = fstype == "erofs";
-    if readonly || !image_ro {
-        let flags = if readonly {
-            MsFlags::MS_RDONLY
-        } else {
-            MsFlags::empty()
-        };
-        mount(Some(&dev), &target, Some(fstype), flags, None::<&str>)
-            .with_context(|| format!("mount {} ({fstype})", dev.display()))?;
+    // Always writable here, even for a read-only root: the runtime creates the mount
+    // points first and makes the root read-only after, as it does on a host (a file
+    // volume's mount point may not exist in the image).
+    if fstype != "erofs" {
+        mount(
+            Some(&dev),
+            &target,
+            Some(fstype),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mount {} ({fstype})", dev.display()))?;
         return Ok(());
     }
     let lower = bundle.join(".lower");

@@ -268,9 +268,10 @@ impl Server {
                 config,
                 rootfs,
                 io,
+                files,
             } => {
                 self.check_streams(io.streams())?;
-                let (pid, near) = self.sandbox.create(&cid, &config, &rootfs, &io)?;
+                let (pid, near) = self.sandbox.create(&cid, &config, &rootfs, &io, &files)?;
                 self.attach(near, (cid, None));
                 Ok(Outcome::Reply(Reply::Process { pid }))
             }

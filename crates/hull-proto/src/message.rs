@@ -61,6 +61,16 @@ pub struct Rootfs {
     pub fstype: String,
 }
 
+/// The content of a host file that `mounts[mount]` of the config binds: the guest
+/// cannot see the host's files, so the agent writes this copy and binds it instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountFile {
+    pub mount: usize,
+    pub content: Vec<u8>,
+    /// Permission bits of the host file.
+    pub mode: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -71,6 +81,9 @@ pub enum Request {
         config: String,
         rootfs: Rootfs,
         io: ProcessIo,
+        /// Host files that bind mounts of `config` name, copied in.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        files: Vec<MountFile>,
     },
     StartContainer {
         id: String,

@@ -55,6 +55,7 @@ proptest! {
                 config: cfg,
                 rootfs: hull_proto::Rootfs { serial: name, fstype: "erofs".into() },
                 io: ProcessIo { stdin, stdout: Some(200), stderr: None, terminal },
+                files: vec![],
             },
         };
         let mut wire = Vec::new();

@@ -230,6 +230,7 @@ fn container_in_a_qemu_vm() {
             fstype: "erofs".into(),
         },
         io,
+        files: vec![],
     };
     let created = agent.call(create, CALL);
     assert!(
@@ -369,6 +370,7 @@ fn ctrl_alt_del_stops_the_containers_then_the_guest() {
             fstype: "erofs".into(),
         },
         io,
+        files: vec![],
     };
     assert!(matches!(
         agent.call(create, CALL),

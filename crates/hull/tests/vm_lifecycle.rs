@@ -342,3 +342,56 @@ fn ids_with_dots_never_touch_each_other() {
     web.hull(&["delete", "--force", &dotted]).ok("delete");
     assert!(!web.root.join(&dotted).exists());
 }
+
+#[test]
+fn a_terminal_through_console_socket_with_resize_and_input() {
+    hull_only!();
+    become_subreaper();
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let script =
+        "for i in $(seq 100); do [ \"$(stty size)\" = '40 100' ] && break; sleep 0.1; done; \
+                  stty size; tty; read line; echo got:$line; exit 4";
+    let c = Bundle::new(&["sh", "-c", script])
+        .config(|v| {
+            v["process"]["terminal"] = serde_json::json!(true);
+            v["annotations"] = serde_json::json!({"io.hull.isolation": "vm"});
+        })
+        .container();
+    let sock = c.bundle.dir.join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let accept = std::thread::spawn(move || common::console::receive_fd(&listener));
+    let pid_file = c.bundle.dir.join("init.pid");
+    let out = c.create_with(&[
+        "--console-socket",
+        &sock.display().to_string(),
+        "--pid-file",
+        &pid_file.display().to_string(),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut master = accept.join().unwrap();
+    // The engine resizes its end; the guest's terminal follows.
+    let ws = libc::winsize {
+        ws_row: 40,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize through a valid pointer.
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
+    c.start().ok("start");
+    master.write_all(b"hello\n").unwrap();
+    let out = common::console::read_master(&mut master, Duration::from_secs(60));
+    // The guest's line discipline echoes the input whenever it arrives.
+    assert!(out.contains("40 100\r\n/dev/pts/0\r\n"), "{out:?}");
+    assert!(out.ends_with("got:hello\r\n"), "{out:?}");
+    assert_eq!(
+        wait_adopted(read_pid(&pid_file), Duration::from_secs(30)),
+        4
+    );
+    c.delete(false).ok("delete");
+    assert_vm_gone(&c);
+}

@@ -143,6 +143,7 @@ fn bad_requests_get_error_replies_and_the_server_goes_on() {
             fstype: "erofs".into(),
         },
         io: ProcessIo::default(),
+        files: vec![],
     };
     let e = a.call(3, create).unwrap_err();
     assert!(e.contains("escape"), "{e}");
@@ -157,6 +158,7 @@ fn bad_requests_get_error_replies_and_the_server_goes_on() {
             stdout: Some(0),
             ..Default::default()
         },
+        files: vec![],
     };
     let e = a.call(4, create).unwrap_err();
     assert!(e.contains("stream 0"), "{e}");

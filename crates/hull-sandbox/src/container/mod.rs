@@ -12,6 +12,7 @@
 pub mod control;
 mod create;
 mod exec;
+pub mod guest_config;
 mod proxy;
 pub mod relay;
 

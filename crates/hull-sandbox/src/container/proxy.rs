@@ -38,8 +38,10 @@ const GUEST_OVERHEAD_MIB: u64 = 64;
 pub(super) struct ProxyPlan {
     pub id: String,
     pub state_dir: PathBuf,
-    /// config.json's text, as the agent gets it.
+    /// config.json's text as the guest gets it (guest_config).
     pub config: String,
+    /// Host files its bind mounts take along.
+    pub files: Vec<hull_proto::MountFile>,
     pub rootfs: PathBuf,
     pub spec: Spec,
     pub terminal: bool,
@@ -160,6 +162,7 @@ fn boot(mut plan: ProxyPlan) -> Result<Proxy> {
             fstype: "erofs".into(),
         },
         io,
+        files: std::mem::take(&mut plan.files),
     };
     agent.call(create, CALL)?;
     relay::into_agent(agent.clone(), streams.stdin, stdio.0);

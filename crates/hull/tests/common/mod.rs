@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod cleanup;
+pub mod console;
 
 // Not every test file checks cleanup.
 #[allow(unused_imports)]

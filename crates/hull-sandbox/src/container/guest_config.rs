@@ -1,0 +1,161 @@
+//! config.json as the guest gets it. The engine wrote it for the host: namespace paths
+//! name the host's namespaces, bind mounts name the host's files. Inside the VM:
+//! - the network namespace at a path becomes the container's own in the guest (the
+//!   engine's interfaces are mirrored there); any other namespace path is refused: a
+//!   VM container cannot join a host namespace;
+//! - a bind of a host file (podman's and docker's /etc/hosts, /etc/resolv.conf,
+//!   /etc/hostname, /run/.containerenv, a file volume) travels as a copy made at create,
+//!   up to 128 KiB each: later changes on either side are not seen by the other;
+//! - a bind at /dev/shm becomes a tmpfs: shared memory cannot cross the VM boundary;
+//! - a bind of a host directory is refused with an error until directories can be
+//!   shared (never silently dropped).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use hull_proto::MountFile;
+use serde_json::{json, Value};
+
+use crate::error::{Result, SandboxError};
+
+/// The largest host file a bind mount copies into the guest.
+pub const MAX_FILE: u64 = 128 * 1024;
+
+/// The guest's config.json text and the files its binds take along.
+pub fn for_guest(config: &str, bundle: &Path) -> Result<(String, Vec<MountFile>)> {
+    let bad =
+        |m: String| SandboxError::Vm(format!("{}: {m}", bundle.join("config.json").display()));
+    let mut v: Value = serde_json::from_str(config).map_err(|e| bad(e.to_string()))?;
+    if let Some(namespaces) = v
+        .pointer_mut("/linux/namespaces")
+        .and_then(Value::as_array_mut)
+    {
+        for ns in namespaces.iter_mut() {
+            let Some(obj) = ns.as_object_mut() else {
+                continue;
+            };
+            let Some(path) = obj.get("path").and_then(Value::as_str).map(str::to_owned) else {
+                continue;
+            };
+            match obj.get("type").and_then(Value::as_str) {
+                Some("network") => {
+                    obj.remove("path");
+                }
+                t => return Err(bad(format!(
+                    "the {} namespace at {path} is the host's: a container in a VM cannot join it",
+                    t.unwrap_or("?")
+                ))),
+            }
+        }
+    }
+    let mut files = Vec::new();
+    if let Some(mounts) = v.get_mut("mounts").and_then(Value::as_array_mut) {
+        for (i, m) in mounts.iter_mut().enumerate() {
+            if !is_bind(m) {
+                continue;
+            }
+            let dest = m["destination"].as_str().unwrap_or_default().to_string();
+            let source = m["source"].as_str().unwrap_or_default();
+            let source = if Path::new(source).is_absolute() {
+                PathBuf::from(source)
+            } else {
+                bundle.join(source)
+            };
+            if dest == "/dev/shm" {
+                *m = json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]});
+                continue;
+            }
+            let meta = std::fs::metadata(&source)
+                .map_err(|e| bad(format!("bind mount source {}: {e}", source.display())))?;
+            if meta.is_dir() {
+                return Err(bad(format!(
+                    "bind mount of the directory {} at {dest}: directories cannot be shared into a VM container yet; use namespace isolation for it",
+                    source.display()
+                )));
+            }
+            if !meta.is_file() {
+                return Err(bad(format!(
+                    "bind mount of {} at {dest}: only regular files and directories can reach a VM",
+                    source.display()
+                )));
+            }
+            if meta.len() > MAX_FILE {
+                return Err(bad(format!(
+                    "bind mount of {} at {dest}: {} bytes; files bound into a VM container are copied, up to {MAX_FILE} bytes",
+                    source.display(),
+                    meta.len()
+                )));
+            }
+            let content = std::fs::read(&source)
+                .map_err(|e| bad(format!("bind mount source {}: {e}", source.display())))?;
+            files.push(MountFile {
+                mount: i,
+                content,
+                mode: meta.permissions().mode() & 0o7777,
+            });
+        }
+    }
+    Ok((v.to_string(), files))
+}
+
+fn is_bind(m: &Value) -> bool {
+    m["type"] == "bind"
+        || m["options"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "hull-gc-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(d.join("vol")).unwrap();
+        std::fs::write(d.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        d
+    }
+
+    #[test]
+    fn the_engines_namespaces_and_files_become_the_guests() {
+        let b = bundle();
+        let config = json!({
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}]},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind", "source": b.join("hosts"), "options": ["bind"]},
+                {"destination": "/dev/shm", "type": "bind", "source": b.join("vol"), "options": ["bind"]},
+            ]
+        });
+        let (text, files) = for_guest(&config.to_string(), &b).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["linux"]["namespaces"][1], json!({"type": "network"}));
+        assert_eq!(v["mounts"][2]["type"], "tmpfs");
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].mount, 1);
+        assert_eq!(files[0].content, b"127.0.0.1 localhost\n");
+        std::fs::remove_dir_all(&b).unwrap();
+    }
+
+    #[test]
+    fn what_cannot_reach_a_vm_is_refused_by_name() {
+        let b = bundle();
+        let ipc = json!({"linux": {"namespaces": [{"type": "ipc", "path": "/proc/1/ns/ipc"}]}});
+        let e = for_guest(&ipc.to_string(), &b).unwrap_err().to_string();
+        assert!(e.contains("ipc namespace"), "{e}");
+        let dir =
+            json!({"mounts": [{"destination": "/data", "type": "bind", "source": b.join("vol")}]});
+        let e = for_guest(&dir.to_string(), &b).unwrap_err().to_string();
+        assert!(e.contains("directory") && e.contains("/data"), "{e}");
+        std::fs::write(b.join("big"), vec![0u8; MAX_FILE as usize + 1]).unwrap();
+        let big = json!({"mounts": [{"destination": "/big", "type": "bind", "source": "big"}]});
+        let e = for_guest(&big.to_string(), &b).unwrap_err().to_string();
+        assert!(e.contains("copied"), "{e}");
+        std::fs::remove_dir_all(&b).unwrap();
+    }
+}

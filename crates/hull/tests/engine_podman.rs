@@ -1,0 +1,211 @@
+//! podman (Debian's, with conmon) driving hull in both isolations: `--runtime` pointing
+//! at hull and at `hull-vm`, with private root, runroot, tmpdir and containers.conf (so
+//! nothing of the host's podman is touched), a busybox image imported from a tarball
+//! (no registry). Each flow asserts output and exit codes; afterwards nothing is left.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+struct Podman {
+    dir: PathBuf,
+    runtime: PathBuf,
+}
+
+impl Podman {
+    /// A private podman whose runtime is hull under `name` (hull or hull-vm).
+    fn new(name: &str) -> Podman {
+        let dir = PathBuf::from("/tmp").join(common::unique_name());
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let runtime = dir.join("bin").join(name);
+        std::os::unix::fs::symlink(common::hull_bin(), &runtime).unwrap();
+        // Root here lacks CAP_SYS_RESOURCE: podman's default nofile (1048576) fails.
+        std::fs::write(
+            dir.join("containers.conf"),
+            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+        let p = Podman { dir, runtime };
+        let rootfs = p.dir.join("rootfs");
+        common::make_busybox_rootfs(&rootfs);
+        let tar = p.dir.join("busybox.tar");
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let out = p.podman(&[
+            "import",
+            &tar.display().to_string(),
+            "localhost/busybox:hull",
+        ]);
+        assert!(out.status.success(), "podman import: {out:?}");
+        p
+    }
+
+    fn podman(&self, args: &[&str]) -> Output {
+        let d = |s: &str| self.dir.join(s).display().to_string();
+        Command::new("podman")
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .args([
+                "--root",
+                &d("root"),
+                "--runroot",
+                &d("runroot"),
+                "--tmpdir",
+                &d("tmp"),
+            ])
+            .args(["--storage-driver", "vfs", "--runtime"])
+            .arg(&self.runtime)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("podman: {e} (scripts/install-deps installs it)"))
+    }
+
+    /// `podman run --rm --network none IMAGE ARGS...` with `flags`.
+    fn run(&self, flags: &[&str], args: &[&str]) -> Output {
+        let mut all = vec!["run", "--rm", "--network", "none"];
+        all.extend_from_slice(flags);
+        all.push("localhost/busybox:hull");
+        all.extend_from_slice(args);
+        self.podman(&all)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "-af", "-t", "0"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// No process of these containers left: no proxy, no VMM, no container process.
+fn assert_nothing_runs_under(dir: &Path) {
+    let needle = dir.display().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(
+            !cmdline.contains(&needle) || cmdline.starts_with("podman"),
+            "left running: pid {:?}: {cmdline}",
+            e.file_name()
+        );
+    }
+}
+
+fn everyday_flow(name: &str, vm: bool) {
+    let p = Podman::new(name);
+    let out = p.run(&[], &["sh", "-c", "uname -r; echo to-stderr >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let kernel = text(&out).trim().to_string();
+    assert_eq!(kernel != host_kernel(), vm, "kernel {kernel:?} (VM: {vm})");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "to-stderr\n");
+
+    // A file volume, read-only; the user; a read-only root.
+    let file = p.dir.join("volume.txt");
+    std::fs::write(&file, "from the host\n").unwrap();
+    let vol = format!("{}:/data.txt:ro", file.display());
+    let out = p.run(
+        &["-v", &vol, "--user", "1000:1000", "--read-only"],
+        &[
+            "sh",
+            "-c",
+            "cat /data.txt; id -u; touch /x 2>/dev/null || echo read-only",
+        ],
+    );
+    assert_eq!(text(&out), "from the host\n1000\nread-only\n", "{out:?}");
+
+    // The memory limit holds where the container runs (the guest's cgroup v2 in a VM).
+    let probe = if vm {
+        "cat /sys/fs/cgroup/memory.max"
+    } else {
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes"
+    };
+    let out = p.run(&["--memory", "64m"], &["sh", "-c", probe]);
+    assert_eq!(text(&out).trim(), "67108864", "{out:?}");
+
+    // Detached: exec, logs, stop (SIGTERM, handled), rm.
+    let script = "echo started; trap 'echo bye; exit 0' TERM; while :; do sleep 0.2; done";
+    let out = p.podman(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "web",
+        "localhost/busybox:hull",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = p.podman(&["exec", "web", "sh", "-c", "echo in-exec; exit 4"]);
+    assert_eq!(
+        (out.status.code(), text(&out).as_str()),
+        (Some(4), "in-exec\n"),
+        "{out:?}"
+    );
+    let out = p.podman(&["ps", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(text(&out).starts_with("web Up"), "{out:?}");
+    let out = p.podman(&["stop", "-t", "10", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = p.podman(&["logs", "web"]);
+    assert_eq!(text(&out), "started\nbye\n", "{out:?}");
+    let out = p.podman(&["inspect", "--format", "{{.State.ExitCode}}", "web"]);
+    assert_eq!(text(&out).trim(), "0", "{out:?}");
+    let out = p.podman(&["rm", "web"]);
+    assert!(out.status.success(), "{out:?}");
+
+    // kill: SIGKILL from podman reaches the container.
+    let out = p.podman(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "k",
+        "localhost/busybox:hull",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = p.podman(&["kill", "k"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = p.podman(&["wait", "k"]);
+    assert_eq!(text(&out).trim(), "137", "{out:?}");
+    p.podman(&["rm", "k"]);
+
+    let out = p.podman(&["ps", "-a", "-q"]);
+    assert_eq!(text(&out), "", "containers left: {out:?}");
+    assert_nothing_runs_under(&p.dir);
+}
+
+#[test]
+fn podman_everyday_flow_with_namespaces() {
+    hull_only!();
+    everyday_flow("hull", false);
+}
+
+#[test]
+fn podman_everyday_flow_in_vms_through_hull_vm() {
+    hull_only!();
+    everyday_flow("hull-vm", true);
+}

@@ -41,10 +41,12 @@ pub fn for_guest(config: &str, bundle: &Path) -> Result<(String, Vec<MountFile>)
                 Some("network") => {
                     obj.remove("path");
                 }
-                t => return Err(bad(format!(
+                t => {
+                    return Err(bad(format!(
                     "the {} namespace at {path} is the host's: a container in a VM cannot join it",
                     t.unwrap_or("?")
-                ))),
+                )))
+                }
             }
         }
     }

@@ -133,6 +133,10 @@ fn boot(mut plan: ProxyPlan) -> Result<Proxy> {
         .add_task(std::process::id() as i32)
         .map_err(hull_runtime::error::Error::from)?;
     let sandbox = start_sandbox(&plan)?;
+    tracing::debug!(
+        "guest up (agent's hello) in {} us",
+        sandbox.boot_time.as_micros()
+    );
     let agent = sandbox.agent.clone();
     let shared = Arc::new(Shared {
         agent: agent.clone(),
@@ -164,7 +168,12 @@ fn boot(mut plan: ProxyPlan) -> Result<Proxy> {
         io,
         files: std::mem::take(&mut plan.files),
     };
+    let t = std::time::Instant::now();
     agent.call(create, CALL)?;
+    tracing::debug!(
+        "container created in the guest in {} us",
+        t.elapsed().as_micros()
+    );
     relay::into_agent(agent.clone(), streams.stdin, stdio.0);
     if let Some(t) = &tty {
         resize(&shared, None, t);
@@ -234,7 +243,9 @@ fn start_sandbox(plan: &ProxyPlan) -> Result<Sandbox> {
     let dir = plan.state_dir.join(SANDBOX_DIR);
     std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
     let image = dir.join("rootfs.erofs");
+    let t = std::time::Instant::now();
     crate::image::erofs_from_dir(&plan.rootfs, &image)?;
+    tracing::debug!("rootfs image made in {} us", t.elapsed().as_micros());
     let (vcpus, memory_mib) = sizing(&plan.spec, s);
     let accel = Accel::detect();
     let hypervisor: Box<dyn Hypervisor> = match (s.hypervisor, accel) {

@@ -25,6 +25,9 @@ pub enum SandboxError {
     /// The agent refused a request.
     #[error("agent refused {op}: {message}")]
     Refused { op: &'static str, message: String },
+    /// What a VM container's proxy said when it could not start the container.
+    #[error("{0}")]
+    Proxy(String),
     /// The namespace runtime's part (state directory, cgroups, bundle) failed.
     #[error(transparent)]
     Runtime(#[from] hull_runtime::error::Error),

@@ -171,11 +171,11 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
     let mut ours = ours;
     let answer = read_answer(&mut ours);
     if answer != "ok" {
-        return Err(SandboxError::Vm(if answer.is_empty() {
-            "the proxy exited while starting the VM".into()
+        return Err(if answer.is_empty() {
+            SandboxError::Vm("the proxy exited while starting the VM".into())
         } else {
-            answer
-        }));
+            SandboxError::Proxy(answer)
+        });
     }
     st.pid = pid.as_raw();
     st.start_time = state::process_start_time(st.pid).ok_or(RuntimeError::ChildGone)?;

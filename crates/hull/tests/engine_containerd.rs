@@ -78,7 +78,7 @@ impl Containerd {
     }
 
     /// `ctr run` with the runtime binary and the busybox rootfs.
-    fn run(&self, runtime: &PathBuf, flags: &[&str], id: &str, args: &[&str]) -> Output {
+    fn run(&self, runtime: &std::path::Path, flags: &[&str], id: &str, args: &[&str]) -> Output {
         let rootfs = self.dir.join("rootfs").display().to_string();
         let bin = runtime.display().to_string();
         // --rootfs is a switch: the image argument is then the rootfs directory.

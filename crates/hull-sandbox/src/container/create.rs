@@ -143,7 +143,8 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
     };
     let plan = ProxyPlan {
         id: req.id.to_string(),
-        state_dir: dir.path.clone(),
+        // Absolute: the proxy works from inside it.
+        state_dir: std::path::absolute(&dir.path).map_err(io_err("cannot resolve", &dir.path))?,
         config,
         files,
         rootfs: bundle.rootfs.clone(),

@@ -240,8 +240,14 @@ fn start_sandbox(plan: &ProxyPlan) -> Result<Sandbox> {
         },
         None => GuestAssets::locate(&s.guest_dir)?,
     };
-    let dir = plan.state_dir.join(SANDBOX_DIR);
-    std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+    let abs = plan.state_dir.join(SANDBOX_DIR);
+    std::fs::create_dir_all(&abs).map_err(io_err("cannot create", &abs))?;
+    // The VM's sockets are named relative to the sandbox directory, the proxy's (and so
+    // the VMM's) working directory: engines' state roots are deep (docker's
+    // /run/docker/runtime-*/moby/<64 hex>/), and a socket path has 107 bytes. Still
+    // single-threaded here, so changing the process's directory affects nobody else.
+    std::env::set_current_dir(&abs).map_err(io_err("cannot enter", &abs))?;
+    let dir = PathBuf::from(".");
     let image = dir.join("rootfs.erofs");
     let t = std::time::Instant::now();
     crate::image::erofs_from_dir(&plan.rootfs, &image)?;

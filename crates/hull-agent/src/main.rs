@@ -12,6 +12,7 @@ mod boot;
 mod containers;
 mod io;
 mod log;
+mod network;
 mod server;
 mod transport;
 

@@ -347,6 +347,10 @@ impl Server {
                 self.sandbox.update(&container, &resources)?;
                 done
             }
+            Request::ConfigureNetwork { interfaces, routes } => {
+                crate::network::configure(&interfaces, &routes)?;
+                done
+            }
             Request::Shutdown => {
                 self.shutdown = true;
                 done

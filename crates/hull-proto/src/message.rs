@@ -71,6 +71,25 @@ pub struct MountFile {
     pub mode: u32,
 }
 
+/// A network interface of the guest, found by its MAC (the host gave the virtio-net
+/// device the MAC of the engine's interface it mirrors).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetInterface {
+    pub mac: String,
+    pub mtu: u32,
+    /// IPv4 addresses with their prefix length, "10.88.0.5/16".
+    pub addresses: Vec<String>,
+}
+
+/// An IPv4 route through the interface with `mac`: "default" or a "net/prefix".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetRoute {
+    pub destination: String,
+    #[serde(default)]
+    pub gateway: Option<String>,
+    pub mac: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -145,6 +164,12 @@ pub enum Request {
     Update {
         container: String,
         resources: String,
+    },
+    /// Configure the guest's interfaces and routes (its root network namespace, which
+    /// containers whose engine gave them a network share).
+    ConfigureNetwork {
+        interfaces: Vec<NetInterface>,
+        routes: Vec<NetRoute>,
     },
     /// Sync the disks and power the VM off.
     Shutdown,

@@ -359,6 +359,7 @@ fn op_name(r: &Request) -> &'static str {
         Request::Pause { .. } => "pause",
         Request::Resume { .. } => "resume",
         Request::Update { .. } => "update",
+        Request::ConfigureNetwork { .. } => "configure_network",
         Request::Shutdown => "shutdown",
     }
 }

@@ -29,6 +29,11 @@ impl Default for HullVmm {
 impl HullVmm {
     /// The VM description `hull vmm` reads.
     pub fn config(&self, c: &VmConfig) -> Result<serde_json::Value> {
+        if !c.nets.is_empty() {
+            return Err(SandboxError::Vm(
+                "hull-vmm attaches taps by name only: mirroring an engine's network into the VM needs QEMU for now (HULL_HYPERVISOR=qemu)".into(),
+            ));
+        }
         let (vsock, console) = match &c.transport {
             Transport::HybridVsock { socket, .. } => (
                 serde_json::json!({"guest_cid": GUEST_CID, "uds_path": socket}),
@@ -125,6 +130,7 @@ mod tests {
             transport: hv.transport(dir),
             console_log: dir.join("console.log"),
             accel: Accel::Kvm,
+            nets: vec![],
         };
         let v = hv.config(&c).unwrap();
         assert_eq!(

@@ -101,6 +101,16 @@ pub struct VmConfig {
     /// Where the guest's serial console goes.
     pub console_log: PathBuf,
     pub accel: Accel,
+    /// virtio-net devices on taps the caller opened.
+    pub nets: Vec<NetDevice>,
+}
+
+/// A virtio-net device whose host side is an open tap.
+#[derive(Debug, Clone)]
+pub struct NetDevice {
+    /// The tap's fd, inheritable: the VMM takes it over.
+    pub tap_fd: i32,
+    pub mac: String,
 }
 
 /// A running VM. Dropping it kills the VMM and reaps it.

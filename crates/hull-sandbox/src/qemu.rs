@@ -123,6 +123,12 @@ impl Qemu {
                 d.serial
             ));
         }
+        for (i, n) in c.nets.iter().enumerate() {
+            a.push("-netdev".into());
+            a.push(format!("tap,id=net{i},fd={}", n.tap_fd));
+            a.push("-device".into());
+            a.push(format!("virtio-net-device,netdev=net{i},mac={}", n.mac));
+        }
         a
     }
 }
@@ -201,6 +207,7 @@ mod tests {
             transport,
             console_log: "/c.log".into(),
             accel,
+            nets: vec![],
         }
     }
 

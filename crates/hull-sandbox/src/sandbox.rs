@@ -22,6 +22,8 @@ pub struct SandboxConfig {
     pub vcpus: u8,
     pub memory_mib: u32,
     pub accel: Accel,
+    /// virtio-net devices on taps the caller opened.
+    pub nets: Vec<crate::hypervisor::NetDevice>,
     pub extra_cmdline: String,
     pub boot_timeout: Duration,
 }
@@ -50,6 +52,7 @@ impl Sandbox {
             transport: hv.transport(&cfg.dir),
             console_log: console_log.clone(),
             accel: cfg.accel,
+            nets: cfg.nets.clone(),
         };
         let t = Instant::now();
         let mut vm = match hv.start(&vm_config) {

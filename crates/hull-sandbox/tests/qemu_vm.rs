@@ -179,6 +179,7 @@ fn boot(work: &Path) -> Sandbox {
         accel,
         extra_cmdline: String::new(),
         boot_timeout: Duration::from_secs(120),
+        nets: vec![],
     };
     Sandbox::start(&Qemu::default(), config).expect("the guest boots and the agent answers")
 }

@@ -395,3 +395,120 @@ fn a_terminal_through_console_socket_with_resize_and_input() {
     c.delete(false).ok("delete");
     assert_vm_gone(&c);
 }
+
+/// An engine's network namespace: a veth whose far end (with an address and a default
+/// route) is in a namespace of its own, as CNI's bridge plugin leaves it.
+struct EngineNetwork {
+    netns: String,
+    host_veth: String,
+    host_ip: String,
+    container_ip: String,
+}
+
+impl EngineNetwork {
+    fn new() -> EngineNetwork {
+        let tag = format!("{:x}", std::process::id() % 0xfffff);
+        let subnet = std::process::id() % 200 + 20;
+        let n = EngineNetwork {
+            netns: format!("hull-test-{tag}"),
+            host_veth: format!("hvh{tag}"),
+            host_ip: format!("10.199.{subnet}.1"),
+            container_ip: format!("10.199.{subnet}.2"),
+        };
+        let peer = format!("hvc{tag}");
+        let sh = |cmd: String| {
+            let ok = Command::new("sh").arg("-c").arg(&cmd).status().unwrap();
+            assert!(ok.success(), "{cmd}");
+        };
+        sh(format!("ip netns add {}", n.netns));
+        sh(format!(
+            "ip link add {} type veth peer name {peer}",
+            n.host_veth
+        ));
+        sh(format!("ip link set {peer} netns {}", n.netns));
+        sh(format!(
+            "ip addr add {}/24 dev {} && ip link set {} up",
+            n.host_ip, n.host_veth, n.host_veth
+        ));
+        sh(format!(
+            "ip -n {ns} addr add {ip}/24 dev {peer} && ip -n {ns} link set {peer} up && ip -n {ns} route add default via {gw}",
+            ns = n.netns,
+            ip = n.container_ip,
+            gw = n.host_ip
+        ));
+        n
+    }
+}
+
+impl Drop for EngineNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_veth])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn the_engines_network_namespace_is_mirrored_into_the_vm() {
+    hull_only!();
+    become_subreaper();
+    let net = EngineNetwork::new();
+    let script = format!(
+        "ip -o -4 addr show eth0 | grep -q {ip}/24 && echo has-address; \
+         echo from-the-vm | nc {host} 9000; echo served | nc -l -p 8080",
+        ip = net.container_ip,
+        host = net.host_ip
+    );
+    let netns = format!("/run/netns/{}", net.netns);
+    let c = Bundle::new(&["sh", "-c", &script])
+        .config(|v| {
+            for ns in v["linux"]["namespaces"].as_array_mut().unwrap() {
+                if ns["type"] == "network" {
+                    ns["path"] = netns.clone().into();
+                }
+            }
+        })
+        .container();
+    // The container reaches a server on the host through the engine's veth.
+    let listener = std::net::TcpListener::bind(format!("{}:9000", net.host_ip)).unwrap();
+    let (out, pid_file) = create_vm(&c, None, &["--isolation", "vm"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    c.start().ok("start");
+    listener.set_nonblocking(false).unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let mut got = String::new();
+    use std::io::{BufRead, Read};
+    std::io::BufReader::new(&conn).read_line(&mut got).unwrap();
+    assert_eq!(got, "from-the-vm\n");
+    // busybox nc waits for our end to close once its input is sent.
+    drop(conn);
+    // And the host reaches a server in the VM at the container's address.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect((net.container_ip.as_str(), 8080)) {
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            if !r.is_empty() {
+                break r;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no server at {}:8080",
+            net.container_ip
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(reply, "served\n");
+    assert_eq!(
+        wait_adopted(read_pid(&pid_file), Duration::from_secs(30)),
+        0
+    );
+    assert_eq!(c.init_output().0, "has-address\n");
+    c.delete(false).ok("delete");
+    assert_vm_gone(&c);
+}

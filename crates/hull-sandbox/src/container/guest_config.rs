@@ -1,8 +1,8 @@
 //! config.json as the guest gets it. The engine wrote it for the host: namespace paths
 //! name the host's namespaces, bind mounts name the host's files. Inside the VM:
-//! - the network namespace at a path becomes the container's own in the guest (the
-//!   engine's interfaces are mirrored there); any other namespace path is refused: a
-//!   VM container cannot join a host namespace;
+//! - the network namespace at a path goes: the container shares the guest's network,
+//!   where the engine's interfaces are mirrored (network.rs); any other namespace
+//!   path is refused: a VM container cannot join a host namespace;
 //! - a bind of a host file (podman's and docker's /etc/hosts, /etc/resolv.conf,
 //!   /etc/hostname, /run/.containerenv, a file volume) travels as a copy made at create,
 //!   up to 128 KiB each: later changes on either side are not seen by the other;
@@ -30,24 +30,13 @@ pub fn for_guest(config: &str, bundle: &Path) -> Result<(String, Vec<MountFile>)
         .pointer_mut("/linux/namespaces")
         .and_then(Value::as_array_mut)
     {
-        for ns in namespaces.iter_mut() {
-            let Some(obj) = ns.as_object_mut() else {
-                continue;
-            };
-            let Some(path) = obj.get("path").and_then(Value::as_str).map(str::to_owned) else {
-                continue;
-            };
-            match obj.get("type").and_then(Value::as_str) {
-                Some("network") => {
-                    obj.remove("path");
-                }
-                t => {
-                    return Err(bad(format!(
-                    "the {} namespace at {path} is the host's: a container in a VM cannot join it",
-                    t.unwrap_or("?")
-                )))
-                }
-            }
+        namespaces.retain(|ns| !(ns["type"] == "network" && ns.get("path").is_some()));
+        if let Some(ns) = namespaces.iter().find(|ns| ns.get("path").is_some()) {
+            return Err(bad(format!(
+                "the {} namespace at {} is the host's: a container in a VM cannot join it",
+                ns["type"].as_str().unwrap_or("?"),
+                ns["path"].as_str().unwrap_or("?")
+            )));
         }
     }
     let mut files = Vec::new();
@@ -136,7 +125,7 @@ mod tests {
         });
         let (text, files) = for_guest(&config.to_string(), &b).unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["linux"]["namespaces"][1], json!({"type": "network"}));
+        assert_eq!(v["linux"]["namespaces"], json!([{"type": "pid"}]));
         assert_eq!(v["mounts"][2]["type"], "tmpfs");
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].mount, 1);

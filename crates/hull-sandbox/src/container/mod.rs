@@ -13,6 +13,7 @@ pub mod control;
 mod create;
 mod exec;
 pub mod guest_config;
+mod network;
 mod proxy;
 pub mod relay;
 

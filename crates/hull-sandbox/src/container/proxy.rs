@@ -132,12 +132,30 @@ fn boot(mut plan: ProxyPlan) -> Result<Proxy> {
     plan.cgroup
         .add_task(std::process::id() as i32)
         .map_err(hull_runtime::error::Error::from)?;
-    let sandbox = start_sandbox(&plan)?;
+    let (mirrored, routes) = match super::network::engine_netns(&plan.spec) {
+        Some(netns) => super::network::mirror(&netns)?,
+        None => (vec![], vec![]),
+    };
+    let nets = mirrored
+        .iter()
+        .map(|m| {
+            Ok(crate::hypervisor::NetDevice {
+                tap_fd: super::network::inheritable(&m.tap)?,
+                mac: m.guest.mac.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sandbox = start_sandbox(&plan, nets)?;
     tracing::debug!(
         "guest up (agent's hello) in {} us",
         sandbox.boot_time.as_micros()
     );
     let agent = sandbox.agent.clone();
+    // The VMM holds the taps now.
+    let interfaces: Vec<_> = mirrored.into_iter().map(|m| m.guest).collect();
+    if !interfaces.is_empty() {
+        agent.call(Request::ConfigureNetwork { interfaces, routes }, CALL)?;
+    }
     let shared = Arc::new(Shared {
         agent: agent.clone(),
         id: plan.id.clone(),
@@ -228,7 +246,7 @@ fn stdio(plan: &mut ProxyPlan) -> Result<(Stdio, Option<OwnedFd>, Option<RawTerm
     Ok((io, tty, raw))
 }
 
-fn start_sandbox(plan: &ProxyPlan) -> Result<Sandbox> {
+fn start_sandbox(plan: &ProxyPlan, nets: Vec<crate::hypervisor::NetDevice>) -> Result<Sandbox> {
     let s = &plan.settings;
     let assets = match &s.guest_files {
         Some((kernel, initramfs)) => GuestAssets {
@@ -275,6 +293,7 @@ fn start_sandbox(plan: &ProxyPlan) -> Result<Sandbox> {
             accel,
             extra_cmdline: String::new(),
             boot_timeout: s.agent_timeout,
+            nets,
         },
     )
 }

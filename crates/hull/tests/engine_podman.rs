@@ -21,10 +21,15 @@ impl Podman {
         let runtime = dir.join("bin").join(name);
         std::os::unix::fs::symlink(common::hull_bin(), &runtime).unwrap();
         // Root here lacks CAP_SYS_RESOURCE: podman's default nofile (1048576) fails.
+        // The CNI configs of the networks the test makes stay in its directory.
         std::fs::write(
             dir.join("containers.conf"),
-            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
-             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+                 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 [network]\nnetwork_config_dir = \"{}\"\n",
+                dir.join("cni").display()
+            ),
         )
         .unwrap();
         let p = Podman { dir, runtime };
@@ -82,6 +87,31 @@ impl Podman {
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.podman(&["rm", "-af", "-t", "0"]);
+        // A network's bridge outlives `podman network rm`: it is ours, so it goes too.
+        for e in std::fs::read_dir(self.dir.join("cni"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let _ = self.podman(&[
+                "network",
+                "rm",
+                "-f",
+                v["name"].as_str().unwrap_or_default(),
+            ]);
+            if let Some(bridge) = v["plugins"][0]["bridge"].as_str() {
+                let _ = Command::new("ip")
+                    .args(["link", "del", bridge])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -193,6 +223,8 @@ fn everyday_flow(name: &str, vm: bool) {
     assert_eq!(text(&out).trim(), "137", "{out:?}");
     p.podman(&["rm", "k"]);
 
+    published_port(&p);
+
     let out = p.podman(&["ps", "-a", "-q"]);
     assert_eq!(text(&out), "", "containers left: {out:?}");
     assert_nothing_runs_under(&p.dir);
@@ -208,4 +240,80 @@ fn podman_everyday_flow_with_namespaces() {
 fn podman_everyday_flow_in_vms_through_hull_vm() {
     hull_only!();
     everyday_flow("hull-vm", true);
+}
+
+/// `-p`: a real request through the published port reaches a server in the container
+/// (in a VM: through the engine's veth, the tc redirect and the VM's virtio-net).
+fn published_port(p: &Podman) {
+    // Unique per test run and per test (the directory's counter): two podmans at once
+    // must not pick one subnet or port.
+    let counter: u32 = p
+        .dir
+        .to_string_lossy()
+        .rsplit('-')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let tag = (std::process::id() * 7 + counter) % 200 + 20;
+    let net = format!("hullnet{tag}");
+    let subnet = format!("10.201.{tag}.0/24");
+    let out = p.podman(&["network", "create", "--subnet", &subnet, &net]);
+    assert!(out.status.success(), "{out:?}");
+    let port = format!("{}", 18000 + tag);
+    let publish = format!("{port}:8080");
+    let script = "while :; do echo served | nc -l -p 8080; done";
+    let out = p.podman(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "--network",
+        &net,
+        "-p",
+        &publish,
+        "localhost/busybox:hull",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    // CNI's portmap forwards the host's own addresses (not loopback) to the container.
+    let host = host_address();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let reply = loop {
+        if let Ok(mut s) =
+            std::net::TcpStream::connect((host.as_str(), port.parse::<u16>().unwrap()))
+        {
+            let mut r = String::new();
+            use std::io::Read;
+            let _ = s.read_to_string(&mut r);
+            if !r.is_empty() {
+                break r;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing answered at {host}:{port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(reply, "served\n");
+    let out = p.podman(&["rm", "-f", "-t", "0", "srv"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// An IPv4 address of this host other than loopback.
+fn host_address() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|a| a.split('/').next())
+        .find(|a| !a.starts_with("10.201."))
+        .expect("a global IPv4 address on this host")
+        .to_string()
 }

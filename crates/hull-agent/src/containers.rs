@@ -7,7 +7,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use hull_proto::{MountFile, ProcessIo, Rootfs};
+use hull_proto::{MountFile, MountShare, ProcessIo, Rootfs};
 use hull_runtime::container::{self, create::CreateOptions, create::StartMode};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
@@ -59,6 +59,7 @@ impl Sandbox {
         rootfs: &Rootfs,
         pio: &ProcessIo,
         files: &[MountFile],
+        shares: &[MountShare],
     ) -> Result<(i32, NearEnds)> {
         hull_runtime::spec::validate_id(id)?;
         let key = (id.to_string(), None);
@@ -67,7 +68,7 @@ impl Sandbox {
         }
         let bundle = self.bundles.join(id);
         let made = (|| {
-            write_config(&bundle, config, pio.terminal, files)?;
+            write_config(&bundle, config, pio.terminal, files, shares)?;
             mount_rootfs(&bundle, rootfs)?;
             let spec_bundle = hull_runtime::spec::Bundle::load(&bundle)?;
             let opts = CreateOptions {
@@ -293,10 +294,17 @@ fn pty_ends(master: &OwnedFd, pio: &ProcessIo, near: &mut NearEnds) -> Result<()
 
 /// Writes config.json with the root pointing at the bundle's mount and the host's
 /// file copies in place.
-fn write_config(bundle: &Path, config: &str, terminal: bool, files: &[MountFile]) -> Result<()> {
+fn write_config(
+    bundle: &Path,
+    config: &str,
+    terminal: bool,
+    files: &[MountFile],
+    shares: &[MountShare],
+) -> Result<()> {
     let mut v: serde_json::Value =
         serde_json::from_str(config).context("config.json is not valid JSON")?;
     place_files(bundle, &mut v, files)?;
+    mount_shares(bundle, &mut v, shares)?;
     // As for exec: the host's streams decide whether there is a terminal.
     if let Some(p) = v.get_mut("process").and_then(|p| p.as_object_mut()) {
         p.insert("terminal".into(), terminal.into());
@@ -334,6 +342,46 @@ fn place_files(bundle: &Path, config: &mut serde_json::Value, files: &[MountFile
         mount.insert("source".into(), path.display().to_string().into());
     }
     Ok(())
+}
+
+/// The host's shared directories (virtio-9p, by tag) mounted at
+/// `<bundle>/shares/<mount>`, and the mounts that named them on the host bind those.
+fn mount_shares(
+    bundle: &Path,
+    config: &mut serde_json::Value,
+    shares: &[MountShare],
+) -> Result<()> {
+    for s in shares {
+        if s.tag.is_empty() || !s.tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            bail!("share tag {:?}: letters and digits only", s.tag);
+        }
+        let mount = config
+            .get_mut("mounts")
+            .and_then(|m| m.get_mut(s.mount))
+            .and_then(|m| m.as_object_mut())
+            .ok_or_else(|| {
+                anyhow!(
+                    "a share for mount {} that the config does not have",
+                    s.mount
+                )
+            })?;
+        let dir = bundle.join("shares").join(s.mount.to_string());
+        std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        mount_9p(&s.tag, &dir)?;
+        mount.insert("source".into(), dir.display().to_string().into());
+    }
+    Ok(())
+}
+
+fn mount_9p(tag: &str, dir: &Path) -> Result<()> {
+    mount(
+        Some(tag),
+        dir,
+        Some("9p"),
+        MsFlags::empty(),
+        Some("trans=virtio,version=9p2000.L,msize=262144"),
+    )
+    .with_context(|| format!("mount the host's shared directory {tag} (9p)"))
 }
 
 /// The disk whose virtio serial the host named.
@@ -415,6 +463,16 @@ fn mount_rootfs(bundle: &Path, rootfs: &Rootfs) -> Result<()> {
 fn unmount_bundle(bundle: &Path) {
     for m in ["rootfs", ".rw", ".lower"] {
         let _ = umount2(&bundle.join(m), MntFlags::MNT_DETACH);
+    }
+    // The host's directories are mounted under shares/: removing the bundle while one
+    // is still there would delete the host's files. Each must be unmounted and empty.
+    let shares = bundle.join("shares");
+    for e in std::fs::read_dir(&shares).into_iter().flatten().flatten() {
+        let _ = umount2(&e.path(), MntFlags::MNT_DETACH);
+        if let Err(err) = std::fs::remove_dir(e.path()) {
+            tracing::warn!("{} stays: {err}", e.path().display());
+            return;
+        }
     }
     let _ = std::fs::remove_dir_all(bundle);
 }

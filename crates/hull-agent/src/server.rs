@@ -269,9 +269,12 @@ impl Server {
                 rootfs,
                 io,
                 files,
+                shares,
             } => {
                 self.check_streams(io.streams())?;
-                let (pid, near) = self.sandbox.create(&cid, &config, &rootfs, &io, &files)?;
+                let (pid, near) = self
+                    .sandbox
+                    .create(&cid, &config, &rootfs, &io, &files, &shares)?;
                 self.attach(near, (cid, None));
                 Ok(Outcome::Reply(Reply::Process { pid }))
             }

@@ -16,8 +16,8 @@ mod message;
 
 pub use frame::{encode_frame, Frame, FrameDecoder, StreamId, CONTROL, HEADER_LEN, MAX_PAYLOAD};
 pub use message::{
-    check_version, ErrorReply, Message, MountFile, NetInterface, NetRoute, ProcessIo, Reply,
-    Request, Rootfs, PROTOCOL_VERSION,
+    check_version, ErrorReply, Message, MountFile, MountShare, NetInterface, NetRoute, ProcessIo,
+    Reply, Request, Rootfs, PROTOCOL_VERSION,
 };
 
 /// Why bytes from the peer were refused.

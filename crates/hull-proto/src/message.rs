@@ -71,6 +71,14 @@ pub struct MountFile {
     pub mode: u32,
 }
 
+/// A host directory that `mounts[mount]` of the config binds, exported to the guest as
+/// the virtio-9p device with `tag`: the agent mounts it and binds that instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountShare {
+    pub mount: usize,
+    pub tag: String,
+}
+
 /// A network interface of the guest, found by its MAC (the host gave the virtio-net
 /// device the MAC of the engine's interface it mirrors).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +111,9 @@ pub enum Request {
         /// Host files that bind mounts of `config` name, copied in.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         files: Vec<MountFile>,
+        /// Host directories that bind mounts of `config` name, shared over virtio-9p.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        shares: Vec<MountShare>,
     },
     StartContainer {
         id: String,

@@ -56,6 +56,7 @@ proptest! {
                 rootfs: hull_proto::Rootfs { serial: name, fstype: "erofs".into() },
                 io: ProcessIo { stdin, stdout: Some(200), stderr: None, terminal },
                 files: vec![],
+                shares: vec![],
             },
         };
         let mut wire = Vec::new();

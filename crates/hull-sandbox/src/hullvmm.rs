@@ -29,6 +29,11 @@ impl Default for HullVmm {
 impl HullVmm {
     /// The VM description `hull vmm` reads.
     pub fn config(&self, c: &VmConfig) -> Result<serde_json::Value> {
+        if !c.shares.is_empty() {
+            return Err(SandboxError::Vm(
+                "hull-vmm has no virtio-9p: directory volumes of a VM container need QEMU for now (HULL_HYPERVISOR=qemu)".into(),
+            ));
+        }
         if !c.nets.is_empty() {
             return Err(SandboxError::Vm(
                 "hull-vmm attaches taps by name only: mirroring an engine's network into the VM needs QEMU for now (HULL_HYPERVISOR=qemu)".into(),
@@ -131,6 +136,7 @@ mod tests {
             console_log: dir.join("console.log"),
             accel: Accel::Kvm,
             nets: vec![],
+            shares: vec![],
         };
         let v = hv.config(&c).unwrap();
         assert_eq!(

@@ -103,6 +103,16 @@ pub struct VmConfig {
     pub accel: Accel,
     /// virtio-net devices on taps the caller opened.
     pub nets: Vec<NetDevice>,
+    /// Host directories exported over virtio-9p.
+    pub shares: Vec<SharedDir>,
+}
+
+/// A host directory the guest mounts by `tag` (virtio-9p).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedDir {
+    pub tag: String,
+    pub path: PathBuf,
+    pub readonly: bool,
 }
 
 /// A virtio-net device whose host side is an open tap.

@@ -123,6 +123,18 @@ impl Qemu {
                 d.serial
             ));
         }
+        for (i, d) in c.shares.iter().enumerate() {
+            // passthrough: the guest's owners and modes are the host's, as a bind mount
+            // would show them.
+            a.push("-fsdev".into());
+            a.push(format!(
+                "local,id=fs{i},path={},security_model=passthrough{}",
+                d.path.display(),
+                if d.readonly { ",readonly=on" } else { "" }
+            ));
+            a.push("-device".into());
+            a.push(format!("virtio-9p-device,fsdev=fs{i},mount_tag={}", d.tag));
+        }
         for (i, n) in c.nets.iter().enumerate() {
             a.push("-netdev".into());
             a.push(format!("tap,id=net{i},fd={}", n.tap_fd));
@@ -208,6 +220,7 @@ mod tests {
             console_log: "/c.log".into(),
             accel,
             nets: vec![],
+            shares: vec![],
         }
     }
 

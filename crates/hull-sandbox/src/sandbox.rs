@@ -24,6 +24,8 @@ pub struct SandboxConfig {
     pub accel: Accel,
     /// virtio-net devices on taps the caller opened.
     pub nets: Vec<crate::hypervisor::NetDevice>,
+    /// Host directories exported over virtio-9p.
+    pub shares: Vec<crate::hypervisor::SharedDir>,
     pub extra_cmdline: String,
     pub boot_timeout: Duration,
 }
@@ -53,6 +55,7 @@ impl Sandbox {
             console_log: console_log.clone(),
             accel: cfg.accel,
             nets: cfg.nets.clone(),
+            shares: cfg.shares.clone(),
         };
         let t = Instant::now();
         let mut vm = match hv.start(&vm_config) {

@@ -180,6 +180,7 @@ fn boot(work: &Path) -> Sandbox {
         extra_cmdline: String::new(),
         boot_timeout: Duration::from_secs(120),
         nets: vec![],
+        shares: vec![],
     };
     Sandbox::start(&Qemu::default(), config).expect("the guest boots and the agent answers")
 }
@@ -232,6 +233,7 @@ fn container_in_a_qemu_vm() {
         },
         io,
         files: vec![],
+        shares: vec![],
     };
     let created = agent.call(create, CALL);
     assert!(
@@ -372,6 +374,7 @@ fn ctrl_alt_del_stops_the_containers_then_the_guest() {
         },
         io,
         files: vec![],
+        shares: vec![],
     };
     assert!(matches!(
         agent.call(create, CALL),

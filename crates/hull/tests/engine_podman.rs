@@ -149,6 +149,17 @@ fn everyday_flow(name: &str, vm: bool) {
     assert_eq!(kernel != host_kernel(), vm, "kernel {kernel:?} (VM: {vm})");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "to-stderr\n");
 
+    // A directory volume, written from inside and read back on the host.
+    let shared = p.dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let dvol = format!("{}:/d", shared.display());
+    let out = p.run(&["-v", &dvol], &["sh", "-c", "echo back > /d/out; ls /d"]);
+    assert_eq!(text(&out), "out\n", "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("out")).unwrap(),
+        "back\n"
+    );
+
     // A file volume, read-only; the user; a read-only root.
     let file = p.dir.join("volume.txt");
     std::fs::write(&file, "from the host\n").unwrap();

@@ -144,6 +144,7 @@ fn bad_requests_get_error_replies_and_the_server_goes_on() {
         },
         io: ProcessIo::default(),
         files: vec![],
+        shares: vec![],
     };
     let e = a.call(3, create).unwrap_err();
     assert!(e.contains("escape"), "{e}");
@@ -159,6 +160,7 @@ fn bad_requests_get_error_replies_and_the_server_goes_on() {
             ..Default::default()
         },
         files: vec![],
+        shares: vec![],
     };
     let e = a.call(4, create).unwrap_err();
     assert!(e.contains("stream 0"), "{e}");

@@ -95,7 +95,7 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
     let config =
         std::fs::read_to_string(&config_path).map_err(io_err("cannot read", &config_path))?;
     // Checked before anything is made: what cannot reach the guest is an error now.
-    let (config, files) = super::guest_config::for_guest(&config, &bundle.dir)?;
+    let guest = super::guest_config::for_guest(&config, &bundle.dir)?;
     let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
     if terminal && req.console_socket.is_none() && !foreground {
         return Err(SandboxError::Runtime(RuntimeError::InvalidConfig {
@@ -145,8 +145,7 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
         id: req.id.to_string(),
         // Absolute: the proxy works from inside it.
         state_dir: std::path::absolute(&dir.path).map_err(io_err("cannot resolve", &dir.path))?,
-        config,
-        files,
+        guest,
         rootfs: bundle.rootfs.clone(),
         spec: bundle.spec.clone(),
         terminal,

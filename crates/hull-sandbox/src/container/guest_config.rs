@@ -7,22 +7,34 @@
 //!   /etc/hostname, /run/.containerenv, a file volume) travels as a copy made at create,
 //!   up to 128 KiB each: later changes on either side are not seen by the other;
 //! - a bind at /dev/shm becomes a tmpfs: shared memory cannot cross the VM boundary;
-//! - a bind of a host directory is refused with an error until directories can be
-//!   shared (never silently dropped).
+//! - a bind of a host directory is shared both ways over virtio-9p (QEMU's local
+//!   filesystem driver, read-only when the mount is): the guest mounts it by tag and
+//!   binds that. Debian has no virtiofsd; 9p needs nothing but QEMU.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use hull_proto::MountFile;
+use hull_proto::{MountFile, MountShare};
 use serde_json::{json, Value};
 
 use crate::error::{Result, SandboxError};
+use crate::hypervisor::SharedDir;
 
 /// The largest host file a bind mount copies into the guest.
 pub const MAX_FILE: u64 = 128 * 1024;
 
-/// The guest's config.json text and the files its binds take along.
-pub fn for_guest(config: &str, bundle: &Path) -> Result<(String, Vec<MountFile>)> {
+/// What the guest gets: its config.json, the files its binds take along, the host
+/// directories they share.
+#[derive(Debug, Default)]
+pub struct GuestConfig {
+    pub config: String,
+    pub files: Vec<MountFile>,
+    pub shares: Vec<MountShare>,
+    /// What the VMM exports, one per share.
+    pub dirs: Vec<SharedDir>,
+}
+
+pub fn for_guest(config: &str, bundle: &Path) -> Result<GuestConfig> {
     let bad =
         |m: String| SandboxError::Vm(format!("{}: {m}", bundle.join("config.json").display()));
     let mut v: Value = serde_json::from_str(config).map_err(|e| bad(e.to_string()))?;
@@ -39,7 +51,7 @@ pub fn for_guest(config: &str, bundle: &Path) -> Result<(String, Vec<MountFile>)
             )));
         }
     }
-    let mut files = Vec::new();
+    let mut out = GuestConfig::default();
     if let Some(mounts) = v.get_mut("mounts").and_then(Value::as_array_mut) {
         for (i, m) in mounts.iter_mut().enumerate() {
             if !is_bind(m) {
@@ -60,10 +72,17 @@ pub fn for_guest(config: &str, bundle: &Path) -> Result<(String, Vec<MountFile>)
             let meta = std::fs::metadata(&source)
                 .map_err(|e| bad(format!("bind mount source {}: {e}", source.display())))?;
             if meta.is_dir() {
-                return Err(bad(format!(
-                    "bind mount of the directory {} at {dest}: directories cannot be shared into a VM container yet; use namespace isolation for it",
-                    source.display()
-                )));
+                let tag = format!("hullvol{}", out.dirs.len());
+                let readonly = m["options"]
+                    .as_array()
+                    .is_some_and(|o| o.iter().any(|x| x == "ro"));
+                out.dirs.push(SharedDir {
+                    tag: tag.clone(),
+                    path: source,
+                    readonly,
+                });
+                out.shares.push(MountShare { mount: i, tag });
+                continue;
             }
             if !meta.is_file() {
                 return Err(bad(format!(
@@ -80,14 +99,15 @@ pub fn for_guest(config: &str, bundle: &Path) -> Result<(String, Vec<MountFile>)
             }
             let content = std::fs::read(&source)
                 .map_err(|e| bad(format!("bind mount source {}: {e}", source.display())))?;
-            files.push(MountFile {
+            out.files.push(MountFile {
                 mount: i,
                 content,
                 mode: meta.permissions().mode() & 0o7777,
             });
         }
     }
-    Ok((v.to_string(), files))
+    out.config = v.to_string();
+    Ok(out)
 }
 
 fn is_bind(m: &Value) -> bool {
@@ -123,8 +143,8 @@ mod tests {
                 {"destination": "/dev/shm", "type": "bind", "source": b.join("vol"), "options": ["bind"]},
             ]
         });
-        let (text, files) = for_guest(&config.to_string(), &b).unwrap();
-        let v: Value = serde_json::from_str(&text).unwrap();
+        let g = for_guest(&config.to_string(), &b).unwrap();
+        let (v, files): (Value, _) = (serde_json::from_str(&g.config).unwrap(), g.files);
         assert_eq!(v["linux"]["namespaces"], json!([{"type": "pid"}]));
         assert_eq!(v["mounts"][2]["type"], "tmpfs");
         assert_eq!(files.len(), 1);
@@ -134,15 +154,33 @@ mod tests {
     }
 
     #[test]
+    fn directories_are_shared_read_only_when_the_mount_is() {
+        let b = bundle();
+        let config = json!({"mounts": [
+            {"destination": "/data", "type": "bind", "source": b.join("vol"), "options": ["rbind", "ro"]},
+            {"destination": "/rw", "type": "bind", "source": "vol", "options": ["rbind"]},
+        ]});
+        let g = for_guest(&config.to_string(), &b).unwrap();
+        let tags: Vec<(usize, &str)> = g.shares.iter().map(|s| (s.mount, s.tag.as_str())).collect();
+        assert_eq!(tags, [(0, "hullvol0"), (1, "hullvol1")]);
+        assert_eq!((g.dirs[0].readonly, g.dirs[1].readonly), (true, false));
+        assert_eq!(g.dirs[1].path, b.join("vol"));
+        std::fs::remove_dir_all(&b).unwrap();
+    }
+
+    #[test]
     fn what_cannot_reach_a_vm_is_refused_by_name() {
         let b = bundle();
         let ipc = json!({"linux": {"namespaces": [{"type": "ipc", "path": "/proc/1/ns/ipc"}]}});
         let e = for_guest(&ipc.to_string(), &b).unwrap_err().to_string();
         assert!(e.contains("ipc namespace"), "{e}");
-        let dir =
-            json!({"mounts": [{"destination": "/data", "type": "bind", "source": b.join("vol")}]});
-        let e = for_guest(&dir.to_string(), &b).unwrap_err().to_string();
-        assert!(e.contains("directory") && e.contains("/data"), "{e}");
+        let null =
+            json!({"mounts": [{"destination": "/null", "type": "bind", "source": "/dev/null"}]});
+        let e = for_guest(&null.to_string(), &b).unwrap_err().to_string();
+        assert!(
+            e.contains("/null") && e.contains("only regular files"),
+            "{e}"
+        );
         std::fs::write(b.join("big"), vec![0u8; MAX_FILE as usize + 1]).unwrap();
         let big = json!({"mounts": [{"destination": "/big", "type": "bind", "source": "big"}]});
         let e = for_guest(&big.to_string(), &b).unwrap_err().to_string();

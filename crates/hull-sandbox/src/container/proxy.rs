@@ -38,10 +38,8 @@ const GUEST_OVERHEAD_MIB: u64 = 64;
 pub(super) struct ProxyPlan {
     pub id: String,
     pub state_dir: PathBuf,
-    /// config.json's text as the guest gets it (guest_config).
-    pub config: String,
-    /// Host files its bind mounts take along.
-    pub files: Vec<hull_proto::MountFile>,
+    /// config.json as the guest gets it, with the files and directories it binds.
+    pub guest: super::guest_config::GuestConfig,
     pub rootfs: PathBuf,
     pub spec: Spec,
     pub terminal: bool,
@@ -178,13 +176,14 @@ fn boot(mut plan: ProxyPlan) -> Result<Proxy> {
     };
     let create = Request::CreateContainer {
         id: plan.id.clone(),
-        config: std::mem::take(&mut plan.config),
+        config: std::mem::take(&mut plan.guest.config),
         rootfs: Rootfs {
             serial: ROOTFS_SERIAL.into(),
             fstype: "erofs".into(),
         },
         io,
-        files: std::mem::take(&mut plan.files),
+        files: std::mem::take(&mut plan.guest.files),
+        shares: std::mem::take(&mut plan.guest.shares),
     };
     let t = std::time::Instant::now();
     agent.call(create, CALL)?;
@@ -294,6 +293,7 @@ fn start_sandbox(plan: &ProxyPlan, nets: Vec<crate::hypervisor::NetDevice>) -> R
             extra_cmdline: String::new(),
             boot_timeout: s.agent_timeout,
             nets,
+            shares: plan.guest.dirs.clone(),
         },
     )
 }

@@ -49,6 +49,7 @@ pub fn qemu_args(kernel: String, initramfs: String, socket: String, log: String)
         console_log: log.into(),
         accel: Accel::detect(),
         nets: vec![],
+        shares: vec![],
     };
     for arg in hull_sandbox::qemu::Qemu::default().args(&config) {
         println!("{arg}");

@@ -91,8 +91,7 @@ impl std::fmt::Display for Isolation {
     }
 }
 
-/// The annotation that names a container's isolation: read from config.json at create,
-/// and added to what `hull state` prints.
+/// The annotation of config.json that asks for an isolation.
 pub const ISOLATION_ANNOTATION: &str = "io.hull.isolation";
 
 /// Everything hull keeps about a container between commands.
@@ -153,15 +152,8 @@ impl ContainerState {
             rootfs: &self.rootfs,
             created: &self.created,
             owner: &self.owner,
-            annotations: self.annotations(),
+            annotations: self.config.annotations().clone().unwrap_or_default(),
         }
-    }
-
-    /// config.json's annotations, plus the isolation the container actually got.
-    fn annotations(&self) -> HashMap<String, String> {
-        let mut a = self.config.annotations().clone().unwrap_or_default();
-        a.insert(ISOLATION_ANNOTATION.into(), self.isolation.as_str().into());
-        a
     }
 
     /// Whether the recorded init is still the same live process (a zombie counts as

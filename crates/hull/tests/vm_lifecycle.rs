@@ -110,7 +110,7 @@ fn create_then_start_runs_in_the_vm_and_the_reported_pid_carries_the_exit_status
     let st = c.state();
     assert_eq!(st["status"], "created", "{st}");
     assert_eq!(st["pid"], pid, "state and --pid-file name the same process");
-    assert_eq!(st["annotations"]["io.hull.isolation"], "vm", "{st}");
+    assert_eq!(st["isolation"], "vm", "{st}");
     let list = c.hull(&["list", "--format", "json"]).ok("list");
     assert!(list.stdout.contains(r#""isolation":"vm""#), "{list:?}");
     // Nothing runs before start.
@@ -179,7 +179,7 @@ fn hull_vm_as_a_command_name_and_the_config_file_choose_vm() {
         .status()
         .unwrap();
     assert!(out.success(), "{out:?}");
-    assert_eq!(c.state()["annotations"]["io.hull.isolation"], "vm");
+    assert_eq!(c.state()["isolation"], "vm");
     c.delete(true).ok("delete --force");
     assert_vm_gone(&c);
 
@@ -190,7 +190,7 @@ fn hull_vm_as_a_command_name_and_the_config_file_choose_vm() {
         cmd.env("HULL_CONFIG", &conf);
     });
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(c.state()["annotations"]["io.hull.isolation"], "vm");
+    assert_eq!(c.state()["isolation"], "vm");
     c.delete(true).ok("delete --force");
     std::fs::write(&conf, "isolaton = \"vm\"\n").unwrap();
     let out = c.hull_with(&["create", "--bundle", &c.dir(), &c.id], |cmd| {

@@ -103,6 +103,47 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
             reason: "process.terminal is true: pass --console-socket to receive the pty master, or set it to false".into(),
         }));
     }
+    let (dir, mut st, mut undo) = make_state(&req)?;
+    let tty = match (terminal, req.console_socket) {
+        (true, Some(sock)) => Some(send_pty(sock)?),
+        _ => None,
+    };
+    let plan = ProxyPlan {
+        id: req.id.to_string(),
+        // Absolute: the proxy works from inside it.
+        state_dir: std::path::absolute(&dir.path).map_err(io_err("cannot resolve", &dir.path))?,
+        guest,
+        rootfs: bundle.rootfs.clone(),
+        spec: bundle.spec.clone(),
+        terminal,
+        tty,
+        settings: req.settings.clone(),
+        cgroup: st.cgroup.clone(),
+        foreground,
+    };
+    let (pid, mut ours) = fork_proxy(plan, &mut undo)?;
+    st.pid = pid.as_raw();
+    st.start_time = state::process_start_time(st.pid).ok_or(RuntimeError::ChildGone)?;
+    st.creator = None;
+    dir.save(&st)?;
+    if let Some(p) = req.pid_file {
+        write_pid_file(p, st.pid)?;
+    }
+    ours.write_all(b"go")
+        .map_err(|e| SandboxError::Vm(format!("the proxy went away: {e}")))?;
+    // Until the proxy has dropped its PDEATHSIG it dies with us: wait for its EOF,
+    // which it gives once it no longer depends on this process.
+    let _ = ours.read(&mut [0u8; 1]);
+    undo.dir = None;
+    undo.cgroup = None;
+    undo.proxy = None;
+    Ok(pid)
+}
+
+/// The state directory with the provisional state (saved before anything else is made,
+/// so `delete --force` finds it all should this process die), and the host cgroup.
+fn make_state(req: &VmCreate) -> Result<(StateDir, ContainerState, Undo)> {
+    let bundle = &req.bundle;
     let cgroups_path = bundle
         .spec
         .linux()
@@ -118,7 +159,7 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
     };
     let me = std::process::id() as i32;
     cgroup.plan_dirs();
-    let mut st = ContainerState {
+    let st = ContainerState {
         id: req.id.to_string(),
         pid: 0,
         start_time: 0,
@@ -137,24 +178,13 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
     // The sandbox's cgroup holds the proxy and the VMM: the engine's accounting of the
     // container covers the whole VM. The container's own limits hold in the guest.
     cgroup.create(None).map_err(RuntimeError::from)?;
-    let tty = match (terminal, req.console_socket) {
-        (true, Some(sock)) => Some(send_pty(sock)?),
-        _ => None,
-    };
-    let plan = ProxyPlan {
-        id: req.id.to_string(),
-        // Absolute: the proxy works from inside it.
-        state_dir: std::path::absolute(&dir.path).map_err(io_err("cannot resolve", &dir.path))?,
-        guest,
-        rootfs: bundle.rootfs.clone(),
-        spec: bundle.spec.clone(),
-        terminal,
-        tty,
-        settings: req.settings.clone(),
-        cgroup: cgroup.clone(),
-        foreground,
-    };
-    let (ours, theirs) = UnixStream::pair().map_err(io_err("socketpair for", &dir.path))?;
+    Ok((dir, st, undo))
+}
+
+/// Forks the proxy and waits for its "ok"; returns its pid and our end of the pair.
+fn fork_proxy(plan: ProxyPlan, undo: &mut Undo) -> Result<(Pid, UnixStream)> {
+    let (mut ours, theirs) =
+        UnixStream::pair().map_err(io_err("socketpair for", &plan.state_dir))?;
     // SAFETY: hull is single-threaded up to here (DESIGN.md); the child runs the proxy.
     let pid = match unsafe { nix::unistd::fork() }
         .map_err(|e| SandboxError::Vm(format!("fork the proxy: {e}")))?
@@ -168,7 +198,6 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
     drop(theirs);
     drop(plan);
     undo.proxy = Some(pid);
-    let mut ours = ours;
     let answer = read_answer(&mut ours);
     if answer != "ok" {
         return Err(if answer.is_empty() {
@@ -177,22 +206,7 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
             SandboxError::Proxy(answer)
         });
     }
-    st.pid = pid.as_raw();
-    st.start_time = state::process_start_time(st.pid).ok_or(RuntimeError::ChildGone)?;
-    st.creator = None;
-    dir.save(&st)?;
-    if let Some(p) = req.pid_file {
-        write_pid_file(p, st.pid)?;
-    }
-    ours.write_all(b"go")
-        .map_err(|e| SandboxError::Vm(format!("the proxy went away: {e}")))?;
-    // Until the proxy has dropped its PDEATHSIG it dies with us: wait for its EOF,
-    // which it gives once it no longer depends on this process.
-    let _ = ours.read(&mut [0u8; 1]);
-    undo.dir = None;
-    undo.cgroup = None;
-    undo.proxy = None;
-    Ok(pid)
+    Ok((pid, ours))
 }
 
 /// The proxy's one line: "ok", or the error.

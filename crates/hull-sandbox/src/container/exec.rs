@@ -42,43 +42,7 @@ pub fn exec(c: &Container, req: VmExec) -> Result<i32> {
     let terminal = req.process.terminal() == Some(true);
     let process = serde_json::to_string(&req.process)
         .map_err(|e| SandboxError::Vm(format!("exec: the process: {e}")))?;
-    let dup = |fd: BorrowedFd| {
-        fd.try_clone_to_owned()
-            .map_err(|e| SandboxError::Vm(format!("exec: dup: {e}")))
-    };
-    let (fds, tty, raw) = match (terminal, req.console_socket) {
-        (true, Some(sock)) => {
-            let slave = super::create::send_pty(sock)?;
-            (
-                vec![dup(slave.as_fd())?, dup(slave.as_fd())?],
-                Some(slave),
-                None,
-            )
-        }
-        (true, None) if req.detach => {
-            return Err(SandboxError::Vm(
-                "--tty with --detach needs --console-socket to receive the pty".into(),
-            ))
-        }
-        (true, None) => {
-            let stdin = std::io::stdin();
-            let fds = vec![dup(stdin.as_fd())?, dup(std::io::stdout().as_fd())?];
-            (
-                fds,
-                Some(dup(stdin.as_fd())?),
-                RawTerminal::enter(stdin.as_fd()),
-            )
-        }
-        (false, _) => (
-            vec![
-                dup(std::io::stdin().as_fd())?,
-                dup(std::io::stdout().as_fd())?,
-                dup(std::io::stderr().as_fd())?,
-            ],
-            None,
-            None,
-        ),
-    };
+    let (fds, tty, raw) = exec_stdio(terminal, &req)?;
     let conn = control::connect(&c.dir.path)?;
     let borrowed: Vec<BorrowedFd> = fds.iter().map(|f| f.as_fd()).collect();
     control::send(
@@ -120,6 +84,50 @@ pub fn exec(c: &Container, req: VmExec) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+type ExecStdio = (Vec<OwnedFd>, Option<OwnedFd>, Option<RawTerminal>);
+
+/// What the proxy relays for the exec (a pty's slave twice, our terminal, or our 0, 1
+/// and 2), the terminal whose size we pass on, and our terminal in raw mode.
+fn exec_stdio(terminal: bool, req: &VmExec) -> Result<ExecStdio> {
+    let dup = |fd: BorrowedFd| {
+        fd.try_clone_to_owned()
+            .map_err(|e| SandboxError::Vm(format!("exec: dup: {e}")))
+    };
+    Ok(match (terminal, req.console_socket) {
+        (true, Some(sock)) => {
+            let slave = super::create::send_pty(sock)?;
+            (
+                vec![dup(slave.as_fd())?, dup(slave.as_fd())?],
+                Some(slave),
+                None,
+            )
+        }
+        (true, None) if req.detach => {
+            return Err(SandboxError::Vm(
+                "--tty with --detach needs --console-socket to receive the pty".into(),
+            ))
+        }
+        (true, None) => {
+            let stdin = std::io::stdin();
+            let fds = vec![dup(stdin.as_fd())?, dup(std::io::stdout().as_fd())?];
+            (
+                fds,
+                Some(dup(stdin.as_fd())?),
+                RawTerminal::enter(stdin.as_fd()),
+            )
+        }
+        (false, _) => (
+            vec![
+                dup(std::io::stdin().as_fd())?,
+                dup(std::io::stdout().as_fd())?,
+                dup(std::io::stderr().as_fd())?,
+            ],
+            None,
+            None,
+        ),
+    })
 }
 
 /// Signals that reach the exec's stand-in go to the exec.

@@ -130,19 +130,7 @@ fn boot(mut plan: ProxyPlan) -> Result<Proxy> {
     plan.cgroup
         .add_task(std::process::id() as i32)
         .map_err(hull_runtime::error::Error::from)?;
-    let (mirrored, routes) = match super::network::engine_netns(&plan.spec) {
-        Some(netns) => super::network::mirror(&netns)?,
-        None => (vec![], vec![]),
-    };
-    let nets = mirrored
-        .iter()
-        .map(|m| {
-            Ok(crate::hypervisor::NetDevice {
-                tap_fd: super::network::inheritable(&m.tap)?,
-                mac: m.guest.mac.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let (mirrored, routes, nets) = mirror_network(&plan)?;
     let sandbox = start_sandbox(&plan, nets)?;
     tracing::debug!(
         "guest up (agent's hello) in {} us",
@@ -204,6 +192,30 @@ fn boot(mut plan: ProxyPlan) -> Result<Proxy> {
         tty,
         raw,
     })
+}
+
+type Mirror = (
+    Vec<super::network::Mirrored>,
+    Vec<hull_proto::NetRoute>,
+    Vec<crate::hypervisor::NetDevice>,
+);
+
+/// The engine's network namespace mirrored (network.rs): taps, routes, the VMM's devices.
+fn mirror_network(plan: &ProxyPlan) -> Result<Mirror> {
+    let (mirrored, routes) = match super::network::engine_netns(&plan.spec) {
+        Some(netns) => super::network::mirror(&netns)?,
+        None => (vec![], vec![]),
+    };
+    let nets = mirrored
+        .iter()
+        .map(|m| {
+            Ok(crate::hypervisor::NetDevice {
+                tap_fd: super::network::inheritable(&m.tap)?,
+                mac: m.guest.mac.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((mirrored, routes, nets))
 }
 
 type Stdio = (OwnedFd, OwnedFd, Option<OwnedFd>);

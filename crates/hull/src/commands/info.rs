@@ -11,7 +11,11 @@ use hull_runtime::state::{Isolation, Status};
 pub fn state(lc: &Lifecycle, id: &str) -> Result<i32> {
     let c = lc.load(id)?;
     let status = c.status();
-    println!("{}", serde_json::to_string_pretty(&c.state.oci(status))?);
+    // The isolation beside the OCI fields (as runc's state has fields of its own): the
+    // annotations stay config.json's, as the runtime-spec and hooks see them.
+    let mut v = serde_json::to_value(c.state.oci(status))?;
+    v["isolation"] = c.state.isolation.as_str().into();
+    println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(0)
 }
 

@@ -345,7 +345,7 @@ fn place_files(bundle: &Path, config: &mut serde_json::Value, files: &[MountFile
 }
 
 /// The host's shared directories (virtio-9p, by tag) mounted at
-/// `<bundle>/shares/<mount>`, and the mounts that named them on the host bind those.
+/// `<bundle>/shares/<tag>`, and the mounts that named them on the host bind those.
 fn mount_shares(
     bundle: &Path,
     config: &mut serde_json::Value,
@@ -365,9 +365,12 @@ fn mount_shares(
                     s.mount
                 )
             })?;
-        let dir = bundle.join("shares").join(s.mount.to_string());
-        std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        mount_9p(&s.tag, &dir)?;
+        // A virtio-9p channel mounts once: mounts of one directory bind one mount.
+        let dir = bundle.join("shares").join(&s.tag);
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+            mount_9p(&s.tag, &dir)?;
+        }
         mount.insert("source".into(), dir.display().to_string().into());
     }
     Ok(())

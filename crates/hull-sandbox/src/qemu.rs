@@ -21,6 +21,10 @@ pub struct Qemu {
 }
 
 /// Where the measured TSC frequency is kept (per host boot).
+/// virtio-mmio transports of QEMU's microvm (VIRTIO_NUM_TRANSPORTS): one more device
+/// and the guest finds none of them (measured: the agent never answers).
+pub const MICROVM_VIRTIO_SLOTS: usize = 8;
+
 /// The QEMU that boots the guest, looked up on PATH.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
@@ -185,6 +189,16 @@ impl Hypervisor for Qemu {
             return Err(SandboxError::Vm(
                 "QEMU has no hybrid vsock: use a serial port or vhost-vsock".into(),
             ));
+        }
+        // The agent's channel (virtio-serial or vhost-vsock), then disks, nets, shares.
+        let devices = 1 + config.disks.len() + config.nets.len() + config.shares.len();
+        if devices > MICROVM_VIRTIO_SLOTS {
+            return Err(SandboxError::Vm(format!(
+                "this VM would need {devices} virtio devices (the agent's channel, {} disks, {} network interfaces, {} shared directories) and QEMU's microvm has {MICROVM_VIRTIO_SLOTS}: bind fewer distinct host directories (a common parent shares them all)",
+                config.disks.len(),
+                config.nets.len(),
+                config.shares.len()
+            )));
         }
         let args = self.args(config);
         tracing::debug!("{} {}", self.binary.display(), args.join(" "));

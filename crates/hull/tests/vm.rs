@@ -12,15 +12,11 @@ use std::process::Stdio;
 fn assert_vm_gone(c: &Container) {
     let sandbox = c.root.join(&c.id);
     assert!(!sandbox.exists(), "{} was left behind", sandbox.display());
-    let needle = sandbox.display().to_string();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        assert!(
-            !String::from_utf8_lossy(&cmdline).contains(&needle),
-            "a VMM of this container still runs: pid {:?}",
-            e.file_name()
-        );
-    }
+    let left = common::cleanup::processes_under(&sandbox);
+    assert!(
+        left.is_empty(),
+        "a proxy or VMM of this container still runs: {left:?}"
+    );
 }
 
 fn run_vm(c: &Container, extra: &[&str]) -> common::Out {
@@ -214,16 +210,12 @@ fn sigterm_to_hull_vmm_lets_the_container_stop_gracefully() {
     stdout.read_line(&mut first).unwrap();
     assert_eq!(first, "up\n", "the container started in the VM");
 
-    let needle = c.root.join(&c.id).join("vm").display().to_string();
-    let vmm = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            cmdline.contains("vmm") && cmdline.contains(&needle)
-        })
+    // `hull vmm` works in the sandbox directory (and names its files relative to it).
+    let sandbox = c.root.join(&c.id).join("vm");
+    let vmm = common::cleanup::processes_under(&sandbox)
+        .into_iter()
+        .find(|(_, cmdline)| cmdline.contains(" vmm "))
+        .map(|(pid, _)| pid)
         .expect("the hull-vmm process of this container");
     // The VMM types Ctrl-Alt-Del; the agent gives the container SIGTERM and its grace.
     nix::sys::signal::kill(

@@ -73,15 +73,11 @@ fn create_vm(c: &Container, input: Option<&Path>, global: &[&str]) -> (common::O
 fn assert_vm_gone(c: &Container) {
     let state = c.root.join(&c.id);
     assert!(!state.exists(), "{} was left behind", state.display());
-    let needle = state.display().to_string();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        assert!(
-            !String::from_utf8_lossy(&cmdline).contains(&needle),
-            "a VMM of this container still runs: pid {:?}",
-            e.file_name()
-        );
-    }
+    let left = common::cleanup::processes_under(&state);
+    assert!(
+        left.is_empty(),
+        "a proxy or VMM of this container still runs: {left:?}"
+    );
     let left: Vec<PathBuf> = common::cleanup::cgroup_hierarchies()
         .into_iter()
         .map(|h| h.join(&c.id))
@@ -298,18 +294,18 @@ fn a_killed_proxy_or_vmm_reads_as_stopped_and_delete_leaves_nothing() {
     }
 }
 
-/// The VMM of `c`: the process whose command line names its sandbox directory.
+/// The VMM of `c`: the process working in its sandbox directory that is not the proxy.
 fn vmm_pid(c: &Container) -> i32 {
-    let needle = c.root.join(&c.id).join("vm").display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains(&needle)
-        })
-        .expect("the VMM of this container")
+    let proxy = c.pid();
+    let sandbox = c.root.join(&c.id).join("vm");
+    let vmm = common::cleanup::processes_under(&sandbox)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .find(|&pid| {
+            pid != proxy
+                && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|d| d == sandbox)
+        });
+    vmm.expect("the VMM of this container")
 }
 
 #[test]

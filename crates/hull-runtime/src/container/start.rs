@@ -62,26 +62,31 @@ pub fn start_container(mut c: Container) -> Result<()> {
     let _ = std::fs::remove_file(&fifo_path);
     c.state.started = true;
     c.dir.mark_started()?;
-    wait_for_exec(&c, &fifo)?;
+    wait_for_exec(&fifo)?;
     poststart(&c);
     Ok(())
 }
 
 /// The init holds its end of the fifo until execve closes it: end-of-file means the
-/// user's program has replaced hull (or the init died in a startContainer hook).
-fn wait_for_exec(c: &Container, fifo: &std::os::fd::OwnedFd) -> Result<()> {
+/// user's program has replaced hull. An init whose startContainer hook failed writes a
+/// byte first. (Whether the init is still alive says nothing: a program that exits at
+/// once may already have been reaped by the engine's subreaper.)
+fn wait_for_exec(fifo: &std::os::fd::OwnedFd) -> Result<()> {
     let _ = nix::fcntl::fcntl(fifo, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()));
     let mut b = [0u8; 16];
+    let mut failed = false;
     loop {
         match nix::unistd::read(fifo, &mut b) {
             Ok(0) => break,
-            Ok(_) | Err(nix::Error::EINTR) => {}
+            Ok(_) => failed = true,
+            Err(nix::Error::EINTR) => {}
             Err(e) => return Err(Error::Sync(e.into())),
         }
     }
-    if !c.state.init_alive() {
+    if failed {
         return Err(Error::Child(
-            "the container's init exited before running the process (a startContainer hook failed?)".into(),
+            "the container's init exited before running the process: a startContainer hook failed"
+                .into(),
         ));
     }
     Ok(())

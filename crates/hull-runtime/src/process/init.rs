@@ -138,11 +138,18 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
             None
         }
     };
-    hooks::run_all(
+    if let Err(e) = hooks::run_all(
         "startContainer",
         hooks.and_then(|h| h.start_container().as_ref()),
         &state_json,
-    )?;
+    ) {
+        // Tells `start` that the program never ran: the fifo's end alone could also be
+        // a program that ran and exited at once, its init already reaped.
+        if let Some(fifo) = &_exec_marker {
+            let _ = unistd::write(fifo, b"E");
+        }
+        return Err(e);
+    }
     super::exec(&program)
 }
 

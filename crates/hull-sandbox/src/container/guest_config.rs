@@ -72,15 +72,23 @@ pub fn for_guest(config: &str, bundle: &Path) -> Result<GuestConfig> {
             let meta = std::fs::metadata(&source)
                 .map_err(|e| bad(format!("bind mount source {}: {e}", source.display())))?;
             if meta.is_dir() {
-                let tag = format!("hullvol{}", out.dirs.len());
                 let readonly = m["options"]
                     .as_array()
                     .is_some_and(|o| o.iter().any(|x| x == "ro"));
-                out.dirs.push(SharedDir {
-                    tag: tag.clone(),
-                    path: source,
-                    readonly,
-                });
+                // One device per directory and mode: a VM has few virtio slots.
+                let same = |d: &&SharedDir| d.path == source && d.readonly == readonly;
+                let tag = match out.dirs.iter().find(same) {
+                    Some(d) => d.tag.clone(),
+                    None => {
+                        let tag = format!("hullvol{}", out.dirs.len());
+                        out.dirs.push(SharedDir {
+                            tag: tag.clone(),
+                            path: source,
+                            readonly,
+                        });
+                        tag
+                    }
+                };
                 out.shares.push(MountShare { mount: i, tag });
                 continue;
             }
@@ -163,6 +171,13 @@ mod tests {
         let g = for_guest(&config.to_string(), &b).unwrap();
         let tags: Vec<(usize, &str)> = g.shares.iter().map(|s| (s.mount, s.tag.as_str())).collect();
         assert_eq!(tags, [(0, "hullvol0"), (1, "hullvol1")]);
+        // The same directory twice, in one mode: one device.
+        let twice = json!({"mounts": [
+            {"destination": "/a", "type": "bind", "source": "vol"},
+            {"destination": "/b", "type": "bind", "source": "vol"},
+        ]});
+        let g2 = for_guest(&twice.to_string(), &b).unwrap();
+        assert_eq!((g2.dirs.len(), g2.shares.len()), (1, 2));
         assert_eq!((g.dirs[0].readonly, g.dirs[1].readonly), (true, false));
         assert_eq!(g.dirs[1].path, b.join("vol"));
         std::fs::remove_dir_all(&b).unwrap();

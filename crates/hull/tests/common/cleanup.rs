@@ -161,3 +161,22 @@ pub fn remove_bundle_dir(dir: &Path) {
         let _ = fs::remove_dir_all(dir);
     }
 }
+
+/// Processes whose command line names `dir` or whose working directory is in it (a
+/// VM's VMM runs in its sandbox directory and names its files relative to it).
+pub fn processes_under(dir: &Path) -> Vec<(i32, String)> {
+    let needle = dir.display().to_string();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let cwd = fs::read_link(e.path().join("cwd")).unwrap_or_default();
+        if cmdline.contains(&needle) || cwd.starts_with(dir) {
+            out.push((pid, cmdline));
+        }
+    }
+    out
+}

@@ -62,6 +62,10 @@ const MAKE_BUNDLE: &str =
 
 type Verdict = Result<(), String>;
 
+/// Guest instructions a second (millions) below which L1's KVM is no better than this
+/// machine's emulated one.
+const MIN_NESTED_RATE: f64 = 10.0;
+
 struct Checks<'a> {
     l1: &'a mut L1,
     failures: Vec<String>,
@@ -158,9 +162,19 @@ fn kvm_checks(c: &mut Checks) {
             .lines()
             .find(|l| l.starts_with("kvm "))
             .unwrap_or("");
-        match kvm.contains("hardware-accelerated") {
-            true => exit_is(o, 0),
-            false => Err(format!("KVM not measured as hardware-accelerated: {kvm:?}")),
+        let rate = kvm
+            .split_once(" M guest instructions/s")
+            .and_then(|(head, _)| head.rsplit(' ').next()?.parse::<f64>().ok());
+        // This machine's emulated KVM measures ~4 M/s; nested KVM ran 46 to 950 M/s,
+        // by how much of a core the host gave QEMU.
+        match rate {
+            None => Err(format!("no measured KVM speed: {kvm:?}")),
+            Some(r) if r < MIN_NESTED_RATE => Err(format!("{r} M/s is emulated speed")),
+            Some(_) if kvm.contains("hardware-accelerated") => exit_is(o, 0),
+            Some(r) => {
+                eprintln!("note: {r} M/s is below hull check's hardware threshold here");
+                Ok(())
+            }
         }
     });
     // L1 kills a command at its timeout and says so; the session goes on.

@@ -45,6 +45,9 @@ pub struct Server {
     shutdown: bool,
     /// The host asked for shutdown and has been answered.
     shutdown_answered: bool,
+    /// How long to wait for the host's hang-up after that; None where a write is with
+    /// the host when it returns.
+    linger: Option<Duration>,
     /// Set by Ctrl-Alt-Del: until when the containers may take to exit.
     stopping_until: Option<Instant>,
 }
@@ -88,8 +91,16 @@ impl Server {
             greeted: false,
             shutdown: false,
             shutdown_answered: false,
+            linger: Some(SHUTDOWN_LINGER),
             stopping_until: None,
         })
+    }
+
+    /// Whether the host's stream queues writes (vsock), so that a reply needs the
+    /// host's hang-up before the agent powers off.
+    pub fn queued_writes(mut self, queued: bool) -> Self {
+        self.linger = queued.then_some(SHUTDOWN_LINGER);
+        self
     }
 
     /// The agent speaks first: on a virtio console the host must not send before the
@@ -172,8 +183,8 @@ impl Server {
             }
         }
         self.stop_all();
-        if self.shutdown_answered {
-            self.wait_for_hangup(SHUTDOWN_LINGER);
+        if let (true, Some(limit)) = (self.shutdown_answered, self.linger) {
+            self.wait_for_hangup(limit);
         }
         Ok(())
     }

@@ -15,18 +15,21 @@ use anyhow::{bail, Context, Result};
 use hull_testbed::{Options, L1};
 
 const USAGE: &str = "usage: hull-testbed prepare [OPTIONS]
-       hull-testbed run [OPTIONS] [--timeout SECS] [--file HOST_PATH:L1_PATH]... -- CMD...
+       hull-testbed run [OPTIONS] [--timeout SECS] [--json] [--file HOST_PATH:L1_PATH]... -- CMD...
 options:
   --release-dir DIR   where hull and hull-agent are (default: this binary's directory)
   --guest-dir DIR     the hull guest (default: /var/lib/hull/guest)
   --memory MIB        L1's memory (default: 2048)
   --timeout SECS      each command's limit in L1 (default: 120)
+  --json              one JSON object a line (boot, then each command), for scripts
   --file HOST:L1      copy a host file into L1 (a relative L1 path goes under /testbed/files)";
 
 struct Args {
     verb: String,
     opts: Options,
     timeout: Duration,
+    /// One JSON object a line: L1's boot, then each command's result.
+    json: bool,
     commands: Vec<String>,
 }
 
@@ -36,6 +39,7 @@ fn parse() -> Result<Args> {
     let exe = std::env::current_exe().context("where is this binary")?;
     let mut opts = Options::for_release_dir(exe.parent().unwrap_or(&PathBuf::from(".")));
     let (mut verb, mut timeout, mut commands) = (None, Duration::from_secs(120), Vec::new());
+    let mut json = false;
     while let Some(arg) = p.next()? {
         match arg {
             Long("release-dir") => {
@@ -52,6 +56,7 @@ fn parse() -> Result<Args> {
                 };
                 opts.files.push((host.into(), l1.into()));
             }
+            Long("json") => json = true,
             Long("help") | Short('h') => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -68,6 +73,7 @@ fn parse() -> Result<Args> {
         verb,
         opts,
         timeout,
+        json,
         commands,
     })
 }
@@ -89,36 +95,55 @@ fn run(args: &Args) -> Result<i32> {
             if args.commands.is_empty() {
                 bail!("run: no commands\n{USAGE}");
             }
-            let mut l1 = L1::boot(&args.opts, &progress)?;
-            println!(
-                "hull-testbed: L1 {} up in {:.2} s",
-                l1.kernel,
-                l1.boot_time.as_secs_f64()
-            );
-            let mut status = 0;
-            let n = args.commands.len();
-            for (i, cmd) in args.commands.iter().enumerate() {
-                let out = l1.run(cmd, args.timeout)?;
-                let killed = if out.timed_out {
-                    " (killed at its timeout)"
-                } else {
-                    ""
-                };
-                println!(
-                    "== [{}/{n}] exit {}{killed} in {:.2} s: {cmd}",
-                    i + 1,
-                    out.code,
-                    out.elapsed.as_secs_f64()
-                );
-                print!("{}", out.output);
-                if out.code != 0 {
-                    status = 1;
-                }
-            }
-            Ok(status)
+            run_commands(args, &progress)
         }
         other => bail!("unknown verb {other:?}\n{USAGE}"),
     }
+}
+
+/// Boots L1 once and runs every command; 1 when one of them did not exit 0.
+fn run_commands(args: &Args, progress: &dyn Fn(&str)) -> Result<i32> {
+    let mut l1 = L1::boot(&args.opts, progress)?;
+    let boot = l1.boot_time.as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"l1_kernel": l1.kernel, "boot_seconds": boot})
+        );
+    } else {
+        println!("hull-testbed: L1 {} up in {boot:.2} s", l1.kernel);
+    }
+    let mut status = 0;
+    let n = args.commands.len();
+    for (i, cmd) in args.commands.iter().enumerate() {
+        let out = l1.run(cmd, args.timeout)?;
+        if out.code != 0 {
+            status = 1;
+        }
+        if args.json {
+            let line = serde_json::json!({
+                "command": cmd,
+                "code": out.code,
+                "seconds": out.elapsed.as_secs_f64(),
+                "timed_out": out.timed_out,
+                "output": out.output,
+            });
+            println!("{line}");
+            continue;
+        }
+        let killed = match out.timed_out {
+            true => " (killed at its timeout)",
+            false => "",
+        };
+        let secs = out.elapsed.as_secs_f64();
+        println!(
+            "== [{}/{n}] exit {}{killed} in {secs:.2} s: {cmd}",
+            i + 1,
+            out.code
+        );
+        print!("{}", out.output);
+    }
+    Ok(status)
 }
 
 fn main() {

@@ -315,7 +315,9 @@ impl TempDir {
     fn new() -> Result<TempDir> {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("hull-testbed.{}.{n}", std::process::id()));
+        let tmp = std::env::temp_dir();
+        remove_stale(&tmp);
+        let path = tmp.join(format!("hull-testbed.{}.{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -328,5 +330,46 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes the directories of test beds whose process is gone: a SIGKILL skips Drop
+/// (QEMU itself died with them, by PDEATHSIG).
+fn remove_stale(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("hull-testbed.")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_processs_directory_goes_and_a_live_ones_stays() {
+        let tmp = std::env::temp_dir().join(format!("hull-testbed-stale-{}", std::process::id()));
+        // pid_max is at most 2^22: this pid cannot be running.
+        let dead = tmp.join("hull-testbed.4194305.0");
+        let live = tmp.join(format!("hull-testbed.{}.7", std::process::id()));
+        let other = tmp.join("hull-testbed-test.4194305");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        remove_stale(&tmp);
+        let left = [dead.exists(), live.exists(), other.exists()];
+        std::fs::remove_dir_all(&tmp).unwrap();
+        assert_eq!(left, [false, true, true]);
     }
 }

@@ -26,10 +26,11 @@ pub enum TestbedError {
     #[error("the hull guest: {0}")]
     Guest(#[from] hull_sandbox::SandboxError),
     /// L1 did not answer in time.
-    #[error("timed out after {:.1} s waiting for {what}; the L1 console ended with:\n{console}", .after.as_secs_f64())]
+    #[error("timed out after {:.1} s waiting for {what}; L1's vCPU:\n{cpu}\nthe L1 console ended with:\n{console}", .after.as_secs_f64())]
     Timeout {
         what: String,
         after: Duration,
+        cpu: String,
         console: String,
     },
     /// QEMU ended (or closed the command channel) while L1 still had work.

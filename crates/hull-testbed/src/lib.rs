@@ -17,6 +17,7 @@ pub mod cpio;
 pub mod debian;
 pub mod error;
 pub mod image;
+pub mod monitor;
 pub mod session;
 pub mod wire;
 

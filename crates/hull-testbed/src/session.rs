@@ -16,6 +16,9 @@
 //! stdout and stderr together, then answers `@@hull-testbed begin ID`, the output in
 //! base64, `@@hull-testbed end ID STATUS`. Base64 keeps any output (an L2 console's
 //! escape codes, a line that looks like a marker) from passing for the protocol.
+//!
+//! QEMU's human monitor listens on a socket in the session's directory: the doorbell
+//! (monitor.rs) rings through it, and a timeout reports where L1's vCPU was.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::DirBuilderExt;
@@ -28,12 +31,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{io_err, Result, TestbedError};
+use crate::monitor::{self, Doorbell};
 use crate::{cpio, wire, Options};
 
 const MARK: &str = "@@hull-testbed";
 /// Beyond a command's own timeout, for L1 to kill it and send the output back.
 const HOST_GRACE: Duration = Duration::from_secs(15);
-const KERNEL_CMDLINE: &str = "console=ttyS0 panic=-1 quiet tsc=reliable";
+/// `lapic=notscdeadline`: L1 lost its timer interrupt far less often with the APIC
+/// timer in one-shot mode than in TSC-deadline mode (monitor.rs has the numbers).
+const KERNEL_CMDLINE: &str = "console=ttyS0 panic=-1 quiet tsc=reliable lapic=notscdeadline";
 
 /// What one command did in L1.
 #[derive(Debug, Clone)]
@@ -55,6 +61,7 @@ pub struct L1 {
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     reader: Option<JoinHandle<()>>,
+    doorbell: Option<Doorbell>,
     dir: TempDir,
     next_id: u64,
     broken: Option<String>,
@@ -82,12 +89,14 @@ impl L1 {
             stdin,
             lines,
             reader,
+            doorbell: None,
             dir,
             next_id: 0,
             broken: None,
             kernel: String::new(),
             boot_time: Duration::ZERO,
         };
+        l1.doorbell = Some(Doorbell::start(l1.monitor_socket()));
         let ready = l1.next_line(t + opts.boot_timeout, "L1's init to answer")?;
         let Some(rest) = ready.strip_prefix(&format!("{MARK} ready ")) else {
             return Err(TestbedError::Protocol(format!(
@@ -175,6 +184,7 @@ impl L1 {
             Err(RecvTimeoutError::Timeout) => Err(TestbedError::Timeout {
                 what: what.to_string(),
                 after: start.elapsed(),
+                cpu: self.cpu_state(),
                 console: self.console_tail(20),
             }),
             Err(RecvTimeoutError::Disconnected) => Err(self.gone(&format!("waiting for {what}"))),
@@ -202,6 +212,20 @@ impl L1 {
         }
     }
 
+    /// Where L1's vCPU is, from QEMU's monitor: a stalled L1 prints nothing.
+    pub fn cpu_state(&self) -> String {
+        monitor::cpu_state(&self.monitor_socket())
+    }
+
+    /// Runs a command on QEMU's human monitor and returns what it printed.
+    pub fn monitor(&self, command: &str) -> std::io::Result<String> {
+        monitor::hmp(&self.monitor_socket(), command)
+    }
+
+    fn monitor_socket(&self) -> PathBuf {
+        self.dir.0.join("monitor.sock")
+    }
+
     /// The last `n` lines of L1's kernel console (ttyS0).
     pub fn console_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(self.console_log()).unwrap_or_default();
@@ -226,6 +250,7 @@ impl L1 {
 
 impl Drop for L1 {
     fn drop(&mut self) {
+        self.doorbell = None;
         // Nothing in L1 outlives it, so no clean shutdown is worth waiting for.
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -257,6 +282,11 @@ fn spawn_qemu(opts: &Options, vmlinuz: &Path, dir: &Path, image: &Path) -> Resul
             "-serial",
             "chardev:tb",
         ])
+        .arg("-monitor")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            dir.join("monitor.sock").display()
+        ))
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")

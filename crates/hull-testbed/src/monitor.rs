@@ -8,7 +8,8 @@
 //! `lapic=notscdeadline`, 1 in 10 with the HPET as its clock event device). Any
 //! interrupt wakes it and the expired timers run: one byte sent to its UART ended a
 //! stall, and the command finished. So the host presses Shift on L1's PS/2 keyboard
-//! twice a second, an interrupt that no program in L1 reads.
+//! twice a second, an interrupt that no program in L1 reads: with it, 0 stalls in 12
+//! runs (one-shot timer) and 0 in 8 (TSC-deadline timer).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

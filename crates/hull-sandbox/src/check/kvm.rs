@@ -1,7 +1,8 @@
 //! Is KVM usable, and at what speed? A throwaway VM (one vCPU, a few pages of anonymous
 //! memory, real mode) runs `l: dec ecx; jnz l; hlt`; KVM_RUN is timed until the HLT
-//! exit, and the rate is taken between two runs of different lengths. Hardware KVM runs ~1e9 guest instructions a second; an emulated /dev/kvm (as on
-//! the machines hull is developed on) ~1.4e6, far too slow to boot Linux.
+//! exit, and the rate is taken between two runs of different lengths. Hardware KVM
+//! runs ~1e9 guest instructions a second; an emulated /dev/kvm (as on the machines hull
+//! is developed on) ~3e6 to 5e6, far too slow to boot Linux.
 //!
 //! The loop count starts small and grows until a run takes `TARGET`, so an emulated KVM
 //! is measured in ~15 ms. A watchdog thread kicks the vCPU out of KVM_RUN with a signal

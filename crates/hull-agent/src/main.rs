@@ -51,5 +51,7 @@ fn run() -> anyhow::Result<()> {
         boot::memory_in_use_kib(),
         stream.name
     );
-    server::Server::new(stream.fd)?.serve()
+    server::Server::new(stream.fd)?
+        .queued_writes(stream.queued_writes)
+        .serve()
 }

@@ -43,6 +43,11 @@ pub struct Server {
     waits: Vec<(u64, Key)>,
     greeted: bool,
     shutdown: bool,
+    /// The host asked for shutdown and has been answered.
+    shutdown_answered: bool,
+    /// How long to wait for the host's hang-up after that; None where a write is with
+    /// the host when it returns.
+    linger: Option<Duration>,
     /// Set by Ctrl-Alt-Del: until when the containers may take to exit.
     stopping_until: Option<Instant>,
 }
@@ -51,6 +56,10 @@ pub struct Server {
 /// hull-vmm's default `shutdown_grace_ms` (3 s), so the guest is down before its VMM
 /// stops waiting.
 pub const CAD_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the agent waits, after answering Shutdown, for the host to hang up before
+/// it powers off anyway (a host that never hangs up costs this much, no more).
+pub const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
 
 enum Outcome {
     Reply(Reply),
@@ -81,8 +90,17 @@ impl Server {
             waits: Vec::new(),
             greeted: false,
             shutdown: false,
+            shutdown_answered: false,
+            linger: Some(SHUTDOWN_LINGER),
             stopping_until: None,
         })
+    }
+
+    /// Whether the host's stream queues writes (vsock), so that a reply needs the
+    /// host's hang-up before the agent powers off.
+    pub fn queued_writes(mut self, queued: bool) -> Self {
+        self.linger = queued.then_some(SHUTDOWN_LINGER);
+        self
     }
 
     /// The agent speaks first: on a virtio console the host must not send before the
@@ -165,7 +183,43 @@ impl Server {
             }
         }
         self.stop_all();
+        if let (true, Some(limit)) = (self.shutdown_answered, self.linger) {
+            self.wait_for_hangup(limit);
+        }
         Ok(())
+    }
+
+    /// The reply to Shutdown is written, but on vsock it is only queued: the guest's
+    /// driver sends from a workqueue, and a reboot right after `write` can end the VM
+    /// before it runs, so the host never gets the reply (2 runs in 4, then 3 in 3, of
+    /// `hull run --isolation vm` under hull-vmm exited 1 with "the agent went away
+    /// before answering shutdown"). The host hangs up once it has the reply; until then
+    /// (at most `limit`) the agent does not power off. Anything else it sends is dropped.
+    fn wait_for_hangup(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    "the host did not hang up within {limit:?} of the shutdown reply; powering off"
+                );
+                return;
+            }
+            let mut fds = [PollFd::new(self.host.as_fd(), PollFlags::POLLIN)];
+            let ms = PollTimeout::from(left.as_millis().min(u16::MAX as u128) as u16);
+            match poll(&mut fds, ms) {
+                Ok(0) | Err(nix::Error::EINTR) => continue,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            match self.host.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
     }
 
     fn wait_ready(&self, timeout: PollTimeout) -> Result<(bool, bool, Vec<StreamId>)> {
@@ -356,6 +410,7 @@ impl Server {
             }
             Request::Shutdown => {
                 self.shutdown = true;
+                self.shutdown_answered = true;
                 done
             }
         }

@@ -13,6 +13,10 @@ pub const PORT_NAME: &str = "hull.agent";
 pub struct Stream {
     pub fd: OwnedFd,
     pub name: String,
+    /// A write returns before the host has the bytes: vsock sends from a workqueue,
+    /// which a reboot does not wait for. A virtio-serial write is kicked to the VMM
+    /// before it returns, and a console's waits for the VMM to take it.
+    pub queued_writes: bool,
 }
 
 pub fn open() -> Result<Stream> {
@@ -65,6 +69,7 @@ fn console(name: &str) -> Result<Stream> {
     Ok(Stream {
         fd: file.into(),
         name: dev.display().to_string(),
+        queued_writes: false,
     })
 }
 
@@ -81,6 +86,7 @@ fn serial_port() -> Result<Stream> {
             return Ok(Stream {
                 fd: file.into(),
                 name: dev.display().to_string(),
+                queued_writes: false,
             });
         }
         if Instant::now() > deadline {
@@ -126,5 +132,6 @@ fn vsock(port: u32) -> Result<Stream> {
     Ok(Stream {
         fd,
         name: format!("vsock port {port}"),
+        queued_writes: true,
     })
 }

@@ -23,7 +23,7 @@ pub use host::{
 pub use kvm::{probe as probe_kvm, KvmProbeError, KvmReport, Measurement, KVM_PATH};
 
 /// Guest instructions a second from which KVM counts as hardware-accelerated. Hardware
-/// runs ~1e9; the emulated /dev/kvm hull is developed on ~1.4e6.
+/// runs ~1e9; the emulated /dev/kvm hull is developed on ~3e6 to 5e6.
 pub const HARDWARE_IPS: u64 = 100_000_000;
 
 /// Can KVM run guests, and how fast?

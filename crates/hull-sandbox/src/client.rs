@@ -209,6 +209,13 @@ impl AgentClient {
         self.write(&wire)
     }
 
+    /// Closes the channel both ways. After the reply to Shutdown this tells the agent
+    /// that the reply arrived, so it may power off.
+    pub fn hang_up(&self) {
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = w.shutdown(std::net::Shutdown::Both);
+    }
+
     fn write(&self, wire: &[u8]) -> Result<()> {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         w.write_all(wire).map_err(|e| SandboxError::Proto(e.into()))

@@ -34,7 +34,7 @@ struct File {
     vm: Option<VmSection>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VmSection {
     hypervisor: Option<String>,
@@ -46,64 +46,74 @@ struct VmSection {
     agent_timeout_s: Option<u64>,
 }
 
-/// The host's settings after the file and the environment.
-#[derive(Debug, Clone)]
+/// The host's settings: the file as read. The VM part is made only when a VM container
+/// needs it (`vm()`): a namespace container's create touches no VM code (every page of
+/// the static binary a start touches is RSS).
+#[derive(Debug, Clone, Default)]
 pub struct Settings {
     pub isolation: Option<Isolation>,
-    pub vm: VmSettings,
+    path: PathBuf,
+    vm: VmSection,
 }
 
 impl Settings {
-    /// Reads `HULL_CONFIG` or the default path.
+    /// Reads `HULL_CONFIG` or the default path; no file is every default.
     pub fn load() -> Result<Settings, LifecycleError> {
         let path = std::env::var_os("HULL_CONFIG")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => {
-                return Err(LifecycleError::Io {
-                    what: "cannot read the configuration",
-                    path,
-                    source,
-                })
-            }
-        };
-        let env = |k: &str| std::env::var(k).ok();
-        Self::parse(&text, &path, env)
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings {
+                path,
+                ..Settings::default()
+            }),
+            Err(source) => Err(LifecycleError::Io {
+                what: "cannot read the configuration",
+                path,
+                source,
+            }),
+        }
     }
 
-    fn parse(
-        text: &str,
-        path: &Path,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Settings, LifecycleError> {
-        let bad = |reason: String| LifecycleError::Config {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let file: File = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
+    fn parse(text: &str, path: &Path) -> Result<Settings, LifecycleError> {
+        let file: File = toml::from_str(text).map_err(|e| bad(path, e.message().to_string()))?;
         let isolation = file
             .isolation
             .map(|v| {
                 Isolation::parse(&v)
-                    .ok_or_else(|| bad(format!("isolation = {v:?}: say vm or namespace")))
+                    .ok_or_else(|| bad(path, format!("isolation = {v:?}: say vm or namespace")))
             })
             .transpose()?;
-        let s = file.vm.unwrap_or_default();
+        Ok(Settings {
+            isolation,
+            path: path.to_path_buf(),
+            vm: file.vm.unwrap_or_default(),
+        })
+    }
+
+    /// The VM settings: the file's `[vm]`, then the environment over it.
+    pub fn vm(&self) -> Result<VmSettings, LifecycleError> {
+        self.vm_with(|k| std::env::var(k).ok())
+    }
+
+    fn vm_with(&self, env: impl Fn(&str) -> Option<String>) -> Result<VmSettings, LifecycleError> {
+        let s = &self.vm;
+        let bad = |reason: String| bad(&self.path, reason);
         let mut vm = VmSettings::default();
-        let hypervisor = env("HULL_HYPERVISOR").or(s.hypervisor);
-        if let Some(h) = hypervisor {
+        if let Some(h) = env("HULL_HYPERVISOR").or(s.hypervisor.clone()) {
             vm.hypervisor = HypervisorChoice::parse(&h).ok_or_else(|| {
                 bad(format!("hypervisor {h:?} (HULL_HYPERVISOR or [vm] hypervisor): say auto, hull-vmm or qemu"))
             })?;
         }
-        if let Some(d) = env("HULL_GUEST_DIR").map(PathBuf::from).or(s.guest_dir) {
+        if let Some(d) = env("HULL_GUEST_DIR")
+            .map(PathBuf::from)
+            .or(s.guest_dir.clone())
+        {
             vm.guest_dir = d;
         }
-        match (s.kernel, s.initramfs) {
-            (Some(k), Some(i)) => vm.guest_files = Some((k, i)),
+        match (&s.kernel, &s.initramfs) {
+            (Some(k), Some(i)) => vm.guest_files = Some((k.clone(), i.clone())),
             (None, None) => {}
             _ => {
                 return Err(bad(
@@ -128,7 +138,14 @@ impl Settings {
         if let Some(t) = s.agent_timeout_s {
             vm.agent_timeout = Duration::from_secs(t.max(1));
         }
-        Ok(Settings { isolation, vm })
+        Ok(vm)
+    }
+}
+
+fn bad(path: &Path, reason: String) -> LifecycleError {
+    LifecycleError::Config {
+        path: path.to_path_buf(),
+        reason,
     }
 }
 
@@ -136,23 +153,26 @@ impl Settings {
 mod tests {
     use super::*;
 
-    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Settings, LifecycleError> {
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        Settings::parse(text, Path::new("/etc/hull/config.toml"), |k| {
-            env.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone())
-        })
+    const PATH: &str = "/etc/hull/config.toml";
+
+    /// The file's settings and their VM part under `env`.
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<(Settings, VmSettings), LifecycleError> {
+        let s = Settings::parse(text, Path::new(PATH))?;
+        let vm = s.vm_with(|k| {
+            env.iter()
+                .find(|(a, _)| *a == k)
+                .map(|(_, b)| b.to_string())
+        })?;
+        Ok((s, vm))
     }
 
     #[test]
     fn empty_is_every_default() {
-        let s = parse("", &[]).unwrap();
+        let (s, vm) = parse("", &[]).unwrap();
         assert_eq!(s.isolation, None);
-        assert_eq!(s.vm.hypervisor, HypervisorChoice::Auto);
+        assert_eq!(vm.hypervisor, HypervisorChoice::Auto);
         assert_eq!(
-            s.vm.guest_dir,
+            vm.guest_dir,
             PathBuf::from(hull_sandbox::guest::DEFAULT_DIR)
         );
     }
@@ -160,18 +180,15 @@ mod tests {
     #[test]
     fn the_file_and_then_the_environment() {
         let text = "isolation = \"vm\"\n[vm]\nhypervisor = \"qemu\"\nvcpus = 2\nmemory_mib = 512\nagent_timeout_s = 30\nguest_dir = \"/g\"\n";
-        let s = parse(text, &[]).unwrap();
+        let (s, vm) = parse(text, &[]).unwrap();
         assert_eq!(s.isolation, Some(Isolation::Vm));
-        assert_eq!(s.vm.hypervisor, HypervisorChoice::Qemu);
-        assert_eq!((s.vm.vcpus, s.vm.memory_mib), (2, 512));
-        assert_eq!(s.vm.agent_timeout, Duration::from_secs(30));
-        let s = parse(
-            text,
-            &[("HULL_HYPERVISOR", "hull-vmm"), ("HULL_GUEST_DIR", "/e")],
-        )
-        .unwrap();
-        assert_eq!(s.vm.hypervisor, HypervisorChoice::HullVmm);
-        assert_eq!(s.vm.guest_dir, PathBuf::from("/e"));
+        assert_eq!(vm.hypervisor, HypervisorChoice::Qemu);
+        assert_eq!((vm.vcpus, vm.memory_mib), (2, 512));
+        assert_eq!(vm.agent_timeout, Duration::from_secs(30));
+        let env = [("HULL_HYPERVISOR", "hull-vmm"), ("HULL_GUEST_DIR", "/e")];
+        let (_, vm) = parse(text, &env).unwrap();
+        assert_eq!(vm.hypervisor, HypervisorChoice::HullVmm);
+        assert_eq!(vm.guest_dir, PathBuf::from("/e"));
     }
 
     #[test]
@@ -186,7 +203,7 @@ mod tests {
             "isolation = ",
         ] {
             let e = parse(bad, &[]).unwrap_err().to_string();
-            assert!(e.contains("/etc/hull/config.toml"), "{bad:?}: {e}");
+            assert!(e.contains(PATH), "{bad:?}: {e}");
         }
     }
 }

@@ -240,10 +240,19 @@ impl Lifecycle {
 /// The isolations this host can give, each with why not where it cannot: a VM needs
 /// the built guest and a VMM to boot it (QEMU, or hull-vmm on hardware KVM).
 pub fn isolations(s: &Settings) -> Vec<(Isolation, Result<(), String>)> {
-    let guest = match &s.vm.guest_files {
+    let vm = match s.vm() {
+        Ok(vm) => vm,
+        Err(e) => {
+            return vec![
+                (Isolation::Namespace, Ok(())),
+                (Isolation::Vm, Err(e.to_string())),
+            ]
+        }
+    };
+    let guest = match &vm.guest_files {
         Some((k, i)) if k.exists() && i.exists() => Ok(()),
         Some((k, i)) => Err(format!("{} or {} is missing", k.display(), i.display())),
-        None => hull_sandbox::guest::GuestAssets::locate(&s.vm.guest_dir)
+        None => hull_sandbox::guest::GuestAssets::locate(&vm.guest_dir)
             .map(drop)
             .map_err(|e| e.to_string()),
     };

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use hull_runtime::container::Container;
 use hull_runtime::spec::Bundle;
-use hull_sandbox::container::{self as vm, VmCreate, VmExec};
+use hull_sandbox::container::{self as vm, VmCreate, VmExec, VmSettings};
 use oci_spec::runtime::LinuxResources;
 
 use crate::{Backend, CreateRequest, ExecRequest, Result, Settings};
@@ -15,7 +15,7 @@ fn request<'a>(
     root: &'a Path,
     req: &'a CreateRequest,
     bundle: Bundle,
-    s: &'a Settings,
+    s: &'a VmSettings,
 ) -> VmCreate<'a> {
     VmCreate {
         root,
@@ -24,13 +24,13 @@ fn request<'a>(
         console_socket: req.console_socket.as_deref(),
         pid_file: req.pid_file.as_deref(),
         preserve_fds: req.preserve_fds,
-        settings: &s.vm,
+        settings: s,
     }
 }
 
 impl Backend for Vms {
     fn create(&self, root: &Path, req: &CreateRequest, bundle: Bundle, s: &Settings) -> Result<()> {
-        Ok(vm::create(request(root, req, bundle, s))?)
+        Ok(vm::create(request(root, req, bundle, &s.vm()?))?)
     }
 
     fn run(
@@ -41,7 +41,7 @@ impl Backend for Vms {
         s: &Settings,
         detach: bool,
     ) -> Result<i32> {
-        Ok(vm::run(request(root, req, bundle, s), detach)?)
+        Ok(vm::run(request(root, req, bundle, &s.vm()?), detach)?)
     }
 
     fn start(&self, c: Container) -> Result<()> {

@@ -54,6 +54,10 @@ fn scratch_files(hull: &Path) -> Scratch {
         "memory_mib": 128,
         "serial": "stdout",
         "console": {"socket": "/tmp/vmm-console.sock"},
+        // Under TCG-in-TCG on a loaded host the guest's Ctrl-Alt-Del path (keyboard
+        // interrupt, the agent's SIGTERM to its containers, the reset) took over the
+        // default 3 s once: it may take its time, the reset must still come.
+        "shutdown_grace_ms": 20000,
     });
     std::fs::write(dir.join("vm.json"), vm.to_string()).unwrap();
     scratch

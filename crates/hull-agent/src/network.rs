@@ -16,7 +16,7 @@ pub fn configure(interfaces: &[NetInterface], routes: &[NetRoute]) -> Result<()>
         let name = by_mac(&i.mac)?;
         ifreq_int(&sock, &name, libc::SIOCSIFMTU, i.mtu as i32).context("set the MTU")?;
         for (n, a) in i.addresses.iter().enumerate() {
-            let (ip, prefix) = cidr(a)?;
+            let (ip, prefix) = cidr(a).map_err(|e| anyhow!(e))?;
             // A second address goes on an alias (eth0:1), as ifconfig does it.
             let label = if n == 0 {
                 name.clone()
@@ -35,7 +35,7 @@ pub fn configure(interfaces: &[NetInterface], routes: &[NetRoute]) -> Result<()>
         let (dst, prefix) = if r.destination == "default" {
             (Ipv4Addr::UNSPECIFIED, 0)
         } else {
-            cidr(&r.destination)?
+            cidr(&r.destination).map_err(|e| anyhow!(e))?
         };
         let gateway = r
             .gateway
@@ -75,18 +75,19 @@ fn by_mac(mac: &str) -> Result<String> {
     bail!("no interface with MAC {mac} in the guest")
 }
 
-fn cidr(s: &str) -> Result<(Ipv4Addr, u32)> {
+/// "ADDRESS/PREFIX". A plain String error: the unit test of it runs beside the forked
+/// server tests, and an anyhow error takes std's backtrace lock (with RUST_BACKTRACE
+/// set) at the moment one of them may fork.
+fn cidr(s: &str) -> std::result::Result<(Ipv4Addr, u32), String> {
     let (ip, prefix) = s
         .split_once('/')
-        .ok_or_else(|| anyhow!("{s:?}: not ADDRESS/PREFIX"))?;
-    let prefix: u32 = prefix.parse().with_context(|| format!("{s:?}: prefix"))?;
+        .ok_or_else(|| format!("{s:?}: not ADDRESS/PREFIX"))?;
+    let prefix: u32 = prefix.parse().map_err(|_| format!("{s:?}: bad prefix"))?;
     if prefix > 32 {
-        bail!("{s:?}: prefix over 32");
+        return Err(format!("{s:?}: prefix over 32"));
     }
-    Ok((
-        ip.parse().with_context(|| format!("{s:?}: address"))?,
-        prefix,
-    ))
+    let ip = ip.parse().map_err(|_| format!("{s:?}: bad address"))?;
+    Ok((ip, prefix))
 }
 
 fn mask(prefix: u32) -> Ipv4Addr {

@@ -122,6 +122,9 @@ pub fn exec_in(c: &Container, opts: ExecOptions) -> Result<i32> {
         }
     }
     guard.0.clear();
+    // The channel is close-on-exec in the process: its end means the user's program has
+    // replaced hull there, so the pid file never names a process that is still hull.
+    let _ = parent.recv();
     if let Some(p) = &opts.pid_file {
         std::fs::write(p, pid.to_string()).map_err(|source| Error::Io {
             what: "cannot write --pid-file",

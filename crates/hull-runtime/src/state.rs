@@ -137,6 +137,31 @@ pub struct OciState<'a> {
 }
 
 impl ContainerState {
+    /// The state of a container this process is creating: no init yet, the creator
+    /// recorded (a create that dies on the way then reads as stopped).
+    pub fn creating(
+        id: &str,
+        bundle: &crate::spec::Bundle,
+        cgroup: Cgroup,
+        isolation: Isolation,
+    ) -> ContainerState {
+        let me = std::process::id() as i32;
+        ContainerState {
+            id: id.to_string(),
+            pid: 0,
+            start_time: 0,
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: rfc3339_now(),
+            owner: String::new(),
+            creator: process_start_time(me).map(|t| (me, t)),
+            started: false,
+            cgroup,
+            config: bundle.spec.clone(),
+            isolation,
+        }
+    }
+
     pub fn oci(&self, status: Status) -> OciState<'_> {
         let pid = if status == Status::Stopped {
             0

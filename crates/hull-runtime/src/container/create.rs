@@ -143,21 +143,12 @@ pub fn create_from(
         cgroup: None,
         pids: vec![],
     };
-    let me = std::process::id() as i32;
-    let mut st = ContainerState {
-        id: opts.id.clone(),
-        pid: 0,
-        start_time: 0,
-        bundle: bundle.dir.clone(),
-        rootfs: bundle.rootfs.clone(),
-        created: state::rfc3339_now(),
-        owner: String::new(),
-        creator: state::process_start_time(me).map(|t| (me, t)),
-        started: false,
-        cgroup: cgroup.clone(),
-        config: bundle.spec.clone(),
-        isolation: state::Isolation::Namespace,
-    };
+    let mut st = ContainerState::creating(
+        &opts.id,
+        &bundle,
+        cgroup.clone(),
+        state::Isolation::Namespace,
+    );
     // One save before anything else is made, naming the cgroup directories about to
     // be created: `delete --force` finds everything even if this process dies now.
     let mut cgroup = cgroup;

@@ -18,14 +18,18 @@ pub fn update_container(mut c: Container, resources: &LinuxResources) -> Result<
         &[Status::Created, Status::Running, Status::Paused],
     )?;
     c.state.cgroup.apply(resources)?;
-    let merged = merge(
-        c.state
-            .config
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().clone()),
-        resources,
-    );
+    remember(&mut c, resources)
+}
+
+/// Records `resources`, once applied, in the container's saved config.
+pub fn remember(c: &mut Container, resources: &LinuxResources) -> Result<()> {
+    let old = c
+        .state
+        .config
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().clone());
+    let merged = merge(old, resources);
     if let Some(linux) = c.state.config.linux_mut() {
         linux.set_resources(Some(merged));
     }
@@ -33,7 +37,7 @@ pub fn update_container(mut c: Container, resources: &LinuxResources) -> Result<
 }
 
 /// Fields set in `new` replace those of `old`, per controller section.
-pub fn merge(old: Option<LinuxResources>, new: &LinuxResources) -> LinuxResources {
+fn merge(old: Option<LinuxResources>, new: &LinuxResources) -> LinuxResources {
     let mut r = old.unwrap_or_default();
     if new.memory().is_some() {
         r.set_memory(*new.memory());

@@ -84,16 +84,20 @@ fn sock_err(what: &str) -> impl FnOnce(Errno) -> SandboxError + '_ {
     move |e| SandboxError::Vm(format!("control socket: {what}: {e}"))
 }
 
-/// Binds the listener at `dir/ctl.sock` (through the directory's fd, so the path's
-/// length does not matter).
-pub fn listen(dir: &Path) -> Result<OwnedFd> {
-    let fd = socket::socket(
+fn seqpacket() -> Result<OwnedFd> {
+    socket::socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
         SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .map_err(sock_err("socket"))?;
+    .map_err(sock_err("socket"))
+}
+
+/// Binds the listener at `dir/ctl.sock` (through the directory's fd, so the path's
+/// length does not matter).
+pub fn listen(dir: &Path) -> Result<OwnedFd> {
+    let fd = seqpacket()?;
     let addr = UnixAddr::new(&short_path(dir)?.join(SOCKET)).map_err(sock_err("address"))?;
     socket::bind(fd.as_raw_fd(), &addr).map_err(sock_err("bind"))?;
     socket::listen(&fd, socket::Backlog::new(64).map_err(sock_err("backlog"))?)
@@ -115,13 +119,7 @@ pub fn accept(listener: BorrowedFd) -> Result<OwnedFd> {
 
 /// Connects to the proxy of the container whose state directory is `dir`.
 pub fn connect(dir: &Path) -> Result<OwnedFd> {
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(sock_err("socket"))?;
+    let fd = seqpacket()?;
     let path = short_path(dir)?.join(SOCKET);
     let addr = UnixAddr::new(&path).map_err(sock_err("address"))?;
     socket::connect(fd.as_raw_fd(), &addr).map_err(|e| {

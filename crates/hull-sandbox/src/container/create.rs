@@ -157,22 +157,8 @@ fn make_state(req: &VmCreate) -> Result<(StateDir, ContainerState, Undo)> {
         cgroup: None,
         proxy: None,
     };
-    let me = std::process::id() as i32;
     cgroup.plan_dirs();
-    let st = ContainerState {
-        id: req.id.to_string(),
-        pid: 0,
-        start_time: 0,
-        bundle: bundle.dir.clone(),
-        rootfs: bundle.rootfs.clone(),
-        created: state::rfc3339_now(),
-        owner: String::new(),
-        creator: state::process_start_time(me).map(|t| (me, t)),
-        started: false,
-        cgroup: cgroup.clone(),
-        config: bundle.spec.clone(),
-        isolation: Isolation::Vm,
-    };
+    let st = ContainerState::creating(req.id, bundle, cgroup.clone(), Isolation::Vm);
     dir.save_provisional(&st)?;
     undo.cgroup = Some(cgroup.clone());
     // The sandbox's cgroup holds the proxy and the VMM: the engine's accounting of the

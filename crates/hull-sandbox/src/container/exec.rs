@@ -14,7 +14,7 @@ use std::time::Duration;
 use hull_proto::{ProcessIo, Reply, Request};
 use hull_runtime::container::Container;
 use hull_runtime::state::Status;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::ForkResult;
 use oci_spec::runtime::Process;
 
@@ -130,26 +130,9 @@ fn exec_stdio(terminal: bool, req: &VmExec) -> Result<ExecStdio> {
     })
 }
 
-/// Signals that reach the exec's stand-in go to the exec.
-fn passed_on() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGWINCH,
-    ] {
-        set.add(s);
-    }
-    set
-}
-
 /// Waits for the exec's exit status on `conn`; 255 if the proxy went away.
 fn wait_exec(conn: &OwnedFd, tty: Option<OwnedFd>) -> i32 {
-    let set = passed_on();
+    let set = relay::passed_on();
     if set.thread_block().is_ok() {
         if let Ok(sender) = conn.try_clone() {
             std::thread::spawn(move || loop {

@@ -158,18 +158,9 @@ pub fn update(mut c: Container, resources: &LinuxResources) -> Result<()> {
     let json =
         serde_json::to_string(resources).map_err(|e| SandboxError::Vm(format!("update: {e}")))?;
     call(&c, &Control::Update { resources: json })?;
-    let merged = hull_runtime::container::update::merge(
-        c.state
-            .config
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().clone()),
-        resources,
-    );
-    if let Some(linux) = c.state.config.linux_mut() {
-        linux.set_resources(Some(merged));
-    }
-    Ok(c.dir.save(&c.state)?)
+    Ok(hull_runtime::container::update::remember(
+        &mut c, resources,
+    )?)
 }
 
 /// Removes a stopped VM container, or with `force` any: the proxy (and with it the

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hull_proto::{ProcessIo, Reply, Request, Rootfs};
 use hull_runtime::cgroups::Cgroup;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
@@ -74,23 +74,6 @@ struct Proxy {
     raw: Option<RawTerminal>,
 }
 
-/// Signals the proxy passes on to the container's init (SIGWINCH: a resize).
-fn forwarded() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGWINCH,
-    ] {
-        set.add(s);
-    }
-    set
-}
-
 /// The forked child's whole life.
 pub(super) fn main(plan: ProxyPlan, mut parent: UnixStream) -> ! {
     // SAFETY: prctl with integer arguments. A `create` that dies before it has written
@@ -124,7 +107,7 @@ fn boot(mut plan: ProxyPlan) -> Result<Proxy> {
             .map_err(|e| SandboxError::Vm(format!("the console pty: {e}")))?;
     }
     // Before any thread exists, so every thread inherits the mask.
-    forwarded()
+    relay::passed_on()
         .thread_block()
         .map_err(|e| SandboxError::Vm(format!("block signals: {e}")))?;
     plan.cgroup
@@ -404,7 +387,7 @@ impl Proxy {
 }
 
 fn forward_signals(shared: &Shared, tty: Option<OwnedFd>) {
-    let set = forwarded();
+    let set = relay::passed_on();
     loop {
         let Ok(sig) = set.wait() else { return };
         if sig == Signal::SIGWINCH {
@@ -490,7 +473,7 @@ fn answer(shared: &Shared, request: Control) -> Result<ControlReply> {
 /// signals sent to us by a process; a terminal's own (^C, a resize) reach the proxy
 /// directly, as it shares our process group.
 pub(super) fn wait_forwarding_signals(proxy: Pid) -> i32 {
-    let mut set = forwarded();
+    let mut set = relay::passed_on();
     set.remove(Signal::SIGWINCH);
     if set.thread_block().is_ok() {
         std::thread::spawn(move || loop {

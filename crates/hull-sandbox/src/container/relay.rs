@@ -57,6 +57,25 @@ pub fn out_of_agent(rx: Receiver<Vec<u8>>, to: OwnedFd) -> JoinHandle<()> {
     })
 }
 
+/// The signals a stand-in for a guest process (the proxy for the init, an exec's
+/// waiter) passes on to that process; SIGWINCH becomes a resize of its terminal.
+pub fn passed_on() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
 /// The size of the terminal `fd`, if it is one.
 pub fn window_size(fd: BorrowedFd) -> Option<(u16, u16)> {
     let mut ws = libc::winsize {

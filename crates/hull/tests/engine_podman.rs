@@ -183,6 +183,21 @@ fn everyday_flow(name: &str, vm: bool) {
     let out = p.run(&["--memory", "64m"], &["sh", "-c", probe]);
     assert_eq!(text(&out).trim(), "67108864", "{out:?}");
 
+    // --cpus holds where the container runs; --cap-drop ALL leaves no capability.
+    let cpu = if vm {
+        "cat /sys/fs/cgroup/cpu.max"
+    } else {
+        "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+    };
+    let out = p.run(&["--cpus", "0.5"], &["sh", "-c", cpu]);
+    let want = if vm { "50000 100000" } else { "50000" };
+    assert_eq!(text(&out).trim(), want, "{out:?}");
+    let out = p.run(
+        &["--cap-drop", "ALL"],
+        &["sh", "-c", "grep CapEff /proc/self/status"],
+    );
+    assert_eq!(text(&out).trim(), "CapEff:\t0000000000000000", "{out:?}");
+
     // Detached: exec, logs, stop (SIGTERM, handled), rm.
     let script = "echo started; trap 'echo bye; exit 0' TERM; while :; do sleep 0.2; done";
     let out = p.podman(&[
@@ -235,6 +250,7 @@ fn everyday_flow(name: &str, vm: bool) {
     p.podman(&["rm", "k"]);
 
     published_port(&p);
+    interactive_terminal(&p);
 
     let out = p.podman(&["ps", "-a", "-q"]);
     assert_eq!(text(&out), "", "containers left: {out:?}");
@@ -327,4 +343,26 @@ fn host_address() -> String {
         .find(|a| !a.starts_with("10.201."))
         .expect("a global IPv4 address on this host")
         .to_string()
+}
+
+/// `run -it` on a terminal (util-linux's `script` gives podman a pty): the container's
+/// stdio is a terminal of its own, its exit code comes back.
+fn interactive_terminal(p: &Podman) {
+    let d = |s: &str| p.dir.join(s).display().to_string();
+    let podman = format!(
+        "podman --root {} --runroot {} --tmpdir {} --storage-driver vfs --runtime {} \
+         run -it --rm --network none localhost/busybox:hull sh -c 'tty; exit 3'",
+        d("root"),
+        d("runroot"),
+        d("tmp"),
+        p.runtime.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &podman, "/dev/null"])
+        .env("CONTAINERS_CONF", p.dir.join("containers.conf"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(text(&out).contains("/dev/pts/0"), "{out:?}");
 }

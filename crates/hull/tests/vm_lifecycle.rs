@@ -508,3 +508,72 @@ fn the_engines_network_namespace_is_mirrored_into_the_vm() {
     c.delete(false).ok("delete");
     assert_vm_gone(&c);
 }
+
+/// The host's hooks run for a VM container, against the proxy's pid and with the
+/// runtime-spec's statuses; a prestart hook that builds the container's network in the
+/// proxy's namespace (as docker's libnetwork-setkey does) has it mirrored into the VM;
+/// hooks that would run in the container's namespaces are refused by name.
+#[test]
+fn the_hosts_hooks_run_and_a_prestart_hooks_network_reaches_the_vm() {
+    hull_only!();
+    become_subreaper();
+    let tag = format!("{:x}", std::process::id() % 0xfffff);
+    let subnet = std::process::id() % 200 + 20;
+    let (host_if, peer) = (format!("hkh{tag}"), format!("hkc{tag}"));
+    let c = Bundle::new(&["sh", "-c", "ip -o -4 addr show; sleep 1"]).container();
+    let dir = c.bundle.dir.display().to_string();
+    let record = |kind: &str| serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {dir}/{kind}.json")]});
+    // Reads the proxy's pid from the state on stdin; puts a veth's end in its namespace.
+    let network = format!(
+        "pid=$(sed 's/.*\"pid\":\\([0-9]*\\).*/\\1/'); \
+         ip link add {host_if} type veth peer name {peer} && \
+         ip link set {peer} netns /proc/$pid/ns/net && \
+         nsenter --net=/proc/$pid/ns/net ip addr add 10.198.{subnet}.2/24 dev {peer} && \
+         nsenter --net=/proc/$pid/ns/net ip link set {peer} up"
+    );
+    let hooks = serde_json::json!({
+        "prestart": [record("prestart"), {"path": "/bin/sh", "args": ["sh", "-c", network]}],
+        "poststart": [record("poststart")],
+        "poststop": [record("poststop")],
+    });
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.bundle.dir.join("config.json")).unwrap()).unwrap();
+    config["hooks"] = hooks.clone();
+    // No network namespace path: the container's network is the one the hook builds.
+    std::fs::write(c.bundle.dir.join("config.json"), config.to_string()).unwrap();
+    let (out, pid_file) = create_vm(&c, None, &["--isolation", "vm"]);
+    let _ = Command::new("ip")
+        .args(["link", "del", &host_if])
+        .stderr(Stdio::null())
+        .status();
+    assert_eq!(out.code, 0, "{out:?}");
+    let proxy = read_pid(&pid_file);
+    let state = |kind: &str| -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(c.bundle.dir.join(format!("{kind}.json"))).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{kind}.json: {e}: {text:?}"))
+    };
+    let pre = state("prestart");
+    assert_eq!(
+        (pre["status"].as_str(), pre["pid"].as_i64()),
+        (Some("created"), Some(proxy as i64))
+    );
+    c.start().ok("start");
+    assert_eq!(state("poststart")["status"], "running");
+    assert_eq!(wait_adopted(proxy, Duration::from_secs(60)), 0);
+    let shown = c.init_output().0;
+    assert!(
+        shown.contains(&format!("10.198.{subnet}.2/24")),
+        "the hook's network in the VM: {shown:?}"
+    );
+    c.delete(false).ok("delete");
+    assert_eq!(state("poststop")["status"], "stopped");
+    assert_vm_gone(&c);
+
+    // createContainer hooks run in the container's namespaces: not in a VM's.
+    config["hooks"] = serde_json::json!({"createContainer": [record("cc")]});
+    std::fs::write(c.bundle.dir.join("config.json"), config.to_string()).unwrap();
+    let (out, _) = create_vm(&c, None, &["--isolation", "vm"]);
+    out.assert_error("a createContainer hook in a VM", &["createContainer"]);
+    assert_vm_gone(&c);
+}

@@ -121,7 +121,7 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
         cgroup: st.cgroup.clone(),
         foreground,
     };
-    let (pid, mut ours) = fork_proxy(plan, &mut undo)?;
+    let (pid, mut ours) = fork_proxy(plan, &mut undo, |pid| create_hooks(&st, pid))?;
     st.pid = pid.as_raw();
     st.start_time = state::process_start_time(st.pid).ok_or(RuntimeError::ChildGone)?;
     st.creator = None;
@@ -167,8 +167,35 @@ fn make_state(req: &VmCreate) -> Result<(StateDir, ContainerState, Undo)> {
     Ok((dir, st, undo))
 }
 
-/// Forks the proxy and waits for its "ok"; returns its pid and our end of the pair.
-fn fork_proxy(plan: ProxyPlan, undo: &mut Undo) -> Result<(Pid, UnixStream)> {
+/// prestart and createRuntime, on the host, once the proxy stands in the container's
+/// network namespace and before the VM boots: what they set up there (docker's
+/// libnetwork-setkey: the container's interface) is mirrored into the VM.
+fn create_hooks(st: &ContainerState, proxy: Pid) -> Result<()> {
+    let mut st = st.clone();
+    st.pid = proxy.as_raw();
+    st.start_time = state::process_start_time(st.pid).unwrap_or(0);
+    let json = serde_json::to_string(&st.oci(hull_runtime::state::Status::Created))
+        .map_err(|e| SandboxError::Vm(format!("hook state: {e}")))?;
+    let hooks = st.config.hooks().as_ref();
+    for (kind, list) in [
+        ("prestart", hooks.and_then(|h| h.prestart().as_ref())),
+        (
+            "createRuntime",
+            hooks.and_then(|h| h.create_runtime().as_ref()),
+        ),
+    ] {
+        hull_runtime::hooks::run_all(kind, list, json.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Forks the proxy, runs `hooks` when it asks, and waits for its "ok"; returns its pid
+/// and our end of the pair.
+fn fork_proxy(
+    plan: ProxyPlan,
+    undo: &mut Undo,
+    hooks: impl FnOnce(Pid) -> Result<()>,
+) -> Result<(Pid, UnixStream)> {
     let (mut ours, theirs) =
         UnixStream::pair().map_err(io_err("socketpair for", &plan.state_dir))?;
     // SAFETY: hull is single-threaded up to here (DESIGN.md); the child runs the proxy.
@@ -184,7 +211,13 @@ fn fork_proxy(plan: ProxyPlan, undo: &mut Undo) -> Result<(Pid, UnixStream)> {
     drop(theirs);
     drop(plan);
     undo.proxy = Some(pid);
-    let answer = read_answer(&mut ours);
+    let mut answer = read_answer(&mut ours);
+    if answer == "hooks" {
+        hooks(pid)?;
+        ours.write_all(b"run\n")
+            .map_err(|e| SandboxError::Vm(format!("the proxy went away: {e}")))?;
+        answer = read_answer(&mut ours);
+    }
     if answer != "ok" {
         return Err(if answer.is_empty() {
             SandboxError::Vm("the proxy exited while starting the VM".into())

@@ -7,6 +7,9 @@
 //!   /etc/hostname, /run/.containerenv, a file volume) travels as a copy made at create,
 //!   up to 128 KiB each: later changes on either side are not seen by the other;
 //! - a bind at /dev/shm becomes a tmpfs: shared memory cannot cross the VM boundary;
+//! - hooks go: prestart, createRuntime, poststart and poststop run on the host;
+//!   createContainer and startContainer, which would run in the container's
+//!   namespaces with the host's programs, are refused;
 //! - a bind of a host directory is shared both ways over virtio-9p (QEMU's local
 //!   filesystem driver, read-only when the mount is): the guest mounts it by tag and
 //!   binds that. Debian has no virtiofsd; 9p needs nothing but QEMU.
@@ -50,6 +53,17 @@ pub fn for_guest(config: &str, bundle: &Path) -> Result<GuestConfig> {
                 ns["path"].as_str().unwrap_or("?")
             )));
         }
+    }
+    for kind in ["createContainer", "startContainer"] {
+        if v["hooks"][kind].as_array().is_some_and(|h| !h.is_empty()) {
+            return Err(bad(format!(
+                "hooks.{kind}: these hooks run in the container's namespaces, which are in the VM, and their programs are the host's: a VM container cannot run them"
+            )));
+        }
+    }
+    // The rest run on the host (create, start, delete): the guest has none of them.
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("hooks");
     }
     let mut out = GuestConfig::default();
     if let Some(mounts) = v.get_mut("mounts").and_then(Value::as_array_mut) {
@@ -116,6 +130,21 @@ pub fn for_guest(config: &str, bundle: &Path) -> Result<GuestConfig> {
     }
     out.config = v.to_string();
     Ok(out)
+}
+
+/// The container shares the guest's network (where the mirrored interfaces are) instead
+/// of a new namespace of its own: its engine gave it a network, built by a hook.
+pub fn share_guest_network(g: &mut GuestConfig) -> Result<()> {
+    let mut v: Value = serde_json::from_str(&g.config)
+        .map_err(|e| SandboxError::Vm(format!("the guest's config: {e}")))?;
+    if let Some(namespaces) = v
+        .pointer_mut("/linux/namespaces")
+        .and_then(Value::as_array_mut)
+    {
+        namespaces.retain(|ns| ns["type"] != "network");
+    }
+    g.config = v.to_string();
+    Ok(())
 }
 
 fn is_bind(m: &Value) -> bool {

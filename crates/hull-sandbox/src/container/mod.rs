@@ -97,7 +97,9 @@ fn call(c: &Container, request: &Control) -> Result<ControlReply> {
 pub fn start(c: &Container) -> Result<()> {
     require(c, "start", &[Status::Created])?;
     call(c, &Control::Start)?;
-    Ok(c.dir.mark_started()?)
+    c.dir.mark_started()?;
+    hull_runtime::container::start::poststart(c);
+    Ok(())
 }
 
 pub fn kill(c: &Container, signal: i32, all: bool) -> Result<()> {
@@ -192,6 +194,17 @@ pub fn delete(c: &Container, force: bool) -> Result<()> {
     }
     let cg = st.cgroup.destroy();
     c.dir.remove()?;
+    // runtime-spec: a failing poststop hook is a warning; deletion goes on.
+    let json = c.oci_json(Status::Stopped);
+    let poststop = st
+        .config
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.poststop().as_ref());
+    if let Err(e) = hull_runtime::hooks::run_all("poststop", poststop, json.as_bytes()) {
+        tracing::warn!("{e}");
+        eprintln!("hull: warning: {e}");
+    }
     cg.map_err(|e| SandboxError::Runtime(e.into()))
 }
 

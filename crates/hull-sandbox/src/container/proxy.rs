@@ -79,7 +79,7 @@ pub(super) fn main(plan: ProxyPlan, mut parent: UnixStream) -> ! {
     // SAFETY: prctl with integer arguments. A `create` that dies before it has written
     // the state takes the proxy (and so the VM) with it.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    let proxy = match boot(plan) {
+    let proxy = match boot(plan, &mut parent) {
         Ok(p) => p,
         Err(e) => {
             let msg = e.to_string().replace('\n', " / ");
@@ -98,7 +98,7 @@ pub(super) fn main(plan: ProxyPlan, mut parent: UnixStream) -> ! {
     std::process::exit(status)
 }
 
-fn boot(mut plan: ProxyPlan) -> Result<Proxy> {
+fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
     if !plan.foreground {
         nix::unistd::setsid().map_err(|e| SandboxError::Vm(format!("setsid: {e}")))?;
     }
@@ -113,7 +113,19 @@ fn boot(mut plan: ProxyPlan) -> Result<Proxy> {
     plan.cgroup
         .add_task(std::process::id() as i32)
         .map_err(hull_runtime::error::Error::from)?;
-    let (mirrored, routes, nets) = mirror_network(&plan)?;
+    let netns = enter_network(&plan)?;
+    // `create` runs the host's hooks now, against this process in that namespace.
+    parent
+        .write_all(b"hooks\n")
+        .map_err(|e| SandboxError::Vm(format!("create went away: {e}")))?;
+    let mut line = [0u8; 4];
+    parent
+        .read_exact(&mut line)
+        .map_err(|_| SandboxError::Vm("create went away during the hooks".into()))?;
+    let (mirrored, routes, nets) = mirror_network(&netns)?;
+    if !mirrored.is_empty() {
+        super::guest_config::share_guest_network(&mut plan.guest)?;
+    }
     let sandbox = start_sandbox(&plan, nets)?;
     tracing::debug!(
         "guest up (agent's hello) in {} us",
@@ -183,12 +195,30 @@ type Mirror = (
     Vec<crate::hypervisor::NetDevice>,
 );
 
+/// The container's network namespace on the host side, which the proxy (and so the
+/// VMM) lives in from here on: the engine's, joined, or a new one that a prestart hook
+/// may fill (docker's does). Hooks find it at /proc/<proxy>/ns/net, as they find a
+/// namespace container's at its init's. Returns a path to it.
+fn enter_network(plan: &ProxyPlan) -> Result<PathBuf> {
+    use nix::sched::CloneFlags;
+    match super::network::engine_netns(&plan.spec) {
+        Some(path) => {
+            let ns = std::fs::File::open(&path).map_err(io_err("cannot open", &path))?;
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| SandboxError::Vm(format!("setns {}: {e}", path.display())))?;
+            Ok(path)
+        }
+        None => {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| SandboxError::Vm(format!("unshare a network namespace: {e}")))?;
+            Ok(PathBuf::from("/proc/self/ns/net"))
+        }
+    }
+}
+
 /// The engine's network namespace mirrored (network.rs): taps, routes, the VMM's devices.
-fn mirror_network(plan: &ProxyPlan) -> Result<Mirror> {
-    let (mirrored, routes) = match super::network::engine_netns(&plan.spec) {
-        Some(netns) => super::network::mirror(&netns)?,
-        None => (vec![], vec![]),
-    };
+fn mirror_network(netns: &std::path::Path) -> Result<Mirror> {
+    let (mirrored, routes) = super::network::mirror(netns)?;
     let nets = mirrored
         .iter()
         .map(|m| {

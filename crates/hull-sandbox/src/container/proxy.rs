@@ -122,7 +122,14 @@ fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
     parent
         .read_exact(&mut line)
         .map_err(|_| SandboxError::Vm("create went away during the hooks".into()))?;
-    let (mirrored, routes, nets) = mirror_network(&netns)?;
+    // A namespace made here stays empty unless a hook filled it: no need to look.
+    let (mirrored, routes, nets) = if super::network::engine_netns(&plan.spec).is_some()
+        || host_hooks_before_boot(&plan.spec)
+    {
+        mirror_network(&netns)?
+    } else {
+        (vec![], vec![], vec![])
+    };
     if !mirrored.is_empty() {
         super::guest_config::share_guest_network(&mut plan.guest)?;
     }
@@ -214,6 +221,14 @@ fn enter_network(plan: &ProxyPlan) -> Result<PathBuf> {
             Ok(PathBuf::from("/proc/self/ns/net"))
         }
     }
+}
+
+/// Whether config.json has hooks that `create` runs before the VM boots.
+fn host_hooks_before_boot(spec: &Spec) -> bool {
+    spec.hooks().as_ref().is_some_and(|h| {
+        h.prestart().as_ref().is_some_and(|v| !v.is_empty())
+            || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+    })
 }
 
 /// The engine's network namespace mirrored (network.rs): taps, routes, the VMM's devices.

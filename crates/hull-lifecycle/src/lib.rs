@@ -22,7 +22,7 @@ use std::time::Duration;
 use hull_runtime::container::Container;
 use hull_runtime::error::Error as RuntimeError;
 use hull_runtime::spec::{self, Bundle};
-use hull_runtime::state::{Isolation, StateDir, ISOLATION_ANNOTATION};
+use hull_runtime::state::{Isolation, StateDir, Status, ISOLATION_ANNOTATION};
 use oci_spec::runtime::{LinuxResources, Process};
 
 pub use choose::Asked;
@@ -193,9 +193,10 @@ impl Lifecycle {
         Self::backend_of(c).exec(c, req)
     }
 
-    pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
-        let c = self.load(id)?;
-        Self::backend_of(&c).pids(&c)
+    /// The processes of a container the caller has loaded (to print them by its
+    /// isolation).
+    pub fn pids(&self, c: &Container) -> Result<Vec<i32>> {
+        Self::backend_of(c).pids(c)
     }
 
     pub fn pause(&self, id: &str) -> Result<()> {
@@ -216,15 +217,19 @@ impl Lifecycle {
     /// One stats line per `interval` until the container stops.
     pub fn events(&self, id: &str, interval: Duration, mut out: impl FnMut(&str)) -> Result<()> {
         let c = self.load(id)?;
+        c.require(
+            "events",
+            &[Status::Created, Status::Running, Status::Paused],
+        )?;
         let b = Self::backend_of(&c);
         loop {
-            if c.status() == hull_runtime::state::Status::Stopped {
+            if c.status() == Status::Stopped {
                 return Ok(());
             }
             match b.stats(&c) {
                 Ok(line) => out(&line),
                 // The container went away under us.
-                Err(_) if c.status() == hull_runtime::state::Status::Stopped => return Ok(()),
+                Err(_) if c.status() == Status::Stopped => return Ok(()),
                 Err(e) => return Err(e),
             }
             std::thread::sleep(interval);

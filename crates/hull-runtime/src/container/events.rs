@@ -2,7 +2,6 @@
 //! until the container stops.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Serialize;
 
@@ -40,28 +39,4 @@ fn event_json(c: &Container) -> Result<String> {
         data: Some(data),
     })
     .unwrap_or_default())
-}
-
-/// Calls `out` with one stats event per interval until the container stops.
-pub fn stream(root: &Path, id: &str, interval: Duration, out: impl FnMut(&str)) -> Result<()> {
-    stream_of(&Container::load(root, id)?, interval, out)
-}
-
-pub fn stream_of(c: &Container, interval: Duration, mut out: impl FnMut(&str)) -> Result<()> {
-    c.require(
-        "events",
-        &[Status::Created, Status::Running, Status::Paused],
-    )?;
-    loop {
-        if c.status() == Status::Stopped {
-            return Ok(());
-        }
-        match event_json(c) {
-            Ok(line) => out(&line),
-            // The cgroup vanishes when the container is deleted under us.
-            Err(_) if c.status() == Status::Stopped => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        std::thread::sleep(interval);
-    }
 }

@@ -101,7 +101,7 @@ fn tabulate(rows: &[[String; 6]]) -> String {
 
 pub fn ps(lc: &Lifecycle, id: &str, format: &str, args: &[String]) -> Result<i32> {
     let c = lc.load(id)?;
-    let pids = hull_lifecycle::backend(c.state.isolation).pids(&c)?;
+    let pids = lc.pids(&c)?;
     if format == "json" {
         println!("{}", serde_json::to_string(&pids)?);
         return Ok(0);

@@ -1,7 +1,8 @@
 //! The engine's network, mirrored into the VM (Kata's "tcfilter" model). The engine
 //! (podman's netavark or CNI, docker's bridge, containerd's CNI plugins) made a network
-//! namespace with a veth and put its path in config.json. For each Ethernet interface
-//! there, the proxy opens a tap in that namespace and joins the two with tc: whatever
+//! namespace with a veth and put its path in config.json (or a prestart hook filled the
+//! proxy's own). The proxy lives in that namespace; for each Ethernet interface there,
+//! it opens a tap beside it and joins the two with tc: whatever
 //! arrives on the veth leaves through the tap to the VM's virtio-net, and back. The
 //! guest's interface gets the veth's MAC, addresses, routes and MTU (the agent sets
 //! them), so to the engine's bridge and port forwarding the VM is where the veth was.
@@ -24,7 +25,8 @@ pub struct Mirrored {
     pub tap: OwnedFd,
 }
 
-/// What the engine's namespace at `netns` has, mirrored: taps made and joined.
+/// What the network namespace this process is in has, mirrored: taps made and joined.
+/// `netns` names it in messages.
 pub fn mirror(netns: &Path) -> Result<(Vec<Mirrored>, Vec<NetRoute>)> {
     let links: Value = json_of(netns, &["ip", "-j", "addr", "show"])?;
     let routes: Value = json_of(netns, &["ip", "-j", "-4", "route", "show"])?;
@@ -52,7 +54,7 @@ pub fn mirror(netns: &Path) -> Result<(Vec<Mirrored>, Vec<NetRoute>)> {
             })
             .collect();
         let tap_name = format!("hulltap{}", out.len());
-        let tap = open_tap(netns, &tap_name)?;
+        let tap = open_tap(&tap_name)?;
         let mtu = link["mtu"].as_u64().unwrap_or(1500) as u32;
         join(netns, &name, &tap_name, mtu)?;
         names.push(name.clone());
@@ -86,20 +88,15 @@ pub fn mirror(netns: &Path) -> Result<(Vec<Mirrored>, Vec<NetRoute>)> {
     Ok((out, routes))
 }
 
-fn in_netns(netns: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", netns.display()))
-        .arg("--")
-        .args(args);
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..]);
     cmd
 }
 
 fn run(netns: &Path, args: &[&str]) -> Result<Vec<u8>> {
-    let out = in_netns(netns, args).output().map_err(|e| {
-        SandboxError::Tool(format!(
-            "nsenter {}: {e} (util-linux and iproute2 provide nsenter, ip and tc)",
-            args[0]
-        ))
+    let out = command(args).output().map_err(|e| {
+        SandboxError::Tool(format!("{}: {e} (iproute2 provides ip and tc)", args[0]))
     })?;
     if !out.status.success() {
         return Err(SandboxError::Tool(format!(
@@ -124,7 +121,7 @@ fn join(netns: &Path, iface: &str, tap: &str, mtu: u32) -> Result<()> {
     let mtu = mtu.to_string();
     run(netns, &["ip", "link", "set", "dev", tap, "mtu", &mtu, "up"])?;
     for (from, to) in [(iface, tap), (tap, iface)] {
-        let _ = in_netns(netns, &["tc", "qdisc", "del", "dev", from, "ingress"]).output();
+        let _ = command(&["tc", "qdisc", "del", "dev", from, "ingress"]).output();
         run(netns, &["tc", "qdisc", "add", "dev", from, "ingress"])?;
         run(
             netns,
@@ -137,37 +134,26 @@ fn join(netns: &Path, iface: &str, tap: &str, mtu: u32) -> Result<()> {
     Ok(())
 }
 
-/// A tap named `name` in the namespace at `netns`, opened from a thread that joins it
-/// (setns moves only the calling thread). It lives as long as its fds.
-fn open_tap(netns: &Path, name: &str) -> Result<OwnedFd> {
-    let (netns, name) = (PathBuf::from(netns), name.to_string());
-    std::thread::spawn(move || -> Result<OwnedFd> {
-        let ns = std::fs::File::open(&netns).map_err(|e| {
-            SandboxError::Vm(format!("the network namespace {}: {e}", netns.display()))
-        })?;
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| SandboxError::Vm(format!("setns {}: {e}", netns.display())))?;
-        let tun = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")
-            .map_err(|e| SandboxError::Vm(format!("/dev/net/tun: {e}")))?;
-        let mut req = [0u8; 40];
-        req[..name.len()].copy_from_slice(name.as_bytes());
-        let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as u16;
-        req[16..18].copy_from_slice(&flags.to_ne_bytes());
-        // SAFETY: TUNSETIFF reads a 40-byte ifreq (name, flags) that `req` holds.
-        let r = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, req.as_ptr()) };
-        if r < 0 {
-            return Err(SandboxError::Vm(format!(
-                "TUNSETIFF {name}: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        Ok(OwnedFd::from(tun))
-    })
-    .join()
-    .map_err(|_| SandboxError::Vm("the tap thread panicked".into()))?
+/// A tap named `name` beside the interfaces it mirrors. It lives as long as its fds.
+fn open_tap(name: &str) -> Result<OwnedFd> {
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| SandboxError::Vm(format!("/dev/net/tun: {e}")))?;
+    let mut req = [0u8; 40];
+    req[..name.len()].copy_from_slice(name.as_bytes());
+    let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as u16;
+    req[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: TUNSETIFF reads a 40-byte ifreq (name, flags) that `req` holds.
+    let r = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, req.as_ptr()) };
+    if r < 0 {
+        return Err(SandboxError::Vm(format!(
+            "TUNSETIFF {name}: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(OwnedFd::from(tun))
 }
 
 /// The network namespace config.json puts the container in, if it names one.

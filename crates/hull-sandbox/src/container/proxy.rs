@@ -113,7 +113,7 @@ fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
     plan.cgroup
         .add_task(std::process::id() as i32)
         .map_err(hull_runtime::error::Error::from)?;
-    let netns = enter_network(&plan)?;
+    let engine = enter_network(&plan)?;
     // `create` runs the host's hooks now, against this process in that namespace.
     parent
         .write_all(b"hooks\n")
@@ -123,10 +123,9 @@ fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
         .read_exact(&mut line)
         .map_err(|_| SandboxError::Vm("create went away during the hooks".into()))?;
     // A namespace made here stays empty unless a hook filled it: no need to look.
-    let (mirrored, routes, nets) = if super::network::engine_netns(&plan.spec).is_some()
-        || host_hooks_before_boot(&plan.spec)
-    {
-        mirror_network(&netns)?
+    let (mirrored, routes, nets) = if engine.is_some() || host_hooks_before_boot(&plan.spec) {
+        let name = engine.unwrap_or_else(|| PathBuf::from("(the proxy's own)"));
+        mirror_network(&name)?
     } else {
         (vec![], vec![], vec![])
     };
@@ -205,20 +204,20 @@ type Mirror = (
 /// The container's network namespace on the host side, which the proxy (and so the
 /// VMM) lives in from here on: the engine's, joined, or a new one that a prestart hook
 /// may fill (docker's does). Hooks find it at /proc/<proxy>/ns/net, as they find a
-/// namespace container's at its init's. Returns a path to it.
-fn enter_network(plan: &ProxyPlan) -> Result<PathBuf> {
+/// namespace container's at its init's. Returns the engine's path, if it gave one.
+fn enter_network(plan: &ProxyPlan) -> Result<Option<PathBuf>> {
     use nix::sched::CloneFlags;
     match super::network::engine_netns(&plan.spec) {
         Some(path) => {
             let ns = std::fs::File::open(&path).map_err(io_err("cannot open", &path))?;
             nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
                 .map_err(|e| SandboxError::Vm(format!("setns {}: {e}", path.display())))?;
-            Ok(path)
+            Ok(Some(path))
         }
         None => {
             nix::sched::unshare(CloneFlags::CLONE_NEWNET)
                 .map_err(|e| SandboxError::Vm(format!("unshare a network namespace: {e}")))?;
-            Ok(PathBuf::from("/proc/self/ns/net"))
+            Ok(None)
         }
     }
 }
@@ -231,7 +230,8 @@ fn host_hooks_before_boot(spec: &Spec) -> bool {
     })
 }
 
-/// The engine's network namespace mirrored (network.rs): taps, routes, the VMM's devices.
+/// The network namespace the proxy is in, mirrored (network.rs): taps, routes, the VMM's
+/// devices. `netns` names it in messages.
 fn mirror_network(netns: &std::path::Path) -> Result<Mirror> {
     let (mirrored, routes) = super::network::mirror(netns)?;
     let nets = mirrored

@@ -9,45 +9,29 @@ use oci_spec::runtime::LinuxResources;
 pub(crate) fn zero_means_unset(r: &LinuxResources) -> LinuxResources {
     let mut r = r.clone();
     if let Some(mut b) = r.block_io().clone() {
-        if b.weight() == Some(0) {
-            b.set_weight(None);
-        }
-        if b.leaf_weight() == Some(0) {
-            b.set_leaf_weight(None);
-        }
+        b.set_weight(unset_zero(b.weight()));
+        b.set_leaf_weight(unset_zero(b.leaf_weight()));
         r.set_block_io(Some(b));
     }
     if let Some(mut c) = r.cpu().clone() {
-        if c.shares() == Some(0) {
-            c.set_shares(None);
-        }
-        if c.quota() == Some(0) {
-            c.set_quota(None);
-        }
-        if c.period() == Some(0) {
-            c.set_period(None);
-        }
-        if c.realtime_runtime() == Some(0) {
-            c.set_realtime_runtime(None);
-        }
-        if c.realtime_period() == Some(0) {
-            c.set_realtime_period(None);
-        }
+        c.set_shares(unset_zero(c.shares()));
+        c.set_quota(unset_zero(c.quota()));
+        c.set_period(unset_zero(c.period()));
+        c.set_realtime_runtime(unset_zero(c.realtime_runtime()));
+        c.set_realtime_period(unset_zero(c.realtime_period()));
         r.set_cpu(Some(c));
     }
     if let Some(mut m) = *r.memory() {
-        if m.limit() == Some(0) {
-            m.set_limit(None);
-        }
-        if m.reservation() == Some(0) {
-            m.set_reservation(None);
-        }
-        if m.swap() == Some(0) {
-            m.set_swap(None);
-        }
+        m.set_limit(unset_zero(m.limit()));
+        m.set_reservation(unset_zero(m.reservation()));
+        m.set_swap(unset_zero(m.swap()));
         r.set_memory(Some(m));
     }
     r
+}
+
+fn unset_zero<T: PartialEq + Default>(v: Option<T>) -> Option<T> {
+    v.filter(|v| *v != T::default())
 }
 
 #[cfg(test)]

@@ -86,16 +86,12 @@ impl Default for VmSettings {
     }
 }
 
-fn require(c: &Container, action: &'static str, allowed: &[Status]) -> Result<Status> {
-    Ok(c.require(action, allowed)?)
-}
-
 fn call(c: &Container, request: &Control) -> Result<ControlReply> {
     control::call(&c.dir.path, request)
 }
 
 pub fn start(c: &Container) -> Result<()> {
-    require(c, "start", &[Status::Created])?;
+    c.require("start", &[Status::Created])?;
     call(c, &Control::Start)?;
     c.dir.mark_started()?;
     hull_runtime::container::start::poststart(c);
@@ -103,18 +99,14 @@ pub fn start(c: &Container) -> Result<()> {
 }
 
 pub fn kill(c: &Container, signal: i32, all: bool) -> Result<()> {
-    require(
-        c,
-        "kill",
-        &[Status::Created, Status::Running, Status::Paused],
-    )?;
+    c.require("kill", &[Status::Created, Status::Running, Status::Paused])?;
     call(c, &Control::Kill { signal, all })?;
     Ok(())
 }
 
 /// The container's processes, as the guest numbers them.
 pub fn pids(c: &Container) -> Result<Vec<i32>> {
-    require(c, "ps", &[Status::Created, Status::Running, Status::Paused])?;
+    c.require("ps", &[Status::Created, Status::Running, Status::Paused])?;
     match call(c, &Control::Pids)? {
         ControlReply::Pids { pids } => Ok(pids),
         r => Err(SandboxError::Vm(format!("ps: the proxy answered {r:?}"))),
@@ -122,14 +114,14 @@ pub fn pids(c: &Container) -> Result<Vec<i32>> {
 }
 
 pub fn pause(c: &Container) -> Result<()> {
-    require(c, "pause", &[Status::Running, Status::Created])?;
+    c.require("pause", &[Status::Running, Status::Created])?;
     call(c, &Control::Pause)?;
     let mark = c.dir.path.join(PAUSED_MARK);
     std::fs::write(&mark, b"").map_err(io_err("cannot record the pause in", &mark))
 }
 
 pub fn resume(c: &Container) -> Result<()> {
-    require(c, "resume", &[Status::Paused])?;
+    c.require("resume", &[Status::Paused])?;
     call(c, &Control::Resume)?;
     let mark = c.dir.path.join(PAUSED_MARK);
     std::fs::remove_file(&mark).map_err(io_err("cannot remove", &mark))
@@ -137,8 +129,7 @@ pub fn resume(c: &Container) -> Result<()> {
 
 /// One `events --stats` line, from the guest's cgroup of the container.
 pub fn stats(c: &Container) -> Result<String> {
-    require(
-        c,
+    c.require(
         "events",
         &[Status::Created, Status::Running, Status::Paused],
     )?;
@@ -152,8 +143,7 @@ pub fn stats(c: &Container) -> Result<String> {
 
 /// New limits for the container's cgroup in the guest, remembered in its state.
 pub fn update(mut c: Container, resources: &LinuxResources) -> Result<()> {
-    require(
-        &c,
+    c.require(
         "update",
         &[Status::Created, Status::Running, Status::Paused],
     )?;

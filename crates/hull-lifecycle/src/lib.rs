@@ -59,15 +59,22 @@ pub enum LifecycleError {
 
 pub type Result<T, E = LifecycleError> = std::result::Result<T, E>;
 
-/// `create` and `run`, as runc takes them.
+/// `create` and `run`, as runc takes them (the CLI parses straight into this).
 #[derive(Debug, Clone, Default)]
 pub struct CreateRequest {
+    /// Container id.
     pub id: String,
+    /// Path to the bundle (the directory holding config.json).
     pub bundle: PathBuf,
+    /// Unix socket to send the pty master to (when process.terminal is true).
     pub console_socket: Option<PathBuf>,
+    /// File to write the init's (or the VM proxy's) pid to.
     pub pid_file: Option<PathBuf>,
+    /// Use MS_MOVE and chroot instead of pivot_root (for ramdisk roots).
     pub no_pivot: bool,
+    /// Do not create a new session keyring for the container.
     pub no_new_keyring: bool,
+    /// Pass N more fds (3..3+N) to the container.
     pub preserve_fds: i32,
 }
 

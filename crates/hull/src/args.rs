@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use lexopt::{Arg, Parser};
 
-use crate::cli::{Cli, Command, CreateArgs, ExecArgs, Global, UpdateArgs};
+use crate::cli::{Cli, Command, CreateRequest, ExecArgs, Global, UpdateArgs};
 
 /// What parsing ends in when it does not produce a command.
 pub enum Stop {
@@ -206,9 +206,9 @@ fn one_id(cmd: &str, seen: Seen) -> R<String> {
 }
 
 fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
-    let mut create = CreateArgs {
+    let mut create = CreateRequest {
         bundle: PathBuf::from("."),
-        ..CreateArgs::default()
+        ..CreateRequest::default()
     };
     let (mut detach, mut keep, mut force, mut all, mut quiet, mut stats, mut rootless) =
         (false, false, false, false, false, false, false);

@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+/// `create` and `run` take what the lifecycle takes.
+pub use hull_lifecycle::CreateRequest;
+
 pub struct Cli {
     pub global: Global,
     pub command: Command,
@@ -30,33 +33,15 @@ pub struct Global {
     pub program: String,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct CreateArgs {
-    /// Path to the bundle (the directory holding config.json).
-    pub bundle: PathBuf,
-    /// Unix socket to send the pty master to (when process.terminal is true).
-    pub console_socket: Option<PathBuf>,
-    /// File to write the init's pid to.
-    pub pid_file: Option<PathBuf>,
-    /// Use MS_MOVE and chroot instead of pivot_root (for ramdisk roots).
-    pub no_pivot: bool,
-    /// Do not create a new session keyring for the container.
-    pub no_new_keyring: bool,
-    /// Pass N more fds (3..3+N) to the container.
-    pub preserve_fds: i32,
-    /// Container id.
-    pub id: String,
-}
-
 #[derive(Debug)]
 pub enum Command {
     /// Create a container (its init waits for `start`).
-    Create(CreateArgs),
+    Create(CreateRequest),
     /// Start a created container.
     Start { id: String },
     /// Create and start a container; wait for it unless --detach.
     Run {
-        create: CreateArgs,
+        create: CreateRequest,
         /// Return once started.
         detach: bool,
         /// Keep the container's state after it exits.

@@ -12,9 +12,9 @@ pub mod vmm;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use hull_lifecycle::{choose, Asked, CreateRequest, Lifecycle};
+use hull_lifecycle::{choose, Asked, Lifecycle};
 
-use crate::cli::{Cli, Command, CreateArgs, Global};
+use crate::cli::{Cli, Command, Global};
 
 /// What the command line asked for: `--isolation`, or the name `hull-vm`.
 fn asked(g: &Global) -> Result<Asked> {
@@ -33,7 +33,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Create(a) => {
             hull_runtime::selfexe::ensure_sealed()?;
-            lc.create(&create_request(&a))?;
+            lc.create(&a)?;
             Ok(0)
         }
         Command::Run {
@@ -44,7 +44,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             hull_runtime::selfexe::ensure_sealed()?;
             tracing::debug!("sealed");
             let _ = keep;
-            Ok(lc.run(&create_request(&create), detach)?)
+            Ok(lc.run(&create, detach)?)
         }
         Command::Start { id } => {
             lc.start(&id)?;
@@ -98,18 +98,6 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&features::features())?);
             Ok(0)
         }
-    }
-}
-
-fn create_request(a: &CreateArgs) -> CreateRequest {
-    CreateRequest {
-        id: a.id.clone(),
-        bundle: a.bundle.clone(),
-        console_socket: a.console_socket.clone(),
-        pid_file: a.pid_file.clone(),
-        no_pivot: a.no_pivot,
-        no_new_keyring: a.no_new_keyring,
-        preserve_fds: a.preserve_fds,
     }
 }
 

@@ -91,60 +91,7 @@ impl Qemu {
             "-monitor".into(),
             format!("unix:{},server=on,wait=off", monitor_socket(c).display()),
         ]);
-        match &c.transport {
-            // A console port (hvc0) rather than a named port: QEMU offers 1024-entry
-            // queues and the guest driver fills each receive queue with as many pages,
-            // 4 MiB per queue; a console needs no control queue. Measured 12.5 MiB
-            // in use after boot against 18 with a named port (guest/README.md).
-            Transport::Serial { socket } => a.extend([
-                "-device".into(),
-                "virtio-serial-device,max_ports=1".into(),
-                "-chardev".into(),
-                format!(
-                    "socket,id=agent,path={},server=on,wait=off",
-                    socket.display()
-                ),
-                "-device".into(),
-                "virtconsole,chardev=agent".into(),
-            ]),
-            Transport::Vsock { cid, .. } => a.extend([
-                "-device".into(),
-                format!("vhost-vsock-device,guest-cid={cid}"),
-            ]),
-            // QEMU has no hybrid vsock; Qemu::start refuses it.
-            Transport::HybridVsock { .. } => {}
-        }
-        for (i, d) in c.disks.iter().enumerate() {
-            a.push("-drive".into());
-            a.push(format!(
-                "file={},if=none,id=disk{i},format=raw,readonly={}",
-                d.path.display(),
-                if d.readonly { "on" } else { "off" }
-            ));
-            a.push("-device".into());
-            a.push(format!(
-                "virtio-blk-device,drive=disk{i},serial={}",
-                d.serial
-            ));
-        }
-        for (i, d) in c.shares.iter().enumerate() {
-            // passthrough: the guest's owners and modes are the host's, as a bind mount
-            // would show them.
-            a.push("-fsdev".into());
-            a.push(format!(
-                "local,id=fs{i},path={},security_model=passthrough{}",
-                d.path.display(),
-                if d.readonly { ",readonly=on" } else { "" }
-            ));
-            a.push("-device".into());
-            a.push(format!("virtio-9p-device,fsdev=fs{i},mount_tag={}", d.tag));
-        }
-        for (i, n) in c.nets.iter().enumerate() {
-            a.push("-netdev".into());
-            a.push(format!("tap,id=net{i},fd={}", n.tap_fd));
-            a.push("-device".into());
-            a.push(format!("virtio-net-device,netdev=net{i},mac={}", n.mac));
-        }
+        a.extend(device_args(c));
         a
     }
 }
@@ -172,6 +119,66 @@ impl Qemu {
             _ => String::new(),
         }
     }
+}
+
+/// The virtio devices: the agent's channel, then disks, shared directories, taps.
+fn device_args(c: &VmConfig) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    match &c.transport {
+        // A console port (hvc0) rather than a named port: QEMU offers 1024-entry
+        // queues and the guest driver fills each receive queue with as many pages,
+        // 4 MiB per queue; a console needs no control queue. Measured 12.5 MiB
+        // in use after boot against 18 with a named port (guest/README.md).
+        Transport::Serial { socket } => a.extend([
+            "-device".into(),
+            "virtio-serial-device,max_ports=1".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                socket.display()
+            ),
+            "-device".into(),
+            "virtconsole,chardev=agent".into(),
+        ]),
+        Transport::Vsock { cid, .. } => a.extend([
+            "-device".into(),
+            format!("vhost-vsock-device,guest-cid={cid}"),
+        ]),
+        // QEMU has no hybrid vsock; Qemu::start refuses it.
+        Transport::HybridVsock { .. } => {}
+    }
+    for (i, d) in c.disks.iter().enumerate() {
+        a.push("-drive".into());
+        a.push(format!(
+            "file={},if=none,id=disk{i},format=raw,readonly={}",
+            d.path.display(),
+            if d.readonly { "on" } else { "off" }
+        ));
+        a.push("-device".into());
+        a.push(format!(
+            "virtio-blk-device,drive=disk{i},serial={}",
+            d.serial
+        ));
+    }
+    for (i, d) in c.shares.iter().enumerate() {
+        // passthrough: the guest's owners and modes are the host's, as a bind mount
+        // would show them.
+        a.push("-fsdev".into());
+        a.push(format!(
+            "local,id=fs{i},path={},security_model=passthrough{}",
+            d.path.display(),
+            if d.readonly { ",readonly=on" } else { "" }
+        ));
+        a.push("-device".into());
+        a.push(format!("virtio-9p-device,fsdev=fs{i},mount_tag={}", d.tag));
+    }
+    for (i, n) in c.nets.iter().enumerate() {
+        a.push("-netdev".into());
+        a.push(format!("tap,id=net{i},fd={}", n.tap_fd));
+        a.push("-device".into());
+        a.push(format!("virtio-net-device,netdev=net{i},mac={}", n.mac));
+    }
+    a
 }
 
 /// QEMU's human monitor, beside the console log in the VM's directory.

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{host_kernel, text};
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -111,10 +113,6 @@ impl Drop for Containerd {
     }
 }
 
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn flow(vm: bool) {
     let c = Containerd::start();
     let runtime = if vm {
@@ -129,8 +127,8 @@ fn flow(vm: bool) {
         &["sh", "-c", "uname -r; exit 3"],
     );
     assert_eq!(out.status.code(), Some(3), "{out:?}");
-    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    assert_eq!(text(&out).trim() != host.trim(), vm, "{out:?}");
+    let host = host_kernel();
+    assert_eq!(text(&out).trim() != host, vm, "{out:?}");
 
     let out = c.run(
         &runtime,

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{host_kernel, text};
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -93,15 +95,11 @@ impl Drop for Docker {
     }
 }
 
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 #[test]
 fn docker_runs_hull_in_both_isolations() {
     hull_only!();
     let d = Docker::start();
-    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let host = host_kernel();
     for (runtime, vm) in [("hull", false), ("hull-vm", true)] {
         let out = d.docker(&[
             "run",
@@ -114,7 +112,7 @@ fn docker_runs_hull_in_both_isolations() {
             "uname -r; exit 3",
         ]);
         assert_eq!(out.status.code(), Some(3), "{runtime}: {out:?}");
-        assert_eq!(text(&out).trim() != host.trim(), vm, "{runtime}: {out:?}");
+        assert_eq!(text(&out).trim() != host, vm, "{runtime}: {out:?}");
 
         let file = d.dir.join("volume.txt");
         std::fs::write(&file, "from the host\n").unwrap();

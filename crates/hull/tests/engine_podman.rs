@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{host_kernel, text};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -114,17 +116,6 @@ impl Drop for Podman {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn host_kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 /// No process of these containers left: no proxy, no VMM, no container process.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Bundle, Container};
+use common::{host_kernel, Bundle, Container};
 
 /// The test process adopts orphans, as conmon and containerd's shim do: the proxy that
 /// `create` reports outlives `create` and is waited on here.
@@ -84,13 +84,6 @@ fn assert_vm_gone(c: &Container) {
         .filter(|p| p.join(&c.id).exists())
         .collect();
     assert!(left.is_empty(), "cgroups left: {left:?}");
-}
-
-fn host_kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 #[test]

@@ -536,3 +536,16 @@ pub fn add_tmpfs(config: &mut Value, dst: &str, options: &[&str]) {
         .unwrap()
         .push(json!({"destination": dst, "type": "tmpfs", "source": "tmpfs", "options": options}));
 }
+
+/// A command's stdout as text.
+pub fn text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The host's kernel release, to tell a guest kernel from it.
+pub fn host_kernel() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}

@@ -22,7 +22,7 @@ use std::time::Duration;
 use hull_runtime::container::Container;
 use hull_runtime::error::Error as RuntimeError;
 use hull_runtime::spec::{self, Bundle};
-use hull_runtime::state::{Isolation, StateDir, Status, ISOLATION_ANNOTATION};
+use hull_runtime::state::{Isolation, Status, ISOLATION_ANNOTATION};
 use oci_spec::runtime::{LinuxResources, Process};
 
 pub use choose::Asked;
@@ -180,19 +180,10 @@ impl Lifecycle {
     }
 
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
-        let c = match self.load(id) {
-            Ok(c) => c,
-            // A state dir without a readable state (hull killed mid-create) is removable,
-            // and `delete --force` of what is not there is done already (runc exits 0).
-            Err(LifecycleError::Runtime(
-                RuntimeError::CorruptState { .. } | RuntimeError::NotFound(_),
-            )) if force => {
-                spec::validate_id(id)?;
-                return Ok(StateDir::new(&self.root, id).remove()?);
-            }
-            Err(e) => return Err(e),
-        };
-        Self::backend_of(&c).delete(&c, force)
+        match hull_runtime::container::delete::load_for_delete(&self.root, id, force)? {
+            Some(c) => Self::backend_of(&c).delete(&c, force),
+            None => Ok(()),
+        }
     }
 
     /// `exec` in a container the caller has loaded (to build the process from it).

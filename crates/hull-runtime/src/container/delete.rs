@@ -9,18 +9,26 @@ use crate::hooks;
 use crate::state::{StateDir, Status};
 
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
-    let c = match Container::load(root, id) {
-        Ok(c) => c,
+    match load_for_delete(root, id, force)? {
+        Some(c) => delete_container(&c, force),
+        None => Ok(()),
+    }
+}
+
+/// The container `delete` acts on; None when `force` made what could not be loaded a
+/// finished deletion, whatever the isolation.
+pub fn load_for_delete(root: &Path, id: &str, force: bool) -> Result<Option<Container>> {
+    match Container::load(root, id) {
+        Ok(c) => Ok(Some(c)),
         // A state dir without a readable state.json (hull killed mid-create) is removable.
-        Err(Error::CorruptState { .. }) if force => return StateDir::new(root, id).remove(),
+        Err(Error::CorruptState { .. }) if force => StateDir::new(root, id).remove().map(|()| None),
         // `delete --force` of what is not there is done already (runc exits 0 too).
         Err(Error::NotFound(_)) if force => {
             crate::spec::validate_id(id)?;
-            return StateDir::new(root, id).remove();
+            StateDir::new(root, id).remove().map(|()| None)
         }
-        Err(e) => return Err(e),
-    };
-    delete_container(&c, force)
+        Err(e) => Err(e),
+    }
 }
 
 /// `delete` of a container the caller has loaded.

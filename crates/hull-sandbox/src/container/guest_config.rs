@@ -30,7 +30,8 @@ pub const MAX_FILE: u64 = 128 * 1024;
 /// directories they share.
 #[derive(Debug, Default)]
 pub struct GuestConfig {
-    pub config: String,
+    /// config.json as the guest gets it; text only when it is sent.
+    pub config: Value,
     pub files: Vec<MountFile>,
     pub shares: Vec<MountShare>,
     /// What the VMM exports, one per share.
@@ -128,23 +129,20 @@ pub fn for_guest(config: &str, bundle: &Path) -> Result<GuestConfig> {
             });
         }
     }
-    out.config = v.to_string();
+    out.config = v;
     Ok(out)
 }
 
 /// The container shares the guest's network (where the mirrored interfaces are) instead
 /// of a new namespace of its own: its engine gave it a network, built by a hook.
-pub fn share_guest_network(g: &mut GuestConfig) -> Result<()> {
-    let mut v: Value = serde_json::from_str(&g.config)
-        .map_err(|e| SandboxError::Vm(format!("the guest's config: {e}")))?;
-    if let Some(namespaces) = v
+pub fn share_guest_network(g: &mut GuestConfig) {
+    if let Some(namespaces) = g
+        .config
         .pointer_mut("/linux/namespaces")
         .and_then(Value::as_array_mut)
     {
         namespaces.retain(|ns| ns["type"] != "network");
     }
-    g.config = v.to_string();
-    Ok(())
 }
 
 fn is_bind(m: &Value) -> bool {
@@ -181,7 +179,7 @@ mod tests {
             ]
         });
         let g = for_guest(&config.to_string(), &b).unwrap();
-        let (v, files): (Value, _) = (serde_json::from_str(&g.config).unwrap(), g.files);
+        let (v, files) = (g.config, g.files);
         assert_eq!(v["linux"]["namespaces"], json!([{"type": "pid"}]));
         assert_eq!(v["mounts"][2]["type"], "tmpfs");
         assert_eq!(files.len(), 1);

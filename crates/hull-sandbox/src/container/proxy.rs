@@ -130,7 +130,7 @@ fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
         (vec![], vec![], vec![])
     };
     if !mirrored.is_empty() {
-        super::guest_config::share_guest_network(&mut plan.guest)?;
+        super::guest_config::share_guest_network(&mut plan.guest);
     }
     let sandbox = start_sandbox(&plan, nets)?;
     tracing::debug!(
@@ -165,7 +165,7 @@ fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
     };
     let create = Request::CreateContainer {
         id: plan.id.clone(),
-        config: std::mem::take(&mut plan.guest.config),
+        config: plan.guest.config.to_string(),
         rootfs: Rootfs {
             serial: ROOTFS_SERIAL.into(),
             fstype: "erofs".into(),

@@ -6,6 +6,7 @@ pub mod check;
 pub mod client;
 pub mod clock;
 pub mod container;
+pub mod cpio;
 pub mod error;
 pub mod guest;
 pub mod hullvmm;

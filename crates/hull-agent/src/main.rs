@@ -14,6 +14,7 @@ mod io;
 mod log;
 mod network;
 mod server;
+mod stdin;
 mod transport;
 
 fn main() {

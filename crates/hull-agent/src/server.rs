@@ -5,7 +5,6 @@
 //! disabled CAD): the containers get SIGTERM, and the loop ends when they have all
 //! exited or after `CAD_GRACE`, whichever is first.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -24,6 +23,16 @@ use nix::unistd::Pid;
 
 use crate::containers::{Key, Sandbox};
 use crate::io::NearEnds;
+use crate::stdin::Stdins;
+
+/// What poll found ready.
+struct Ready {
+    host: bool,
+    signals: bool,
+    outputs: Vec<StreamId>,
+    /// stdin pipes that take bytes again.
+    stdins: Vec<StreamId>,
+}
 
 struct Output {
     fd: File,
@@ -38,7 +47,7 @@ pub struct Server {
     signals: SignalFd,
     sandbox: Sandbox,
     outputs: Vec<Output>,
-    stdins: HashMap<StreamId, (File, Key)>,
+    stdins: Stdins,
     /// Wait requests not yet answered: request id, process.
     waits: Vec<(u64, Key)>,
     greeted: bool,
@@ -86,7 +95,7 @@ impl Server {
             signals,
             sandbox,
             outputs: Vec::new(),
-            stdins: HashMap::new(),
+            stdins: Stdins::default(),
             waits: Vec::new(),
             greeted: false,
             shutdown: false,
@@ -130,7 +139,11 @@ impl Server {
                 let left = until.saturating_duration_since(Instant::now()).as_millis() + 1;
                 timeout = PollTimeout::from(left.min(500) as u16);
             }
-            let (host_ready, sig_ready, ready_outputs) = self.wait_ready(timeout)?;
+            let ready = self.wait_ready(timeout)?;
+            let (host_ready, sig_ready, ready_outputs) = (ready.host, ready.signals, ready.outputs);
+            for stream in ready.stdins {
+                self.stdins.flush(stream);
+            }
             if !self.greeted && !host_ready {
                 self.hello()?;
             }
@@ -167,6 +180,7 @@ impl Server {
                 self.reap()?;
             }
             self.answer_waits()?;
+            self.report_consumed()?;
             if let Some(until) = self.stopping_until {
                 let all_exited = self.sandbox.procs.values().all(|p| p.exit.is_some());
                 if all_exited || Instant::now() >= until {
@@ -222,12 +236,16 @@ impl Server {
         }
     }
 
-    fn wait_ready(&self, timeout: PollTimeout) -> Result<(bool, bool, Vec<StreamId>)> {
+    fn wait_ready(&self, timeout: PollTimeout) -> Result<Ready> {
         let mut fds = Vec::with_capacity(2 + self.outputs.len());
         fds.push(PollFd::new(self.host.as_fd(), PollFlags::POLLIN));
         fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
         for o in &self.outputs {
             fds.push(PollFd::new(o.fd.as_fd(), PollFlags::POLLIN));
+        }
+        let waiting: Vec<(StreamId, _)> = self.stdins.waiting().collect();
+        for (_, fd) in &waiting {
+            fds.push(PollFd::new(*fd, PollFlags::POLLOUT));
         }
         loop {
             match poll(&mut fds, timeout) {
@@ -237,13 +255,33 @@ impl Server {
             }
         }
         let ready = |f: &PollFd| !f.revents().unwrap_or(PollFlags::empty()).is_empty();
-        let outputs = fds[2..]
+        let (output_fds, stdin_fds) = fds[2..].split_at(self.outputs.len());
+        let outputs = output_fds
             .iter()
             .zip(&self.outputs)
             .filter(|(f, _)| ready(f))
             .map(|(_, o)| o.stream)
             .collect();
-        Ok((ready(&fds[0]), ready(&fds[1]), outputs))
+        let stdins = stdin_fds
+            .iter()
+            .zip(&waiting)
+            .filter(|(f, _)| ready(f))
+            .map(|(_, (s, _))| *s)
+            .collect();
+        Ok(Ready {
+            host: ready(&fds[0]),
+            signals: ready(&fds[1]),
+            outputs,
+            stdins,
+        })
+    }
+
+    /// Tells the host how much of each stdin stream it may send again.
+    fn report_consumed(&mut self) -> Result<()> {
+        for (stream, bytes) in self.stdins.take_consumed() {
+            self.send(&Message::Consumed { stream, bytes })?;
+        }
+        Ok(())
     }
 
     fn send(&mut self, msg: &Message) -> Result<()> {
@@ -293,23 +331,15 @@ impl Server {
                 };
                 self.send(&Message::Response { id, reply })?;
             }
-            Message::Response { .. } => tracing::warn!("ignoring a response from the host"),
+            Message::Response { .. } | Message::Consumed { .. } => {
+                tracing::warn!("ignoring a message only the agent sends")
+            }
         }
         Ok(())
     }
 
     fn handle_stdin(&mut self, frame: Frame) -> Result<()> {
-        if frame.is_eof() {
-            self.stdins.remove(&frame.stream);
-            return Ok(());
-        }
-        if let Some((fd, _)) = self.stdins.get_mut(&frame.stream) {
-            if let Err(e) = fd.write_all(&frame.payload) {
-                // The process closed its stdin; drop the rest, as a pipe would.
-                tracing::debug!("stdin stream {}: {e}", frame.stream);
-                self.stdins.remove(&frame.stream);
-            }
-        }
+        self.stdins.receive(frame.stream, &frame.payload);
         Ok(())
     }
 
@@ -329,7 +359,7 @@ impl Server {
                 let (pid, near) = self
                     .sandbox
                     .create(&cid, &config, &rootfs, &io, &files, &shares)?;
-                self.attach(near, (cid, None));
+                self.attach(near, (cid, None))?;
                 Ok(Outcome::Reply(Reply::Process { pid }))
             }
             Request::StartContainer { id: cid } => {
@@ -344,7 +374,7 @@ impl Server {
             } => {
                 self.check_streams(io.streams())?;
                 let (pid, near) = self.sandbox.exec(&container, &exec_id, &process, &io)?;
-                self.attach(near, (container, Some(exec_id)));
+                self.attach(near, (container, Some(exec_id)))?;
                 Ok(Outcome::Reply(Reply::Process { pid }))
             }
             Request::Signal {
@@ -377,13 +407,13 @@ impl Server {
             Request::CloseStdin { container, exec_id } => {
                 let key = (container, exec_id);
                 self.sandbox.proc(&key)?;
-                self.stdins.retain(|_, (_, k)| *k != key);
+                self.stdins.close_where(|k| *k == key);
                 done
             }
             Request::DeleteContainer { id: cid, force } => {
                 self.sandbox.delete(&cid, force)?;
                 self.outputs.retain(|o| o.key.0 != cid);
-                self.stdins.retain(|_, (_, k)| k.0 != cid);
+                self.stdins.close_where(|k| k.0 == cid);
                 done
             }
             Request::Pids { container } => Ok(Outcome::Reply(Reply::Pids {
@@ -419,9 +449,7 @@ impl Server {
     /// Stream numbers are the host's to pick, but two processes cannot share one.
     fn check_streams(&self, streams: impl Iterator<Item = StreamId>) -> Result<()> {
         for s in streams {
-            if s == CONTROL
-                || self.stdins.contains_key(&s)
-                || self.outputs.iter().any(|o| o.stream == s)
+            if s == CONTROL || self.stdins.contains(s) || self.outputs.iter().any(|o| o.stream == s)
             {
                 bail!("stream {s} is the control stream or already in use");
             }
@@ -429,9 +457,9 @@ impl Server {
         Ok(())
     }
 
-    fn attach(&mut self, near: NearEnds, key: Key) {
+    fn attach(&mut self, near: NearEnds, key: Key) -> Result<()> {
         if let Some((fd, s)) = near.stdin {
-            self.stdins.insert(s, (File::from(fd), key.clone()));
+            self.stdins.insert(s, fd, key.clone())?;
         }
         for (fd, stream) in near.outputs {
             self.outputs.push(Output {
@@ -440,6 +468,7 @@ impl Server {
                 key: key.clone(),
             });
         }
+        Ok(())
     }
 
     /// Reads what one output has; on end of file (or EIO, a pty whose last user is
@@ -475,7 +504,7 @@ impl Server {
             let key = key.clone();
             tracing::debug!("{key:?} (pid {pid}) exited with {status}");
             self.drain_outputs(&key)?;
-            self.stdins.retain(|_, (_, k)| *k != key);
+            self.stdins.close_where(|k| *k == key);
         }
     }
 

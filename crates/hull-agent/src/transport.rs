@@ -1,5 +1,6 @@
 //! The byte stream to the host: a virtio-serial port named `hull.agent` (QEMU without
-//! vhost-vsock), or a vsock listener when the cmdline says `hull.vsock=PORT`.
+//! vhost-vsock), a console when the cmdline says `hull.console=hvcN` (hull-vmm), or a
+//! vsock listener when it says `hull.vsock=PORT`.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -37,8 +38,8 @@ pub fn open() -> Result<Stream> {
     serial_port()
 }
 
-/// A virtio console port (hvcN): a tty, so it is put in raw mode to carry bytes as
-/// they are.
+/// A virtio console port (hvcN, hull-vmm's console): a tty, so it is put in raw mode
+/// to carry bytes as they are.
 fn console(name: &str) -> Result<Stream> {
     use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
     use std::os::unix::fs::OpenOptionsExt;

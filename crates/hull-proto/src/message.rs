@@ -5,8 +5,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ProtoError, StreamId};
 
-/// Bumped on any change an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any change an older peer would misread. 2: stdin is flow-controlled by
+/// `Consumed` (a host of version 1 would never wait for it, an agent of version 1
+/// would never send it).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// How many bytes of one stdin stream the host may have sent that the agent has not
+/// reported `Consumed`. The agent buffers at most this much per stream, so a process
+/// that does not read its stdin costs the guest a bounded amount and never stops the
+/// agent from serving everything else.
+pub const STDIN_WINDOW: u64 = 256 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -28,6 +36,12 @@ pub enum Message {
     Response {
         id: u64,
         reply: Result<Reply, ErrorReply>,
+    },
+    /// The agent's flow control for a stdin stream: it has taken `bytes` more of it,
+    /// written to the process or dropped because the process closed its stdin.
+    Consumed {
+        stream: StreamId,
+        bytes: u64,
     },
 }
 

@@ -7,12 +7,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hull_proto::{
     check_version, encode_frame, encode_message, FrameDecoder, Message, ProtoError, Reply, Request,
-    StreamId, CONTROL, PROTOCOL_VERSION,
+    StreamId, CONTROL, PROTOCOL_VERSION, STDIN_WINDOW,
 };
 
 use crate::error::{Result, SandboxError};
@@ -21,10 +21,76 @@ use crate::hypervisor::Transport;
 type Pending = Arc<Mutex<HashMap<u64, Sender<std::result::Result<Reply, String>>>>>;
 type Sinks = Arc<Mutex<HashMap<StreamId, Sender<Vec<u8>>>>>;
 
+/// Stdin bytes sent and not yet reported consumed by the agent, per stream; `None`
+/// once the connection is gone. Bounded by `STDIN_WINDOW` (hull-proto).
+#[derive(Default)]
+struct InFlight {
+    bytes: Mutex<Option<HashMap<StreamId, u64>>>,
+    changed: Condvar,
+}
+
+impl InFlight {
+    fn new() -> Arc<InFlight> {
+        let f = InFlight::default();
+        *f.bytes.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashMap::new());
+        Arc::new(f)
+    }
+
+    /// Waits until `len` more bytes fit in `stream`'s window, then counts them.
+    fn reserve(&self, stream: StreamId, len: u64) -> Result<()> {
+        let mut guard = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let Some(map) = guard.as_mut() else {
+                return Err(SandboxError::Vm(
+                    "the agent went away while stdin was being sent".into(),
+                ));
+            };
+            let used = map.entry(stream).or_default();
+            if *used == 0 || *used + len <= STDIN_WINDOW {
+                *used += len;
+                return Ok(());
+            }
+            guard = self.changed.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn consumed(&self, stream: StreamId, bytes: u64) {
+        if let Some(map) = self
+            .bytes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            if let Some(used) = map.get_mut(&stream) {
+                *used = used.saturating_sub(bytes);
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// The stream ended: what the agent reports of it later changes nothing.
+    fn forget(&self, stream: StreamId) {
+        if let Some(map) = self
+            .bytes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            map.remove(&stream);
+        }
+    }
+
+    fn gone(&self) {
+        *self.bytes.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.changed.notify_all();
+    }
+}
+
 pub struct AgentClient {
     writer: Mutex<UnixStream>,
     pending: Pending,
     sinks: Sinks,
+    in_flight: Arc<InFlight>,
     next_id: AtomicU64,
     next_stream: AtomicU32,
     /// The agent's Hello ("hull-agent 0.1.0").
@@ -93,10 +159,16 @@ impl AgentClient {
         let (hello_tx, hello_rx) = channel();
         let pending: Pending = Arc::default();
         let sinks: Sinks = Arc::default();
-        let (p, s) = (pending.clone(), sinks.clone());
+        let in_flight = InFlight::new();
+        let routes = Routes {
+            hello: hello_tx,
+            pending: pending.clone(),
+            sinks: sinks.clone(),
+            in_flight: in_flight.clone(),
+        };
         std::thread::Builder::new()
             .name("agent-reader".into())
-            .spawn(move || read_loop(stream, hello_tx, p, s))
+            .spawn(move || read_loop(stream, routes))
             .map_err(|e| SandboxError::Vm(format!("spawn reader: {e}")))?;
         let hello = loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -145,6 +217,7 @@ impl AgentClient {
             writer: Mutex::new(writer),
             pending,
             sinks,
+            in_flight,
             next_id: AtomicU64::new(1),
             next_stream: AtomicU32::new(1),
             agent,
@@ -202,11 +275,22 @@ impl AgentClient {
         rx
     }
 
-    /// Writes to a process's stdin; `data` empty closes it.
+    /// Writes to a process's stdin; `data` empty closes it. Blocks while the agent
+    /// holds a window's worth of this stream that the process has not read.
     pub fn send_stdin(&self, stream: StreamId, data: &[u8]) -> Result<()> {
-        let mut wire = Vec::with_capacity(data.len() + 8);
-        encode_frame(stream, data, &mut wire);
-        self.write(&wire)
+        if data.is_empty() {
+            self.in_flight.forget(stream);
+            let mut wire = Vec::with_capacity(8);
+            encode_frame(stream, data, &mut wire);
+            return self.write(&wire);
+        }
+        for chunk in data.chunks(STDIN_WINDOW as usize / 4) {
+            self.in_flight.reserve(stream, chunk.len() as u64)?;
+            let mut wire = Vec::with_capacity(chunk.len() + 8);
+            encode_frame(stream, chunk, &mut wire);
+            self.write(&wire)?;
+        }
+        Ok(())
     }
 
     /// Closes the channel both ways. After the reply to Shutdown this tells the agent
@@ -253,7 +337,21 @@ pub fn read_to_end(rx: &Receiver<Vec<u8>>, timeout: Duration) -> Result<Vec<u8>>
 
 type HelloTx = Sender<std::result::Result<(u32, String), String>>;
 
-fn read_loop(mut stream: UnixStream, hello: HelloTx, pending: Pending, sinks: Sinks) {
+/// Where the reader thread delivers what the agent sends.
+struct Routes {
+    hello: HelloTx,
+    pending: Pending,
+    sinks: Sinks,
+    in_flight: Arc<InFlight>,
+}
+
+fn read_loop(mut stream: UnixStream, routes: Routes) {
+    let Routes {
+        hello,
+        pending,
+        sinks,
+        in_flight,
+    } = routes;
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     let fail = |why: String| {
@@ -261,6 +359,7 @@ fn read_loop(mut stream: UnixStream, hello: HelloTx, pending: Pending, sinks: Si
         // Dropping the senders wakes every caller with "went away".
         pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
         sinks.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        in_flight.gone();
         tracing::debug!("agent reader: {why}");
     };
     loop {
@@ -303,6 +402,7 @@ fn read_loop(mut stream: UnixStream, hello: HelloTx, pending: Pending, sinks: Si
                         let _ = tx.send(reply.map_err(|e| e.message));
                     }
                 }
+                Ok(Message::Consumed { stream, bytes }) => in_flight.consumed(stream, bytes),
                 Ok(Message::Request { .. }) => tracing::warn!("the agent sent a request"),
                 Err(e) => tracing::warn!("malformed message from the agent: {e}"),
             }

@@ -31,8 +31,9 @@ impl Accel {
 /// The byte stream between hull and the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
-    /// A virtio console port (the guest's hvc0), bound to a Unix socket the VMM
-    /// listens on (QEMU where the host has no vhost-vsock).
+    /// A virtio-serial port bound to a Unix socket the VMM listens on: QEMU's port
+    /// named `hull.agent` where the host has no vhost-vsock, or hull-vmm's console
+    /// (the guest's hvc0).
     Serial { socket: PathBuf },
     /// virtio-vsock through the host kernel's vhost-vsock: hull connects to
     /// (cid, port), where the agent listens (`hull.vsock=PORT` on its cmdline).

@@ -281,6 +281,23 @@ fn container_in_a_qemu_vm() {
     );
     assert_eq!(wait(agent, Some("cat")), 0);
 
+    // A process that writes a megabyte before it reads its stdin, with a megabyte of
+    // stdin already on its way: the agent must drain the output while the input waits
+    // (it once blocked writing stdin while the process blocked writing stdout).
+    let script = ["sh", "-c", "head -c 1048576 /dev/zero; wc -c"];
+    let (stdin, out) = start_with_stdin(agent, "late-reader", &script, false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            agent.send_stdin(stdin, &vec![b'x'; 1 << 20]).unwrap();
+            agent.send_stdin(stdin, b"").unwrap();
+        });
+        let got = read_to_end(&out, CALL).unwrap();
+        let zeros = got.iter().take_while(|&&b| b == 0).count();
+        assert_eq!(zeros, 1 << 20);
+        assert_eq!(String::from_utf8_lossy(&got[zeros..]).trim(), "1048576");
+    });
+    assert_eq!(wait(agent, Some("late-reader")), 0);
+
     // close_stdin ends a reader without an EOF frame from the host.
     let (stdin, out) = start_with_stdin(agent, "wc", &["wc", "-c"], false);
     agent.send_stdin(stdin, b"12345").unwrap();

@@ -144,9 +144,17 @@ fn bad_requests_get_error_replies_and_the_server_goes_on() {
         br#"{"type":"request","id":1,"request":{"op":"launch_missiles"}}"#,
         &mut wire,
     );
-    // Data for a stream nobody opened.
+    // Data for a stream nobody opened: dropped, and reported taken, so that a host
+    // waiting for its stdin window is not kept waiting.
     encode_frame(99, b"stray bytes", &mut wire);
     a.raw(&wire);
+    assert_eq!(
+        a.recv(),
+        Message::Consumed {
+            stream: 99,
+            bytes: 11
+        }
+    );
     assert_eq!(a.call(2, Request::Ping), Ok(Reply::Pong));
 
     let create = Request::CreateContainer {

@@ -75,6 +75,7 @@ impl Sandbox {
                 id: id.to_string(),
                 bundle: bundle.clone(),
                 root: self.state_root.clone(),
+                preserve_fds: pio.extra.len() as i32,
                 ..Default::default()
             };
             let plumbing = io::plumb(pio)?;
@@ -84,7 +85,7 @@ impl Sandbox {
             } else {
                 (None, None)
             };
-            let created = io::with_stdio(&plumbing.far, || {
+            let created = io::with_fds(&plumbing.far, || {
                 container::create::create_from(&opts, StartMode::Fifo, spec_bundle, console_far)
             })??;
             let pty = match console_near {
@@ -167,9 +168,9 @@ impl Sandbox {
             console_socket: console.as_ref().map(|(_, p)| p.clone()),
             pid_file: Some(pid_file.clone()),
             detach: true,
-            preserve_fds: 0,
+            preserve_fds: pio.extra.len() as i32,
         };
-        let r = io::with_stdio(&plumbing.far, || container::exec::exec(opts))?;
+        let r = io::with_fds(&plumbing.far, || container::exec::exec(opts))?;
         let pid = r.map_err(anyhow::Error::from).and_then(|_| {
             let text = std::fs::read_to_string(&pid_file).context("read exec pid file")?;
             text.trim().parse::<i32>().context("parse exec pid file")
@@ -282,7 +283,7 @@ impl Sandbox {
 /// With a terminal, the pty master is both the process's input and its output.
 fn pty_ends(master: &OwnedFd, pio: &ProcessIo, near: &mut NearEnds) -> Result<()> {
     if let Some(s) = pio.stdin {
-        near.stdin = Some((master.as_fd().try_clone_to_owned()?, s));
+        near.inputs.push((master.as_fd().try_clone_to_owned()?, s));
     }
     if let Some(s) = pio.stdout {
         let out = master.as_fd().try_clone_to_owned()?;

@@ -18,7 +18,12 @@ mod stdin;
 mod transport;
 
 fn main() {
+    // Before anything opens an fd: preserved fds are lent at 3 and up (io.rs).
+    let reserved = io::reserve_extra_fds();
     log::init();
+    if let Err(e) = &reserved {
+        tracing::warn!("{e:#}");
+    }
     // PID 1 exiting panics the kernel; a bug should end the VM cleanly and say why.
     std::panic::set_hook(Box::new(|info| {
         tracing::error!("agent bug: {info}; powering off");

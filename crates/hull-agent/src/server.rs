@@ -458,7 +458,7 @@ impl Server {
     }
 
     fn attach(&mut self, near: NearEnds, key: Key) -> Result<()> {
-        if let Some((fd, s)) = near.stdin {
+        for (fd, s) in near.inputs {
             self.stdins.insert(s, fd, key.clone())?;
         }
         for (fd, stream) in near.outputs {

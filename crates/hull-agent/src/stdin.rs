@@ -118,6 +118,12 @@ impl Stdins {
 
     fn close(&mut self, stream: StreamId) {
         if let Some(pipe) = self.pipes.remove(&stream) {
+            // A socket pair (a preserved fd read and written) has another copy of this
+            // end, for its output: only a shutdown gives the process its EOF.
+            let _ = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&pipe.fd),
+                nix::sys::socket::Shutdown::Write,
+            );
             self.take(stream, pipe.pending.len());
         }
     }

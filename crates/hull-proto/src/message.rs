@@ -57,11 +57,32 @@ pub struct ProcessIo {
     pub stderr: Option<StreamId>,
     #[serde(default)]
     pub terminal: bool,
+    /// The process's fds 3, 4, ... (runc's `--preserve-fds`), in order: each a pipe, or
+    /// a socket pair when bytes go both ways, whose other end the agent relays.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<ExtraFd>,
+}
+
+/// The most fds a process in the guest can be handed beyond 0-2: the agent keeps fds
+/// 3 to 3 + this free for them.
+pub const MAX_EXTRA_FDS: usize = 64;
+
+/// One preserved fd: `input` carries host bytes to the process (which reads the fd),
+/// `output` carries what the process writes to it back to the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtraFd {
+    #[serde(default)]
+    pub input: Option<StreamId>,
+    #[serde(default)]
+    pub output: Option<StreamId>,
 }
 
 impl ProcessIo {
     pub fn streams(&self) -> impl Iterator<Item = StreamId> + '_ {
-        [self.stdin, self.stdout, self.stderr].into_iter().flatten()
+        [self.stdin, self.stdout, self.stderr]
+            .into_iter()
+            .chain(self.extra.iter().flat_map(|e| [e.input, e.output]))
+            .flatten()
     }
 }
 

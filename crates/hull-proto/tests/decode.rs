@@ -54,7 +54,7 @@ proptest! {
                 id: name.clone(),
                 config: cfg,
                 rootfs: hull_proto::Rootfs { serial: name, fstype: "erofs".into() },
-                io: ProcessIo { stdin, stdout: Some(200), stderr: None, terminal },
+                io: ProcessIo { stdin, stdout: Some(200), stderr: None, terminal, extra: vec![] },
                 files: vec![],
                 shares: vec![],
             },

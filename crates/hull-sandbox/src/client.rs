@@ -265,6 +265,11 @@ impl AgentClient {
         }
     }
 
+    /// One fresh stream number.
+    pub fn stream(&self) -> StreamId {
+        self.next_stream.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Data arriving on `stream`; an empty chunk is its end.
     pub fn subscribe(&self, stream: StreamId) -> Receiver<Vec<u8>> {
         let (tx, rx) = channel();

@@ -85,6 +85,7 @@ fn output_io(agent: &AgentClient) -> (ProcessIo, Streams) {
         stdout: Some(s.stdout),
         stderr: Some(s.stderr),
         terminal: false,
+        extra: vec![],
     };
     (io, s)
 }
@@ -121,6 +122,7 @@ fn start_with_stdin(
         stdout: Some(s.stdout),
         stderr: None,
         terminal,
+        extra: vec![],
     };
     start_exec(agent, exec_id, args, io);
     (s.stdin, out)

@@ -17,6 +17,11 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // Before hull opens anything of its own: fds it opened would fill the gaps.
+    if let Err(e) = check_preserved_fds(&cli.command) {
+        eprintln!("hull: {e}");
+        std::process::exit(1);
+    }
     let log = logging::init(&cli.global);
     // runc's exit code for exec's own failures, so callers can tell them from the
     // process's exit status.
@@ -38,6 +43,23 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `--preserve-fds N` hands the container fds 3 to 2 + N: each must be open, or the
+/// container would get whatever hull opens later at that number.
+fn check_preserved_fds(command: &cli::Command) -> Result<(), String> {
+    let n = match command {
+        cli::Command::Create(c) | cli::Command::Run { create: c, .. } => c.preserve_fds,
+        cli::Command::Exec(e) => e.preserve_fds,
+        _ => 0,
+    };
+    for fd in 3..3 + n.max(0) {
+        // SAFETY: F_GETFD only reads the flags of fd number `fd`, open or not.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(format!("--preserve-fds {n}: fd {fd} is not open"));
+        }
+    }
+    Ok(())
 }
 
 /// The error and its causes on one line, skipping causes the message already quotes.

@@ -23,7 +23,8 @@ use crate::error::{Result, SandboxError};
 pub const SOCKET: &str = "ctl.sock";
 
 /// At most this many fds travel with one request (stdin, stdout, stderr).
-const MAX_FDS: usize = 3;
+/// An exec's stdio and its preserved fds.
+const MAX_FDS: usize = 3 + hull_proto::MAX_EXTRA_FDS;
 /// The largest request or answer (a process JSON with a long environment).
 const MAX_PACKET: usize = 256 * 1024;
 
@@ -35,10 +36,13 @@ pub enum Control {
         signal: i32,
         all: bool,
     },
-    /// Fds: stdin, stdout, stderr; with `terminal`, one: the terminal.
+    /// Fds: stdin, stdout, stderr (with `terminal`, the terminal twice), then one for
+    /// each of `preserved`.
     Exec {
         process: String,
         terminal: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        preserved: Vec<super::preserved::Direction>,
     },
     /// On an exec's connection: its terminal's new size.
     Resize {
@@ -246,6 +250,7 @@ mod tests {
         let msg = Control::Exec {
             process: "{}".into(),
             terminal: false,
+            preserved: vec![],
         };
         send(a.as_fd(), &msg, &[r.as_fd(), w.as_fd()]).unwrap();
         let (got, fds) = recv::<Control>(b.as_fd()).unwrap().unwrap();

@@ -85,11 +85,8 @@ pub fn run(req: VmCreate, detach: bool) -> Result<i32> {
 }
 
 fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
-    if req.preserve_fds > 0 {
-        return Err(SandboxError::Vm(
-            "--preserve-fds: extra fds cannot be handed into a VM container yet; run it with namespace isolation".into(),
-        ));
-    }
+    // Checked before anything is made, as the config is below.
+    let preserved = super::preserved::take(req.preserve_fds)?;
     let bundle = &req.bundle;
     let config_path = bundle.dir.join("config.json");
     let config =
@@ -120,6 +117,7 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
         settings: req.settings.clone(),
         cgroup: st.cgroup.clone(),
         foreground,
+        preserved,
     };
     let (pid, mut ours) = fork_proxy(plan, &mut undo, |pid| create_hooks(&st, pid))?;
     st.pid = pid.as_raw();

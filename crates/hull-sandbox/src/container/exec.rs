@@ -19,6 +19,7 @@ use nix::unistd::ForkResult;
 use oci_spec::runtime::Process;
 
 use super::control::{self, Control, ControlReply};
+use super::preserved::{Direction, Preserved};
 use super::proxy::{Shared, CALL};
 use super::relay::{self, RawTerminal};
 use crate::error::{Result, SandboxError};
@@ -34,23 +35,25 @@ pub struct VmExec<'a> {
 /// The exit status, or 0 once started when detached.
 pub fn exec(c: &Container, req: VmExec) -> Result<i32> {
     c.require("exec", &[Status::Created, Status::Running])?;
-    if req.preserve_fds > 0 {
-        return Err(SandboxError::Vm(
-            "--preserve-fds: extra fds cannot be handed into a VM container yet".into(),
-        ));
-    }
+    let preserved = super::preserved::take(req.preserve_fds)?;
     let terminal = req.process.terminal() == Some(true);
     let process = serde_json::to_string(&req.process)
         .map_err(|e| SandboxError::Vm(format!("exec: the process: {e}")))?;
     let (fds, tty, raw) = exec_stdio(terminal, &req)?;
     let conn = control::connect(&c.dir.path)?;
-    let borrowed: Vec<BorrowedFd> = fds.iter().map(|f| f.as_fd()).collect();
-    control::send(
-        conn.as_fd(),
-        &Control::Exec { process, terminal },
-        &borrowed,
-    )?;
+    let borrowed: Vec<BorrowedFd> = fds
+        .iter()
+        .map(|f| f.as_fd())
+        .chain(preserved.iter().map(|p| p.fd.as_fd()))
+        .collect();
+    let msg = Control::Exec {
+        process,
+        terminal,
+        preserved: preserved.iter().map(|p| p.direction).collect(),
+    };
+    control::send(conn.as_fd(), &msg, &borrowed)?;
     drop(fds);
+    drop(preserved);
     match control::recv::<ControlReply>(conn.as_fd())? {
         Some((ControlReply::Started { .. }, _)) => {}
         Some((ControlReply::Error { message }, _)) => return Err(SandboxError::Vm(message)),
@@ -160,20 +163,23 @@ fn wait_exec(conn: &OwnedFd, tty: Option<OwnedFd>) -> i32 {
     }
 }
 
+/// An exec as the client asked for it over the control socket.
+pub(super) struct ExecRequest {
+    pub process: String,
+    pub terminal: bool,
+    pub preserved: Vec<Direction>,
+}
+
 /// The proxy's side of one exec: relays, the exec's start, resizes and signals from
 /// the client, and its exit status back. A client that goes away first takes the exec
 /// with it (SIGKILL): it was the exec's stand-in on the host.
-pub(super) fn serve_exec(
-    shared: &Arc<Shared>,
-    conn: OwnedFd,
-    process: String,
-    terminal: bool,
-    fds: Vec<OwnedFd>,
-) {
+pub(super) fn serve_exec(shared: &Arc<Shared>, conn: OwnedFd, req: ExecRequest, fds: Vec<OwnedFd>) {
     let fail = |conn: &OwnedFd, message: String| {
         let _ = control::send(conn.as_fd(), &ControlReply::Error { message }, &[]);
     };
-    let wanted = if terminal { 2 } else { 3 };
+    let terminal = req.terminal;
+    let stdio = if terminal { 2 } else { 3 };
+    let wanted = stdio + req.preserved.len();
     if fds.len() != wanted {
         return fail(
             &conn,
@@ -187,8 +193,20 @@ pub(super) fn serve_exec(
     let exec_id = shared.exec_id();
     let streams = agent.streams();
     let mut fds = fds.into_iter();
-    let (input, output, error) = (fds.next(), fds.next(), fds.next());
-    let mut outputs = Vec::new();
+    let (input, output, error) = (
+        fds.next(),
+        fds.next(),
+        (!terminal).then(|| fds.next()).flatten(),
+    );
+    let preserved = fds
+        .zip(req.preserved)
+        .map(|(fd, direction)| Preserved { fd, direction })
+        .collect();
+    let (extra, mut relays) = match super::preserved::plan(&agent, preserved) {
+        Ok(p) => p,
+        Err(e) => return fail(&conn, e.to_string()),
+    };
+    let mut outputs = std::mem::take(&mut relays.outputs);
     if let Some(o) = output {
         outputs.push(relay::out_of_agent(agent.subscribe(streams.stdout), o));
     }
@@ -198,12 +216,13 @@ pub(super) fn serve_exec(
     let request = Request::Exec {
         container: shared.id.clone(),
         exec_id: exec_id.clone(),
-        process,
+        process: req.process,
         io: ProcessIo {
             stdin: Some(streams.stdin),
             stdout: Some(streams.stdout),
             stderr: (!terminal).then_some(streams.stderr),
             terminal,
+            extra,
         },
     };
     let pid = match agent.call(request, CALL) {
@@ -211,8 +230,11 @@ pub(super) fn serve_exec(
         Ok(r) => return fail(&conn, format!("exec: the agent answered {r:?}")),
         Err(e) => return fail(&conn, e.to_string()),
     };
+    // Stopped once the exec has exited: they would hold the host's fds for as long
+    // as the container runs.
+    let mut inputs = relays.start_inputs(&agent);
     if let Some(i) = input {
-        relay::into_agent(agent.clone(), streams.stdin, i);
+        inputs.push(relay::into_agent(agent.clone(), streams.stdin, i));
     }
     if control::send(conn.as_fd(), &ControlReply::Started { pid }, &[]).is_err() {
         tracing::debug!("exec {exec_id}: the client left before it started");
@@ -231,6 +253,7 @@ pub(super) fn serve_exec(
         _ => 255,
     };
     exited.store(true, Ordering::SeqCst);
+    drop(inputs);
     for o in outputs {
         let _ = o.join();
     }

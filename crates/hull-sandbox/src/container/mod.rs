@@ -14,6 +14,7 @@ mod create;
 mod exec;
 pub mod guest_config;
 mod network;
+mod preserved;
 mod proxy;
 pub mod relay;
 

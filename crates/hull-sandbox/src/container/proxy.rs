@@ -49,6 +49,8 @@ pub(super) struct ProxyPlan {
     pub cgroup: Cgroup,
     /// `hull run` in the foreground: the caller's session and terminal.
     pub foreground: bool,
+    /// The caller's fds 3 and up (--preserve-fds), relayed as the init's.
+    pub preserved: Vec<super::preserved::Preserved>,
 }
 
 /// What the threads of a running proxy share.
@@ -69,6 +71,8 @@ struct Proxy {
     shared: Arc<Shared>,
     listener: OwnedFd,
     outputs: Vec<JoinHandle<()>>,
+    /// For the proxy's whole life, which ends with the container's.
+    _inputs: Vec<relay::InputRelay>,
     /// The container's terminal on the host, for window sizes.
     tty: Option<OwnedFd>,
     raw: Option<RawTerminal>,
@@ -157,11 +161,15 @@ fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
     if let Some(err) = stdio.2 {
         outputs.push(relay::out_of_agent(agent.subscribe(streams.stderr), err));
     }
+    let (extra, mut preserved) =
+        super::preserved::plan(&agent, std::mem::take(&mut plan.preserved))?;
+    outputs.append(&mut preserved.outputs);
     let io = ProcessIo {
         stdin: Some(streams.stdin),
         stdout: Some(streams.stdout),
         stderr: (!plan.terminal).then_some(streams.stderr),
         terminal: plan.terminal,
+        extra,
     };
     let create = Request::CreateContainer {
         id: plan.id.clone(),
@@ -180,7 +188,8 @@ fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
         "container created in the guest in {} us",
         t.elapsed().as_micros()
     );
-    relay::into_agent(agent.clone(), streams.stdin, stdio.0);
+    let mut inputs = preserved.start_inputs(&agent);
+    inputs.push(relay::into_agent(agent.clone(), streams.stdin, stdio.0));
     if let Some(t) = &tty {
         resize(&shared, None, t);
     }
@@ -190,6 +199,7 @@ fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
         shared,
         listener,
         outputs,
+        _inputs: inputs,
         tty,
         raw,
     })
@@ -468,8 +478,18 @@ fn serve_connection(shared: &Arc<Shared>, conn: OwnedFd) {
                 return;
             }
         };
-        if let Control::Exec { process, terminal } = request {
-            return serve_exec(shared, conn, process, terminal, fds);
+        if let Control::Exec {
+            process,
+            terminal,
+            preserved,
+        } = request
+        {
+            let exec = super::exec::ExecRequest {
+                process,
+                terminal,
+                preserved,
+            };
+            return serve_exec(shared, conn, exec, fds);
         }
         let reply = match answer(shared, request) {
             Ok(r) => r,

@@ -14,15 +14,27 @@ use nix::sys::termios::{self, SetArg, Termios};
 use crate::client::AgentClient;
 
 /// Copies `from` into the process's stdin stream; its end (or an error) closes stdin.
-/// Detached: a blocking read cannot be interrupted, and the proxy exits when the
-/// process does.
-pub fn into_agent(agent: Arc<AgentClient>, stream: StreamId, from: OwnedFd) {
+/// Dropping the returned handle stops the copy and closes `from` (the process it fed
+/// is gone): a blocking read could not be interrupted otherwise, and an exec's relay
+/// would hold a host pipe or socket open for as long as the container runs.
+pub fn into_agent(agent: Arc<AgentClient>, stream: StreamId, from: OwnedFd) -> InputRelay {
+    let (stop_r, stop_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("stdin relay: pipe2: {e}; closing stdin");
+            let _ = agent.send_stdin(stream, &[]);
+            return InputRelay { _stop: None };
+        }
+    };
     let _ = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
             let mut from = File::from(from);
             let mut buf = vec![0u8; 32 * 1024];
             loop {
+                if !wait_readable(from.as_fd(), stop_r.as_fd()) {
+                    return;
+                }
                 match from.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
@@ -37,6 +49,36 @@ pub fn into_agent(agent: Arc<AgentClient>, stream: StreamId, from: OwnedFd) {
             }
             let _ = agent.send_stdin(stream, &[]);
         });
+    InputRelay {
+        _stop: Some(stop_w),
+    }
+}
+
+/// Keeps an input relay going; dropped, it stops it.
+pub struct InputRelay {
+    _stop: Option<OwnedFd>,
+}
+
+/// Whether `from` has something (data, EOF or an error) before `stop` is closed.
+fn wait_readable(from: BorrowedFd, stop: BorrowedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [
+            PollFd::new(from, PollFlags::POLLIN),
+            PollFd::new(stop, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return true,
+            Ok(_) => {}
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            return false;
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            return true;
+        }
+    }
 }
 
 /// Writes what the stream carries to `to` until the stream ends; then `to` is closed,

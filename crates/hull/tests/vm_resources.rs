@@ -1,0 +1,69 @@
+//! A VM container's resources: the memory limit sizes the guest (plus the guest's own
+//! overhead), the CPU quota picks the vCPUs, the same limits hold in the guest's
+//! cgroup, and the host cgroup that holds the proxy and the VMM is sized for the whole
+//! sandbox, so that the engine's accounting and limits cover the VM. Boots real VMs.
+
+mod common;
+
+use common::{assert_clean, Bundle};
+
+const MIB: i64 = 1 << 20;
+
+#[test]
+fn limits_size_the_guest_and_the_host_cgroup_holds_the_whole_sandbox() {
+    hull_only!();
+    let c = Bundle::new(&["sleep", "600"])
+        .config(|v| {
+            v["linux"]["resources"] = serde_json::json!({
+                "memory": {"limit": 96 * MIB},
+                "cpu": {"quota": 100000, "period": 100000, "shares": 512}
+            })
+        })
+        .container();
+    c.hull(&[
+        "--isolation",
+        "vm",
+        "run",
+        "-d",
+        "--bundle",
+        &c.dir(),
+        &c.id,
+    ])
+    .ok("run -d in a VM");
+    // The guest: one vCPU for a quota of one CPU, its memory the limit plus 64 MiB.
+    let out = c
+        .exec(&[
+            "sh",
+            "-c",
+            "nproc; grep MemTotal /proc/meminfo; cat /sys/fs/cgroup/memory.max",
+        ])
+        .ok("exec");
+    let mut lines = out.stdout.lines();
+    assert_eq!(lines.next(), Some("1"), "vCPUs: {out:?}");
+    let total_kib: i64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("MemTotal: {out:?}"));
+    let guest = 160 * MIB;
+    assert!(
+        total_kib * 1024 > guest - 32 * MIB && total_kib * 1024 <= guest,
+        "the guest has {total_kib} KiB, for {guest} bytes asked: {out:?}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some((96 * MIB).to_string().as_str()),
+        "{out:?}"
+    );
+    // The host: the whole guest plus the VMM's 128 MiB, and the container's CPU limits.
+    let limit: i64 = c
+        .cgroup_read("memory", "memory.limit_in_bytes")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(limit, guest + 128 * MIB, "host memory limit");
+    assert_eq!(c.cgroup_read("cpu", "cpu.cfs_quota_us").trim(), "100000");
+    assert_eq!(c.cgroup_read("cpu", "cpu.shares").trim(), "512");
+    c.delete(true).ok("delete --force");
+    assert_clean(&c);
+}

@@ -79,7 +79,9 @@ impl Docker {
 
 impl Drop for Docker {
     fn drop(&mut self) {
-        let _ = self.docker(&["rm", "-f", "web"]);
+        let _ = self.docker(&["rm", "-f", "web", "server"]);
+        // Its bridge goes with it.
+        let _ = self.docker(&["network", "rm", NETWORK]);
         // SIGTERM: dockerd stops its own containerd and unmounts what it mounted.
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.daemon.id() as i32),
@@ -178,7 +180,74 @@ fn docker_runs_hull_in_both_isolations() {
         let out = d.docker(&["inspect", "--format", "{{.State.ExitCode}}", "web"]);
         assert_eq!(text(&out).trim(), "0", "{runtime}: {out:?}");
         assert!(d.docker(&["rm", "web"]).status.success());
+        published_port(&d, runtime);
     }
     let out = d.docker(&["ps", "-aq"]);
     assert_eq!(text(&out), "", "containers left: {out:?}");
+}
+
+/// A bridge network of the test's own: dockerd runs with `--bridge none`, so nothing of
+/// the host's docker0 is touched; `network rm` removes its bridge.
+const NETWORK: &str = "hulltestnet";
+
+/// `-p`: docker's bridge reaches the container through libnetwork's prestart hook
+/// (which, for a VM container, fills the proxy's network namespace that hull mirrors
+/// into the VM), and docker-proxy forwards the published port to it.
+fn published_port(d: &Docker, runtime: &str) {
+    let net = d.docker(&["network", "inspect", NETWORK]);
+    if !net.status.success() {
+        let out = d.docker(&["network", "create", "--subnet", "10.213.7.0/24", NETWORK]);
+        assert!(out.status.success(), "network create: {out:?}");
+    }
+    let port = if runtime == "hull" { "18781" } else { "18782" };
+    let script = "mkdir /www; uname -r > /www/kernel; httpd -f -p 8080 -h /www";
+    let publish = format!("127.0.0.1:{port}:8080");
+    let out = d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "server",
+        "--network",
+        NETWORK,
+        "-p",
+        &publish,
+        "--runtime",
+        runtime,
+        "busybox:hull",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(out.status.success(), "{runtime}: run -p: {out:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        if let Some(body) = http_get(port.parse().unwrap(), "/kernel") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{runtime}: nothing answers on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let vm = runtime == "hull-vm";
+    assert_eq!(
+        body.trim() != host_kernel(),
+        vm,
+        "{runtime}: served from the wrong kernel: {body:?}"
+    );
+    let out = d.docker(&["rm", "-f", "server"]);
+    assert!(out.status.success(), "{runtime}: rm -f: {out:?}");
+}
+
+/// The body of an HTTP/1.0 GET on the host's loopback, if a server answered 200.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| body.to_string())
 }

@@ -17,6 +17,7 @@ struct Containerd {
     /// the same /run/containerd/runc/<namespace>.
     once: String,
     bg: String,
+    tty: String,
     daemon: Child,
     hull: PathBuf,
     hull_vm: PathBuf,
@@ -56,6 +57,7 @@ impl Containerd {
         let c = Containerd {
             once: format!("{name}-once"),
             bg: format!("{name}-bg"),
+            tty: format!("{name}-tty"),
             dir,
             daemon,
             hull,
@@ -94,7 +96,7 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        for id in [self.once.clone(), self.bg.clone()] {
+        for id in [self.once.clone(), self.bg.clone(), self.tty.clone()] {
             let id = id.as_str();
             let _ = self.ctr(&["task", "kill", "--all", "--signal", "KILL", id]);
             let _ = self.ctr(&["task", "delete", "--force", id]);
@@ -152,6 +154,18 @@ fn flow(vm: bool) {
         (Some(6), "in-exec\n"),
         "{out:?}"
     );
+    // A terminal: ctr's console goes raw, the shim hands hull --console-socket.
+    let ctr = format!(
+        "ctr --address {} run --runc-binary {} -t --rm --rootfs {} {} sh -c 'tty; exit 4'",
+        c.dir.join("c.sock").display(),
+        runtime.display(),
+        c.dir.join("rootfs").display(),
+        c.tty
+    );
+    let (code, shown) = common::console::on_a_terminal(&ctr, &[]);
+    assert_eq!(code, Some(4), "ctr run -t: {shown:?}");
+    assert!(shown.contains("/dev/pts/0"), "ctr run -t: {shown:?}");
+
     let out = c.ctr(&["task", "ps", &c.bg]);
     assert!(text(&out).lines().count() >= 2, "{out:?}");
     let out = c.ctr(&["task", "kill", "--all", "--signal", "KILL", &c.bg]);

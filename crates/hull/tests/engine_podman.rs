@@ -348,34 +348,8 @@ fn interactive_terminal(p: &Podman) {
         d("tmp"),
         p.runtime.display()
     );
-    // script's input stays open until podman is done: at its end script would close
-    // the terminal under podman (a hang-up, and another exit code, now and then).
-    let mut child = Command::new("script")
-        .args(["-qec", &podman, "/dev/null"])
-        .env("CONTAINERS_CONF", p.dir.join("containers.conf"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("script (util-linux)");
-    let input = child.stdin.take();
-    let mut stdout = String::new();
-    use std::io::Read;
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let status = child.wait().unwrap();
-    drop(input);
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert_eq!(status.code(), Some(3), "{stdout:?} {stderr:?}");
-    assert!(stdout.contains("/dev/pts/0"), "{stdout:?} {stderr:?}");
+    let conf = p.dir.join("containers.conf");
+    let (code, shown) = common::console::on_a_terminal(&podman, &[("CONTAINERS_CONF", &conf)]);
+    assert_eq!(code, Some(3), "{shown:?}");
+    assert!(shown.contains("/dev/pts/0"), "{shown:?}");
 }

@@ -66,3 +66,34 @@ pub fn read_master(master: &mut File, timeout: Duration) -> String {
     }
     String::from_utf8_lossy(&out).to_string()
 }
+
+/// Runs the shell command `command` on a fresh pty (util-linux `script`), as a user at
+/// a terminal would; its exit code, and what the terminal showed. script's input stays
+/// open until the command is done: at its end script would close the terminal under
+/// the command (a hang-up, and another exit code, now and then).
+pub fn on_a_terminal(command: &str, env: &[(&str, &std::path::Path)]) -> (Option<i32>, String) {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("script (util-linux)");
+    let input = child.stdin.take();
+    let mut shown = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut shown)
+        .unwrap();
+    let status = child.wait().unwrap();
+    drop(input);
+    let mut stderr = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+    (status.code(), shown + &stderr)
+}

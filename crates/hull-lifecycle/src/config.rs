@@ -10,6 +10,7 @@
 //! vcpus = 1                      # when the bundle sets no cpu quota or cpuset
 //! memory_mib = 256               # when the bundle sets no memory limit
 //! agent_timeout_s = 120          # boot until the agent answers
+//! rootfs_cache = "/var/lib/hull/rootfs-cache"   # erofs images of rootfs trees
 //! ```
 //!
 //! Environment variables beat the file (`HULL_HYPERVISOR`, `HULL_GUEST_DIR`), as they
@@ -44,6 +45,7 @@ struct VmSection {
     vcpus: Option<u8>,
     memory_mib: Option<u32>,
     agent_timeout_s: Option<u64>,
+    rootfs_cache: Option<PathBuf>,
 }
 
 /// The host's settings: the file as read. The VM part is made only when a VM container
@@ -137,6 +139,14 @@ impl Settings {
         }
         if let Some(t) = s.agent_timeout_s {
             vm.agent_timeout = Duration::from_secs(t.max(1));
+        }
+        if let Some(c) = &s.rootfs_cache {
+            if !c.is_absolute() {
+                return Err(bad(format!(
+                    "[vm] rootfs_cache = {c:?}: give an absolute path"
+                )));
+            }
+            vm.rootfs_cache = c.clone();
         }
         Ok(vm)
     }

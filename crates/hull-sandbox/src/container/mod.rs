@@ -72,7 +72,12 @@ pub struct VmSettings {
     pub memory_mib: u32,
     /// From starting the VMM to the agent's hello.
     pub agent_timeout: Duration,
+    /// Where rootfs images are cached by the tree's identity (image.rs).
+    pub rootfs_cache: PathBuf,
 }
+
+/// The rootfs image cache's default place.
+pub const ROOTFS_CACHE: &str = "/var/lib/hull/rootfs-cache";
 
 impl Default for VmSettings {
     fn default() -> Self {
@@ -83,6 +88,7 @@ impl Default for VmSettings {
             vcpus: 1,
             memory_mib: 256,
             agent_timeout: Duration::from_secs(120),
+            rootfs_cache: PathBuf::from(ROOTFS_CACHE),
         }
     }
 }

@@ -315,10 +315,14 @@ fn start_sandbox(plan: &ProxyPlan, nets: Vec<crate::hypervisor::NetDevice>) -> R
     // single-threaded here, so changing the process's directory affects nobody else.
     std::env::set_current_dir(&abs).map_err(io_err("cannot enter", &abs))?;
     let dir = PathBuf::from(".");
-    let image = dir.join("rootfs.erofs");
     let t = std::time::Instant::now();
-    crate::image::erofs_from_dir(&plan.rootfs, &image)?;
-    tracing::debug!("rootfs image made in {} us", t.elapsed().as_micros());
+    let (image, hit) = crate::image::cached_erofs(&plan.rootfs, &s.rootfs_cache)?;
+    tracing::debug!(
+        "rootfs image {} in {} us: {}",
+        if hit { "found" } else { "made" },
+        t.elapsed().as_micros(),
+        image.display()
+    );
     let (vcpus, memory_mib) = sizing(&plan.spec, s);
     let accel = Accel::detect();
     let hypervisor: Box<dyn Hypervisor> = match (s.hypervisor, accel) {

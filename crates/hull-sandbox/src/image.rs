@@ -148,7 +148,7 @@ fn evict(cache: &Path, keep: &Path) {
         }
     }
     // Oldest first.
-    images.sort_by(|a, b| b.0.cmp(&a.0));
+    images.sort_by_key(|i| std::cmp::Reverse(i.0));
     let mut total: u64 = images.iter().map(|i| i.1).sum();
     for (_, len, path) in images {
         if total <= CACHE_BYTES {

@@ -214,8 +214,8 @@ impl Sandbox {
         }
     }
 
-    pub fn stats(&self, id: &str) -> Result<String> {
-        Ok(container::events::stats(&self.state_root, id)?)
+    pub fn stats(&self, id: &str) -> Result<container::events::Sample> {
+        Ok(container::events::sample(&self.state_root, id)?)
     }
 
     pub fn pids(&self, id: &str) -> Result<Vec<i32>> {

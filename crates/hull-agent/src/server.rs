@@ -392,9 +392,13 @@ impl Server {
                 self.waits.push((id, key));
                 Ok(Outcome::Deferred)
             }
-            Request::Stats { container } => Ok(Outcome::Reply(Reply::Stats {
-                json: self.sandbox.stats(&container)?,
-            })),
+            Request::Stats { container } => {
+                let sample = self.sandbox.stats(&container)?;
+                Ok(Outcome::Reply(Reply::Stats {
+                    json: sample.json,
+                    oom_kills: sample.oom_kills,
+                }))
+            }
             Request::ResizeTerminal {
                 container,
                 exec_id,

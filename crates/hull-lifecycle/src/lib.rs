@@ -19,6 +19,7 @@ mod vm;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hull_runtime::container::events::Sample;
 use hull_runtime::container::Container;
 use hull_runtime::error::Error as RuntimeError;
 use hull_runtime::spec::{self, Bundle};
@@ -110,8 +111,8 @@ pub trait Backend {
     fn pids(&self, c: &Container) -> Result<Vec<i32>>;
     fn pause(&self, c: &Container) -> Result<()>;
     fn resume(&self, c: &Container) -> Result<()>;
-    /// One `events --stats` line.
-    fn stats(&self, c: &Container) -> Result<String>;
+    /// One `events --stats` line, and the OOM kills so far.
+    fn stats(&self, c: &Container) -> Result<Sample>;
     fn update(&self, c: Container, resources: &LinuxResources) -> Result<()>;
 }
 
@@ -209,10 +210,11 @@ impl Lifecycle {
 
     pub fn stats(&self, id: &str) -> Result<String> {
         let c = self.load(id)?;
-        Self::backend_of(&c).stats(&c)
+        Ok(Self::backend_of(&c).stats(&c)?.json)
     }
 
-    /// One stats line per `interval` until the container stops.
+    /// One stats line per `interval` until the container stops, and an "oom" line
+    /// whenever the OOM killer has struck since the last look (runc's events).
     pub fn events(&self, id: &str, interval: Duration, mut out: impl FnMut(&str)) -> Result<()> {
         let c = self.load(id)?;
         c.require(
@@ -220,12 +222,19 @@ impl Lifecycle {
             &[Status::Created, Status::Running, Status::Paused],
         )?;
         let b = Self::backend_of(&c);
+        let mut oom_kills = None;
         loop {
             if c.status() == Status::Stopped {
                 return Ok(());
             }
             match b.stats(&c) {
-                Ok(line) => out(&line),
+                Ok(sample) => {
+                    if oom_kills.is_some_and(|seen| sample.oom_kills > seen) {
+                        out(&hull_runtime::container::events::oom_event(c.id()));
+                    }
+                    oom_kills = Some(sample.oom_kills);
+                    out(&sample.json);
+                }
                 // The container went away under us.
                 Err(_) if c.status() == Status::Stopped => return Ok(()),
                 Err(e) => return Err(e),

@@ -7,7 +7,7 @@ use hull_runtime::container::{self, create::CreateOptions, create::StartMode, Co
 use hull_runtime::spec::Bundle;
 use oci_spec::runtime::LinuxResources;
 
-use crate::{Backend, CreateRequest, ExecRequest, Result, Settings};
+use crate::{Backend, CreateRequest, ExecRequest, Result, Sample, Settings};
 
 pub struct Namespaces;
 
@@ -82,8 +82,8 @@ impl Backend for Namespaces {
         Ok(container::pause::resume_container(c)?)
     }
 
-    fn stats(&self, c: &Container) -> Result<String> {
-        Ok(container::events::stats_of(c)?)
+    fn stats(&self, c: &Container) -> Result<Sample> {
+        Ok(container::events::sample_of(c)?)
     }
 
     fn update(&self, c: Container, resources: &LinuxResources) -> Result<()> {

@@ -7,7 +7,7 @@ use hull_runtime::spec::Bundle;
 use hull_sandbox::container::{self as vm, VmCreate, VmExec, VmSettings};
 use oci_spec::runtime::LinuxResources;
 
-use crate::{Backend, CreateRequest, ExecRequest, Result, Settings};
+use crate::{Backend, CreateRequest, ExecRequest, Result, Sample, Settings};
 
 pub struct Vms;
 
@@ -81,7 +81,7 @@ impl Backend for Vms {
         Ok(vm::resume(c)?)
     }
 
-    fn stats(&self, c: &Container) -> Result<String> {
+    fn stats(&self, c: &Container) -> Result<Sample> {
         Ok(vm::stats(c)?)
     }
 

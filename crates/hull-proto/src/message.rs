@@ -234,9 +234,12 @@ pub enum Reply {
     Exited {
         status: i32,
     },
-    /// The cgroup statistics, in the shape `hull events --stats` prints.
+    /// The cgroup statistics, in the shape `hull events --stats` prints, and how many
+    /// tasks the OOM killer has killed in the container's cgroup.
     Stats {
         json: String,
+        #[serde(default)]
+        oom_kills: u64,
     },
     Pids {
         pids: Vec<i32>,

@@ -343,7 +343,7 @@ fn container_in_a_qemu_vm() {
         CALL,
     );
     assert!(
-        matches!(&stats, Ok(Reply::Stats { json }) if json.contains("memory")),
+        matches!(&stats, Ok(Reply::Stats { json, .. }) if json.contains("memory")),
         "{stats:?}"
     );
 

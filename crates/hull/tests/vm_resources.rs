@@ -67,3 +67,46 @@ fn limits_size_the_guest_and_the_host_cgroup_holds_the_whole_sandbox() {
     c.delete(true).ok("delete --force");
     assert_clean(&c);
 }
+
+/// `events` streams an "oom" event when the OOM killer strikes in the container's
+/// cgroup, as runc's does: the host's in a namespace, the guest's in a VM.
+#[test]
+fn events_report_the_oom_killer_in_both_isolations() {
+    hull_only!();
+    for iso in ["namespace", "vm"] {
+        let c = Bundle::new(&["sleep", "600"])
+            .config(|v| {
+                v["linux"]["resources"] =
+                    serde_json::json!({"memory": {"limit": 32 * MIB, "swap": 32 * MIB}})
+            })
+            .container();
+        c.hull(&["--isolation", iso, "run", "-d", "--bundle", &c.dir(), &c.id])
+            .ok("run -d");
+        let log = c.bundle.dir.join("events.out");
+        let mut events = std::process::Command::new(&c.bin)
+            .arg("--root")
+            .arg(&c.root)
+            .args(["events", "--interval", "100ms", &c.id])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // Let events take its first look before the kill.
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        let out = c.exec(&["sh", "-c", "tail /dev/zero"]);
+        assert_eq!(out.code, 137, "{iso}: the OOM killer's SIGKILL: {out:?}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let oom = format!(r#"{{"type":"oom","id":"{}"}}"#, c.id);
+        while !std::fs::read_to_string(&log).unwrap().contains(&oom) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{iso}: no oom event: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = events.kill();
+        let _ = events.wait();
+        c.delete(true).ok("delete --force");
+        assert_clean(&c);
+    }
+}

@@ -302,6 +302,30 @@ impl Cgroup {
         Ok(s)
     }
 
+    /// How many times the kernel's OOM killer has killed a task of this cgroup:
+    /// memory.events (v2) or memory.oom_control (v1, kernels since 4.13); 0 where
+    /// neither says.
+    pub fn oom_kills(&self) -> Result<u64, CgroupError> {
+        let file = if self.version == CgroupVersion::V2 {
+            self.unified()?.dir.join("memory.events")
+        } else {
+            match self.v1.iter().find(|h| h.has("memory")) {
+                Some(h) => h.dir.join("memory.oom_control"),
+                None => return Ok(0),
+            }
+        };
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => return Err(CgroupError::Read { path: file, source }),
+        };
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
     /// Remove the directories `create` made, deepest first. A cgroup whose tasks are still
     /// leaving is retried for about a second; a missing directory is fine.
     pub fn destroy(&self) -> Result<(), CgroupError> {

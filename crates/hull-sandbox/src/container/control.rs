@@ -78,6 +78,8 @@ pub enum ControlReply {
     },
     Stats {
         json: String,
+        #[serde(default)]
+        oom_kills: u64,
     },
     Error {
         message: String,

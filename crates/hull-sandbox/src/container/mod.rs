@@ -134,14 +134,17 @@ pub fn resume(c: &Container) -> Result<()> {
     std::fs::remove_file(&mark).map_err(io_err("cannot remove", &mark))
 }
 
-/// One `events --stats` line, from the guest's cgroup of the container.
-pub fn stats(c: &Container) -> Result<String> {
+/// One `events --stats` line and the OOM kills, from the guest's cgroup of the
+/// container.
+pub fn stats(c: &Container) -> Result<hull_runtime::container::events::Sample> {
     c.require(
         "events",
         &[Status::Created, Status::Running, Status::Paused],
     )?;
     match call(c, &Control::Stats)? {
-        ControlReply::Stats { json } => Ok(json),
+        ControlReply::Stats { json, oom_kills } => {
+            Ok(hull_runtime::container::events::Sample { json, oom_kills })
+        }
         r => Err(SandboxError::Vm(format!(
             "events: the proxy answered {r:?}"
         ))),

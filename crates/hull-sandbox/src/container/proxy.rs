@@ -533,7 +533,7 @@ fn answer(shared: &Shared, request: Control) -> Result<ControlReply> {
     };
     Ok(match shared.agent.call(agent_request, CALL)? {
         Reply::Pids { pids } => ControlReply::Pids { pids },
-        Reply::Stats { json } => ControlReply::Stats { json },
+        Reply::Stats { json, oom_kills } => ControlReply::Stats { json, oom_kills },
         _ => ControlReply::Done,
     })
 }

@@ -48,8 +48,9 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 impl Transport {
     /// vhost-vsock where the host kernel offers it, else a virtio-serial port on a
-    /// socket in `dir`. The cid is derived from the pid: unique among this host's VMs
-    /// as long as pids are, and never one of the reserved cids 0-2.
+    /// socket in `dir`. The cid is random (proxies are all pid 1 of their own pid
+    /// namespace), below 2^31 and never one of the reserved cids 0-2; a collision
+    /// among a host's VMs fails the VMM's start with "Address already in use".
     pub fn detect(dir: &std::path::Path) -> Transport {
         let vhost = std::fs::OpenOptions::new()
             .read(true)
@@ -58,7 +59,7 @@ impl Transport {
             .is_ok();
         if vhost {
             Transport::Vsock {
-                cid: 3 + std::process::id(),
+                cid: 3 + (crate::random_u64() % (1 << 31)) as u32,
                 port: AGENT_VSOCK_PORT,
             }
         } else {

@@ -62,7 +62,7 @@ pub fn cached_erofs(dir: &Path, cache: &Path) -> Result<(PathBuf, bool)> {
         let _ = f.set_modified(SystemTime::now());
         return Ok((image, true));
     }
-    let tmp = image.with_extension(format!("tmp.{}", std::process::id()));
+    let tmp = image.with_extension(format!("tmp.{:016x}", crate::random_u64()));
     let made = erofs_from_dir(dir, &tmp).and_then(|()| {
         std::fs::rename(&tmp, &image).map_err(io_err("cannot rename into place", &tmp))
     });

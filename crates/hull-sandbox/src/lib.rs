@@ -18,3 +18,20 @@ pub mod sandbox;
 pub mod vmm_process;
 
 pub use error::{Result, SandboxError};
+
+/// A random number from the kernel, for names that must not collide between
+/// sandboxes: their proxies all run as pid 1 of their own pid namespace, so a pid
+/// names nothing uniquely there.
+pub fn random_u64() -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: getrandom writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        // Never expected after boot; still distinct between processes and calls.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return t.as_nanos() as u64 ^ u64::from(std::process::id()) << 32;
+    }
+    u64::from_ne_bytes(buf)
+}

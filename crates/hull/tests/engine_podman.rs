@@ -212,6 +212,7 @@ fn everyday_flow(name: &str, vm: bool) {
     );
     let out = p.podman(&["ps", "--format", "{{.Names}} {{.Status}}"]);
     assert!(text(&out).starts_with("web Up"), "{out:?}");
+    top(&p, vm);
     let out = p.podman(&["stop", "-t", "10", "web"]);
     assert!(out.status.success(), "{out:?}");
     let out = p.podman(&["logs", "web"]);
@@ -352,4 +353,34 @@ fn interactive_terminal(p: &Podman) {
     let (code, shown) = common::console::on_a_terminal(&podman, &[("CONTAINERS_CONF", &conf)]);
     assert_eq!(code, Some(3), "{shown:?}");
     assert!(shown.contains("/dev/pts/0"), "{shown:?}");
+}
+
+/// `podman top`: its own process listing (psgo) reads /proc where the reported pid
+/// is, so for a VM container it lists the sandbox's host processes, the proxy and the
+/// VMM, never the host's others; ps(1) options run ps in the container, in the guest.
+fn top(p: &Podman, vm: bool) {
+    let out = p.podman(&["top", "web", "pid", "args"]);
+    assert!(out.status.success(), "top: {out:?}");
+    let listing = text(&out);
+    let rows: Vec<&str> = listing.lines().skip(1).collect();
+    if vm {
+        assert!(
+            rows.len() <= 3 && rows.iter().any(|r| r.contains("qemu-system")),
+            "top of a VM container: the proxy and the VMM only: {listing}"
+        );
+    } else {
+        assert!(rows.iter().any(|r| r.contains("sh -c")), "{listing}");
+    }
+    assert!(
+        !listing.contains("podman"),
+        "host processes listed: {listing}"
+    );
+    let out = p.podman(&["top", "web", "-ef"]);
+    let listing = text(&out);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.trim_start().starts_with("1 ") && l.contains("sh -c")),
+        "ps in the container shows its init as pid 1: {out:?}"
+    );
 }

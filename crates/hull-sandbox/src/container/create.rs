@@ -234,10 +234,21 @@ fn fork_proxy(
 ) -> Result<(Pid, UnixStream)> {
     let (mut ours, theirs) =
         UnixStream::pair().map_err(io_err("socketpair for", &plan.state_dir))?;
+    // The proxy is the init of a pid namespace of its own, with the VMM its only other
+    // process: what an engine lists as the container's processes (podman top: psgo
+    // reads /proc in the mount namespace of the reported pid) is the sandbox's, not
+    // the host's. The hooks that run later are this process's children again.
+    let ours_ns = std::fs::File::open("/proc/self/ns/pid")
+        .map_err(io_err("cannot open", Path::new("/proc/self/ns/pid")))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
+        .map_err(|e| SandboxError::Vm(format!("unshare a pid namespace for the proxy: {e}")))?;
     // SAFETY: hull is single-threaded up to here (DESIGN.md); the child runs the proxy.
-    let pid = match unsafe { nix::unistd::fork() }
-        .map_err(|e| SandboxError::Vm(format!("fork the proxy: {e}")))?
-    {
+    let forked = unsafe { nix::unistd::fork() };
+    if !matches!(forked, Ok(ForkResult::Child)) {
+        nix::sched::setns(&ours_ns, nix::sched::CloneFlags::CLONE_NEWPID)
+            .map_err(|e| SandboxError::Vm(format!("back to hull's pid namespace: {e}")))?;
+    }
+    let pid = match forked.map_err(|e| SandboxError::Vm(format!("fork the proxy: {e}")))? {
         ForkResult::Child => {
             drop(ours);
             proxy::main(plan, theirs)

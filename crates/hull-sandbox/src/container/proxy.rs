@@ -106,6 +106,7 @@ fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
     if !plan.foreground {
         nix::unistd::setsid().map_err(|e| SandboxError::Vm(format!("setsid: {e}")))?;
     }
+    own_proc()?;
     if let Some(tty) = &plan.tty {
         relay::take_controlling_terminal(tty.as_fd())
             .map_err(|e| SandboxError::Vm(format!("the console pty: {e}")))?;
@@ -203,6 +204,32 @@ fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
         tty,
         raw,
     })
+}
+
+/// A mount namespace whose /proc is the proxy's pid namespace's (create.rs): a tool
+/// that reads the processes of the reported pid's /proc sees the proxy and the VMM.
+/// Host mounts still propagate in (slave), so what engines mount later is seen.
+fn own_proc() -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let fail = |what: &str, e: nix::Error| SandboxError::Vm(format!("{what}: {e}"));
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| fail("unshare a mount namespace for the proxy", e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| fail("make / a slave mount", e))?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| fail("mount the proxy's /proc", e))
 }
 
 type Mirror = (

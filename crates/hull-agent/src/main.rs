@@ -13,6 +13,7 @@ mod containers;
 mod io;
 mod log;
 mod network;
+mod network6;
 mod server;
 mod stdin;
 mod transport;

@@ -1,7 +1,7 @@
 //! The guest's network, as the host mirrored it: each virtio-net interface (found by
-//! the MAC the host gave it) gets its MTU, IPv4 addresses and routes, and comes up;
-//! loopback comes up too. Classic ioctls (SIOCSIF*, SIOCADDRT): the agent has no `ip`
-//! and needs nothing netlink adds for IPv4.
+//! the MAC the host gave it) gets its MTU, IPv4 and IPv6 addresses and routes, and
+//! comes up; loopback comes up too. Classic ioctls (SIOCSIF*, SIOCADDRT): the agent has
+//! no `ip` and needs nothing netlink adds (network6.rs for IPv6).
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -9,13 +9,30 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use anyhow::{anyhow, bail, Context, Result};
 use hull_proto::{NetInterface, NetRoute};
 
+use crate::network6;
+
 pub fn configure(interfaces: &[NetInterface], routes: &[NetRoute]) -> Result<()> {
     let sock = socket()?;
     set_up(&sock, "lo")?;
+    let mut sock6 = None;
     for i in interfaces {
         let name = by_mac(&i.mac)?;
         ifreq_int(&sock, &name, libc::SIOCSIFMTU, i.mtu as i32).context("set the MTU")?;
-        for (n, a) in i.addresses.iter().enumerate() {
+        let (v6, v4): (Vec<&String>, Vec<&String>) =
+            i.addresses.iter().partition(|a| a.contains(':'));
+        if !v6.is_empty() {
+            network6::take_addresses_as_given(&name)?;
+            let s6 = match &sock6 {
+                Some(s) => s,
+                None => sock6.insert(network6::socket()?),
+            };
+            for a in v6 {
+                let (ip, prefix) = network6::cidr(a).map_err(|e| anyhow!(e))?;
+                network6::add_address(s6, &name, ip, prefix)
+                    .with_context(|| format!("address {a}"))?;
+            }
+        }
+        for (n, a) in v4.into_iter().enumerate() {
             let (ip, prefix) = cidr(a).map_err(|e| anyhow!(e))?;
             // A second address goes on an alias (eth0:1), as ifconfig does it.
             let label = if n == 0 {
@@ -32,6 +49,10 @@ pub fn configure(interfaces: &[NetInterface], routes: &[NetRoute]) -> Result<()>
     }
     for r in routes {
         let dev = by_mac(&r.mac)?;
+        if r.destination.contains(':') {
+            route6(&dev, r)?;
+            continue;
+        }
         let (dst, prefix) = if r.destination == "default" {
             (Ipv4Addr::UNSPECIFIED, 0)
         } else {
@@ -49,6 +70,18 @@ pub fn configure(interfaces: &[NetInterface], routes: &[NetRoute]) -> Result<()>
             .with_context(|| format!("route {} via {:?} dev {dev}", r.destination, r.gateway))?;
     }
     Ok(())
+}
+
+/// An IPv6 route: "net/prefix", the default being "::/0".
+fn route6(dev: &str, r: &NetRoute) -> Result<()> {
+    let (dst, prefix) = network6::cidr(&r.destination).map_err(|e| anyhow!(e))?;
+    let gateway = r
+        .gateway
+        .as_deref()
+        .map(|g| g.parse().with_context(|| format!("IPv6 gateway {g}")))
+        .transpose()?;
+    network6::add_route(&network6::socket()?, dev, dst, prefix, gateway)
+        .with_context(|| format!("route {} via {:?} dev {dev}", r.destination, r.gateway))
 }
 
 fn socket() -> Result<OwnedFd> {

@@ -120,11 +120,12 @@ pub struct MountShare {
 pub struct NetInterface {
     pub mac: String,
     pub mtu: u32,
-    /// IPv4 addresses with their prefix length, "10.88.0.5/16".
+    /// IPv4 and IPv6 addresses with their prefix length, "10.88.0.5/16", "fd00::5/64".
     pub addresses: Vec<String>,
 }
 
-/// An IPv4 route through the interface with `mac`: "default" or a "net/prefix".
+/// A route through the interface with `mac`: "default" or a "net/prefix" for IPv4, a
+/// "net/prefix" for IPv6 (the default being "::/0").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetRoute {
     pub destination: String,

@@ -392,6 +392,8 @@ struct EngineNetwork {
     host_veth: String,
     host_ip: String,
     container_ip: String,
+    host_ip6: String,
+    container_ip6: String,
 }
 
 impl EngineNetwork {
@@ -403,6 +405,8 @@ impl EngineNetwork {
             host_veth: format!("hvh{tag}"),
             host_ip: format!("10.199.{subnet}.1"),
             container_ip: format!("10.199.{subnet}.2"),
+            host_ip6: format!("fd00:68:{subnet}::1"),
+            container_ip6: format!("fd00:68:{subnet}::2"),
         };
         let peer = format!("hvc{tag}");
         let sh = |cmd: String| {
@@ -424,6 +428,16 @@ impl EngineNetwork {
             ns = n.netns,
             ip = n.container_ip,
             gw = n.host_ip
+        ));
+        // Dual stack, as a CNI config with an IPv6 range leaves it (no DAD: the test
+        // does not wait for it).
+        sh(format!(
+            "ip addr add {}/64 dev {} nodad && ip -n {ns} addr add {ip6}/64 dev {peer} nodad && ip -n {ns} -6 route add default via {gw6}",
+            n.host_ip6,
+            n.host_veth,
+            ns = n.netns,
+            ip6 = n.container_ip6,
+            gw6 = n.host_ip6
         ));
         n
     }
@@ -448,9 +462,13 @@ fn the_engines_network_namespace_is_mirrored_into_the_vm() {
     let net = EngineNetwork::new();
     let script = format!(
         "ip -o -4 addr show eth0 | grep -q {ip}/24 && echo has-address; \
-         echo from-the-vm | nc {host} 9000; echo served | nc -l -p 8080",
+         ip -o -6 addr show eth0 | grep -q {ip6}/64 && echo has-address6; \
+         echo from-the-vm | nc {host} 9000; echo from-v6 | nc {host6} 9001; \
+         echo served | nc -l -p 8080",
         ip = net.container_ip,
-        host = net.host_ip
+        host = net.host_ip,
+        ip6 = net.container_ip6,
+        host6 = net.host_ip6
     );
     let netns = format!("/run/netns/{}", net.netns);
     let c = Bundle::new(&["sh", "-c", &script])
@@ -464,6 +482,7 @@ fn the_engines_network_namespace_is_mirrored_into_the_vm() {
         .container();
     // The container reaches a server on the host through the engine's veth.
     let listener = std::net::TcpListener::bind(format!("{}:9000", net.host_ip)).unwrap();
+    let listener6 = std::net::TcpListener::bind(format!("[{}]:9001", net.host_ip6)).unwrap();
     let (out, pid_file) = create_vm(&c, None, &["--isolation", "vm"]);
     assert_eq!(out.code, 0, "{out:?}");
     c.start().ok("start");
@@ -474,6 +493,12 @@ fn the_engines_network_namespace_is_mirrored_into_the_vm() {
     std::io::BufReader::new(&conn).read_line(&mut got).unwrap();
     assert_eq!(got, "from-the-vm\n");
     // busybox nc waits for our end to close once its input is sent.
+    drop(conn);
+    // IPv6: the guest has the engine's address and default route.
+    let (conn, _) = listener6.accept().unwrap();
+    let mut got = String::new();
+    std::io::BufReader::new(&conn).read_line(&mut got).unwrap();
+    assert_eq!(got, "from-v6\n");
     drop(conn);
     // And the host reaches a server in the VM at the container's address.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -497,7 +522,7 @@ fn the_engines_network_namespace_is_mirrored_into_the_vm() {
         wait_adopted(read_pid(&pid_file), Duration::from_secs(30)),
         0
     );
-    assert_eq!(c.init_output().0, "has-address\n");
+    assert_eq!(c.init_output().0, "has-address\nhas-address6\n");
     c.delete(false).ok("delete");
     assert_vm_gone(&c);
 }

@@ -6,8 +6,9 @@
 //! arrives on the veth leaves through the tap to the VM's virtio-net, and back. The
 //! guest's interface gets the veth's MAC, addresses, routes and MTU (the agent sets
 //! them), so to the engine's bridge and port forwarding the VM is where the veth was.
-//! IPv4 addresses and routes; the taps vanish with the VMM, the filters with the
-//! engine's namespace.
+//! IPv4 and IPv6 addresses (not link-local ones: the guest makes its own from the same
+//! MAC) and routes; the taps vanish with the VMM, the filters with the engine's
+//! namespace.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -29,7 +30,17 @@ pub struct Mirrored {
 /// `netns` names it in messages.
 pub fn mirror(netns: &Path) -> Result<(Vec<Mirrored>, Vec<NetRoute>)> {
     let links: Value = json_of(netns, &["ip", "-j", "addr", "show"])?;
-    let routes: Value = json_of(netns, &["ip", "-j", "-4", "route", "show"])?;
+    let mut routes: Vec<Value> = as_list(json_of(netns, &["ip", "-j", "-4", "route", "show"])?);
+    // A namespace (or kernel) without IPv6 has no IPv6 routes to mirror. Its default
+    // route is "::/0" for the guest, which tells the families apart by the colon.
+    if let Ok(v6) = json_of(netns, &["ip", "-j", "-6", "route", "show"]) {
+        routes.extend(as_list(v6).into_iter().map(|mut r| {
+            if r["dst"] == "default" {
+                r["dst"] = "::/0".into();
+            }
+            r
+        }));
+    }
     let mut out = Vec::new();
     let mut names = Vec::new();
     for link in links.as_array().into_iter().flatten() {
@@ -44,7 +55,7 @@ pub fn mirror(netns: &Path) -> Result<(Vec<Mirrored>, Vec<NetRoute>)> {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|a| a["family"] == "inet")
+            .filter(|a| a["family"] == "inet" || (a["family"] == "inet6" && a["scope"] == "global"))
             .filter_map(|a| {
                 Some(format!(
                     "{}/{}",
@@ -68,9 +79,7 @@ pub fn mirror(netns: &Path) -> Result<(Vec<Mirrored>, Vec<NetRoute>)> {
         });
     }
     let routes = routes
-        .as_array()
-        .into_iter()
-        .flatten()
+        .iter()
         .filter_map(|r| {
             let dev = r["dev"].as_str()?;
             let i = names.iter().position(|n| n == dev)?;
@@ -86,6 +95,13 @@ pub fn mirror(netns: &Path) -> Result<(Vec<Mirrored>, Vec<NetRoute>)> {
         })
         .collect();
     Ok((out, routes))
+}
+
+fn as_list(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a,
+        _ => Vec::new(),
+    }
 }
 
 fn command(args: &[&str]) -> Command {

@@ -1,7 +1,7 @@
 //! The Hypervisor trait: what hull needs from a VMM, whichever it is (the built-in
 //! hull-vmm on KVM, or QEMU), so backends plug in behind one crate boundary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::Result;
@@ -19,13 +19,61 @@ impl Accel {
     /// KVM when a measured test guest runs at hardware speed, else TCG: an emulated
     /// /dev/kvm (like the one hull is developed on) is slower than TCG and cannot boot
     /// Linux at all.
+    ///
+    /// The verdict is kept per host boot and /dev/kvm (its inode and ctime, which a
+    /// module load or a new node changes), in ACCEL_CACHE: the probe runs a test guest
+    /// for about 30 ms, which every VM create would pay. `hull check` always measures.
     pub fn detect() -> Accel {
-        if crate::check::probe_kvm().accel.is_hardware() {
+        Self::detect_cached(Path::new(ACCEL_CACHE), || {
+            crate::check::probe_kvm().accel.is_hardware()
+        })
+    }
+
+    pub fn detect_cached(cache: &Path, probe_is_hardware: impl FnOnce() -> bool) -> Accel {
+        let key = accel_key();
+        if let (Some(key), Ok(text)) = (&key, std::fs::read_to_string(cache)) {
+            match text.trim().split_once(' ') {
+                Some((k, "kvm")) if k == key => return Accel::Kvm,
+                Some((k, "tcg")) if k == key => return Accel::Tcg,
+                _ => {}
+            }
+        }
+        let accel = if probe_is_hardware() {
             Accel::Kvm
         } else {
             Accel::Tcg
+        };
+        if let Some(key) = key {
+            let word = if accel == Accel::Kvm { "kvm" } else { "tcg" };
+            let _ = write_atomic(cache, format!("{key} {word}\n").as_bytes());
         }
+        accel
     }
+}
+
+/// Where `Accel::detect` keeps its verdict.
+pub const ACCEL_CACHE: &str = "/run/hull-vm/kvm-accel";
+
+/// This host boot and this /dev/kvm; None where the boot id is unknown.
+fn accel_key() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let kvm = match std::fs::metadata(crate::check::KVM_PATH) {
+        Ok(m) => format!("{}:{}.{}", m.ino(), m.ctime(), m.ctime_nsec()),
+        Err(_) => "absent".into(),
+    };
+    Some(format!("{}/{kvm}", boot.trim()))
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{:016x}", crate::random_u64()));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// The byte stream between hull and the agent.
@@ -149,4 +197,30 @@ pub trait Hypervisor {
         Transport::detect(dir)
     }
     fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>>;
+}
+
+#[cfg(test)]
+mod accel_tests {
+    use super::*;
+
+    #[test]
+    fn the_verdict_is_probed_once_and_kept() {
+        let cache = std::env::temp_dir().join(format!("hull-accel-{}", crate::random_u64()));
+        let mut probes = 0;
+        let first = Accel::detect_cached(&cache, || {
+            probes += 1;
+            false
+        });
+        let second = Accel::detect_cached(&cache, || {
+            probes += 1;
+            true
+        });
+        assert_eq!((first, second, probes), (Accel::Tcg, Accel::Tcg, 1));
+        // Another boot or another /dev/kvm: probed again.
+        std::fs::write(&cache, "some-other-boot/absent kvm\n").unwrap();
+        let third = Accel::detect_cached(&cache, || true);
+        assert_eq!(third, Accel::Kvm);
+        assert!(std::fs::read_to_string(&cache).unwrap().ends_with(" kvm\n"));
+        let _ = std::fs::remove_file(&cache);
+    }
 }

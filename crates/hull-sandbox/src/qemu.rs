@@ -180,6 +180,10 @@ fn device_args(c: &VmConfig) -> Vec<String> {
         a.push("-device".into());
         a.push(format!("virtio-net-device,netdev=net{i},mac={}", n.mac));
     }
+    // Free page reporting: what the guest frees after boot (its initramfs, init
+    // memory) goes back to the host instead of staying in QEMU's RSS.
+    a.push("-device".into());
+    a.push("virtio-balloon-device,free-page-reporting=on".into());
     a
 }
 
@@ -211,11 +215,12 @@ impl Hypervisor for Qemu {
                 "QEMU has no hybrid vsock: use a serial port or vhost-vsock".into(),
             ));
         }
-        // The agent's channel (virtio-serial or vhost-vsock), then disks, nets, shares.
-        let devices = 1 + config.disks.len() + config.nets.len() + config.shares.len();
+        // The agent's channel (virtio-serial or vhost-vsock), the balloon, then disks,
+        // nets, shares.
+        let devices = 2 + config.disks.len() + config.nets.len() + config.shares.len();
         if devices > MICROVM_VIRTIO_SLOTS {
             return Err(SandboxError::Vm(format!(
-                "this VM would need {devices} virtio devices (the agent's channel, {} disks, {} network interfaces, {} shared directories) and QEMU's microvm has {MICROVM_VIRTIO_SLOTS}: bind fewer distinct host directories (a common parent shares them all)",
+                "this VM would need {devices} virtio devices (the agent's channel, the balloon, {} disks, {} network interfaces, {} shared directories) and QEMU's microvm has {MICROVM_VIRTIO_SLOTS}: bind fewer distinct host directories (a common parent shares them all)",
                 config.disks.len(),
                 config.nets.len(),
                 config.shares.len()

@@ -32,6 +32,7 @@ use exec::serve_exec;
 pub use exec::{exec, VmExec};
 
 use crate::error::{io_err, Result, SandboxError};
+use crate::hypervisor::Accel;
 use control::{Control, ControlReply};
 
 /// The directory of the VM's files inside the container's state directory.
@@ -48,6 +49,20 @@ pub enum HypervisorChoice {
 }
 
 impl HypervisorChoice {
+    /// The VMM for one sandbox. `auto` takes hull-vmm where KVM runs guest code in
+    /// hardware, except for a container with directory volumes: those are shared
+    /// over virtio-9p, which only QEMU has. An explicit choice stands (hull-vmm then
+    /// refuses the volumes by name).
+    pub fn pick(self, accel: Accel, shares_directories: bool) -> HypervisorChoice {
+        match (self, accel) {
+            (HypervisorChoice::Auto, Accel::Kvm) if !shares_directories => {
+                HypervisorChoice::HullVmm
+            }
+            (HypervisorChoice::Auto, _) => HypervisorChoice::Qemu,
+            (explicit, _) => explicit,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<HypervisorChoice> {
         match s {
             "auto" => Some(HypervisorChoice::Auto),
@@ -214,5 +229,20 @@ fn wait_gone(pid: i32, start: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while running() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod pick_tests {
+    use super::*;
+
+    #[test]
+    fn auto_takes_qemu_for_directory_volumes_and_an_explicit_choice_stands() {
+        use HypervisorChoice::*;
+        assert_eq!(Auto.pick(Accel::Kvm, false), HullVmm);
+        assert_eq!(Auto.pick(Accel::Kvm, true), Qemu);
+        assert_eq!(Auto.pick(Accel::Tcg, false), Qemu);
+        assert_eq!(HullVmm.pick(Accel::Kvm, true), HullVmm);
+        assert_eq!(Qemu.pick(Accel::Kvm, false), Qemu);
     }
 }

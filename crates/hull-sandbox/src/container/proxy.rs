@@ -352,12 +352,11 @@ fn start_sandbox(plan: &ProxyPlan, nets: Vec<crate::hypervisor::NetDevice>) -> R
     );
     let (vcpus, memory_mib) = sizing(&plan.spec, s);
     let accel = Accel::detect();
-    let hypervisor: Box<dyn Hypervisor> = match (s.hypervisor, accel) {
-        (super::HypervisorChoice::HullVmm, _) | (super::HypervisorChoice::Auto, Accel::Kvm) => {
-            Box::new(HullVmm::default())
-        }
-        _ => Box::new(Qemu::default()),
-    };
+    let hypervisor: Box<dyn Hypervisor> =
+        match s.hypervisor.pick(accel, !plan.guest.dirs.is_empty()) {
+            super::HypervisorChoice::HullVmm => Box::new(HullVmm::default()),
+            _ => Box::new(Qemu::default()),
+        };
     Sandbox::start(
         hypervisor.as_ref(),
         SandboxConfig {

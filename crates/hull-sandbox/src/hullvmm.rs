@@ -1,6 +1,8 @@
 //! hull's own VMM as a Hypervisor: `hull vmm --config FILE`, a re-exec of the hull
 //! binary, booting the guest on KVM. The agent's channel is virtio-vsock, exposed on the
 //! host as Firecracker's hybrid vsock: a Unix socket that takes `CONNECT <port>`.
+//! Network interfaces are taps the caller opened (in the container's network
+//! namespace, where hull-vmm could not name them): hull-vmm inherits their fds.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,11 +36,6 @@ impl HullVmm {
                 "hull-vmm has no virtio-9p: directory volumes of a VM container need QEMU for now (HULL_HYPERVISOR=qemu)".into(),
             ));
         }
-        if !c.nets.is_empty() {
-            return Err(SandboxError::Vm(
-                "hull-vmm attaches taps by name only: mirroring an engine's network into the VM needs QEMU for now (HULL_HYPERVISOR=qemu)".into(),
-            ));
-        }
         let (vsock, console) = match &c.transport {
             Transport::HybridVsock { socket, .. } => (
                 serde_json::json!({"guest_cid": GUEST_CID, "uds_path": socket}),
@@ -65,6 +62,11 @@ impl HullVmm {
             .iter()
             .map(|d| serde_json::json!({"path": d.path, "read_only": d.readonly, "serial": d.serial}))
             .collect();
+        let net: Vec<_> = c
+            .nets
+            .iter()
+            .map(|n| serde_json::json!({"tap_fd": n.tap_fd, "guest_mac": n.mac}))
+            .collect();
         Ok(serde_json::json!({
             "kernel": c.kernel,
             "initramfs": c.initramfs,
@@ -76,6 +78,7 @@ impl HullVmm {
             "rng": true,
             "vsock": vsock,
             "console": console,
+            "net": net,
         }))
     }
 }
@@ -115,10 +118,10 @@ impl Hypervisor for HullVmm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::{Accel, Disk};
+    use crate::hypervisor::{Accel, Disk, NetDevice, SharedDir};
 
     #[test]
-    fn the_vm_description_carries_disks_vsock_and_the_agents_port() {
+    fn the_vm_description_carries_disks_taps_vsock_and_the_agents_port() {
         let hv = HullVmm::default();
         let dir = Path::new("/run/hull/c.vm");
         let c = VmConfig {
@@ -135,10 +138,27 @@ mod tests {
             transport: hv.transport(dir),
             console_log: dir.join("console.log"),
             accel: Accel::Kvm,
-            nets: vec![],
+            nets: vec![NetDevice {
+                tap_fd: 7,
+                mac: "02:00:00:00:00:05".into(),
+            }],
             shares: vec![],
         };
         let v = hv.config(&c).unwrap();
+        assert_eq!(
+            v["net"],
+            serde_json::json!([{"tap_fd": 7, "guest_mac": "02:00:00:00:00:05"}])
+        );
+        let shared = VmConfig {
+            shares: vec![SharedDir {
+                tag: "v0".into(),
+                path: "/srv".into(),
+                readonly: false,
+            }],
+            ..c.clone()
+        };
+        let e = hv.config(&shared).unwrap_err().to_string();
+        assert!(e.contains("no virtio-9p"), "{e}");
         assert_eq!(
             v["cmdline"],
             format!("{BASE_CMDLINE} hull.vsock={AGENT_VSOCK_PORT} hull.debug")

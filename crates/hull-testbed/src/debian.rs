@@ -1,6 +1,6 @@
 //! L1's kernel: Debian's cloud kernel, whose `kvm-amd.ko` loads on QEMU's emulated AMD
 //! SVM (`-cpu max`). The package is downloaded with `apt-get download` and unpacked with
-//! `dpkg-deb -x`, never installed: only the kernel and the three modules KVM needs are
+//! `dpkg-deb -x`, never installed: only the kernel and the modules L1 loads ([`MODULES`]) are
 //! kept, in `<cache>/<version>/`, so a second preparation costs nothing.
 
 use std::path::{Path, PathBuf};
@@ -11,12 +11,19 @@ use crate::error::{io_err, Result, TestbedError};
 /// The meta-package whose dependency names the current cloud kernel.
 const META_PACKAGE: &str = "linux-image-cloud-amd64";
 
-/// The modules `/dev/kvm` needs on AMD, in load order, as paths inside
-/// `/lib/modules/<version>/kernel/`.
-pub const KVM_MODULES: [&str; 3] = [
+/// The modules L1 loads, in load order, as paths inside `/lib/modules/<version>/kernel/`:
+/// what `/dev/kvm` needs on AMD, then what a VM container's network needs (a tap, the
+/// engine's veth, and the tc ingress redirects hull mirrors it with). None depends on a
+/// module outside the list.
+pub const MODULES: [&str; 8] = [
     "virt/lib/irqbypass.ko",
     "arch/x86/kvm/kvm.ko",
     "arch/x86/kvm/kvm-amd.ko",
+    "drivers/net/tun.ko",
+    "drivers/net/veth.ko",
+    "net/sched/sch_ingress.ko",
+    "net/sched/cls_u32.ko",
+    "net/sched/act_mirred.ko",
 ];
 
 /// A cloud kernel unpacked into the cache.
@@ -25,7 +32,7 @@ pub struct DebianKernel {
     /// `6.1.0-57-cloud-amd64`.
     pub version: String,
     pub vmlinuz: PathBuf,
-    /// [`KVM_MODULES`], in load order.
+    /// [`MODULES`], in load order.
     pub modules: Vec<PathBuf>,
 }
 
@@ -34,7 +41,7 @@ impl DebianKernel {
         DebianKernel {
             version: version.to_string(),
             vmlinuz: dir.join("vmlinuz"),
-            modules: KVM_MODULES.iter().map(|m| dir.join(file_name(m))).collect(),
+            modules: MODULES.iter().map(|m| dir.join(file_name(m))).collect(),
         }
     }
 
@@ -142,7 +149,7 @@ fn unpack(package: &str, version: &str, work: &Path, dir: &Path) -> Result<()> {
         tree.join(format!("boot/vmlinuz-{version}")),
         out.join("vmlinuz"),
     )];
-    for m in KVM_MODULES {
+    for m in MODULES {
         let from = tree.join(format!("lib/modules/{version}/kernel/{m}"));
         wanted.push((from, out.join(file_name(m))));
     }
@@ -191,7 +198,17 @@ mod tests {
             let files: &[&str] = if v.contains("-60-") {
                 &["vmlinuz"]
             } else {
-                &["vmlinuz", "irqbypass.ko", "kvm.ko", "kvm-amd.ko"]
+                &[
+                    "vmlinuz",
+                    "irqbypass.ko",
+                    "kvm.ko",
+                    "kvm-amd.ko",
+                    "tun.ko",
+                    "veth.ko",
+                    "sch_ingress.ko",
+                    "cls_u32.ko",
+                    "act_mirred.ko",
+                ]
             };
             for f in files {
                 std::fs::write(d.join(f), b"x").unwrap();

@@ -1,5 +1,6 @@
-//! What L1's initramfs holds: busybox and the init script, the KVM modules, hull (static),
-//! hull-agent, mkfs.erofs with the libraries it loads, and the hull guest. The guest's
+//! What L1's initramfs holds: busybox and the init script, the modules, hull (static),
+//! hull-agent, the host programs hull runs (mkfs.erofs, iproute2's ip and tc) with the
+//! libraries they load, and the hull guest. The guest's
 //! kernel is the one `hull guest build` made; its initramfs is rebuilt here from the
 //! given hull-agent, so a change to the agent is tested without a new `hull guest build`.
 
@@ -24,7 +25,8 @@ pub struct Inputs<'a> {
     pub hull: &'a Path,
     pub agent: &'a Path,
     pub guest: &'a GuestAssets,
-    pub mkfs_erofs: &'a Path,
+    /// Host programs copied to the same path, each with the libraries it loads.
+    pub tools: &'a [PathBuf],
     /// (host file, path inside L1).
     pub files: &'a [(PathBuf, String)],
 }
@@ -67,9 +69,15 @@ pub fn entries(i: &Inputs) -> Result<Vec<Entry>> {
         order.push_str(&format!("{name}\n"));
     }
     e.push(bytes("testbed/modules/order", order.into_bytes(), 0o644));
-    e.push(file(&path_str(i.mkfs_erofs), i.mkfs_erofs, 0o755));
-    for lib in shared_libraries(i.mkfs_erofs)? {
-        e.push(file(&path_str(&lib), &lib, 0o755));
+    let mut libs = Vec::new();
+    for tool in i.tools {
+        e.push(file(&path_str(tool), tool, 0o755));
+        for lib in shared_libraries(tool)? {
+            if !libs.contains(&lib) {
+                e.push(file(&path_str(&lib), &lib, 0o755));
+                libs.push(lib);
+            }
+        }
     }
     e.extend(guest_entries(i.guest, i.agent)?);
     for (from, to) in i.files {

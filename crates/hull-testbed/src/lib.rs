@@ -45,8 +45,14 @@ pub struct Options {
     /// Extra host files for L1: (host path, path in L1; relative ones go under
     /// `/testbed/files/`).
     pub files: Vec<(PathBuf, String)>,
+    /// Extra host programs for L1, at the same path, each with its libraries (a bench
+    /// brings QEMU this way).
+    pub tools: Vec<PathBuf>,
     /// L1's memory: room for a 256 MiB L2 guest, hull and the initramfs itself.
     pub memory_mib: u32,
+    /// L1's CPUs (QEMU's `-smp`): hull gives a VM container no more vCPUs than its host
+    /// has, so an SMP guest needs 2 here.
+    pub cpus: u8,
     /// QEMU's niceness: L1 burns a whole core under TCG.
     pub nice: i32,
     /// From starting QEMU to L1's init answering.
@@ -65,7 +71,9 @@ impl Options {
             guest_dir: hull_sandbox::guest::DEFAULT_DIR.into(),
             cache: DEFAULT_CACHE.into(),
             files: Vec::new(),
+            tools: Vec::new(),
             memory_mib: 2048,
+            cpus: 1,
             nice: 10,
             boot_timeout: Duration::from_secs(90),
             qemu: "qemu-system-x86_64".into(),
@@ -100,11 +108,21 @@ pub fn prepare(opts: &Options, progress: &dyn Fn(&str)) -> Result<Prepared> {
         "apt-get install busybox-static",
     )?;
     let guest = hull_sandbox::guest::GuestAssets::locate(&opts.guest_dir)?;
-    let mkfs_erofs = image::which("mkfs.erofs").ok_or_else(|| TestbedError::Missing {
-        what: "mkfs.erofs",
-        path: "PATH".into(),
-        hint: "apt-get install erofs-utils",
-    })?;
+    // What hull runs in L1: mkfs.erofs for a VM container's rootfs, ip and tc to
+    // mirror its network.
+    let mut tools = Vec::new();
+    for (program, what, hint) in [
+        ("mkfs.erofs", "mkfs.erofs", "apt-get install erofs-utils"),
+        ("ip", "iproute2's ip", "apt-get install iproute2"),
+        ("tc", "iproute2's tc", "apt-get install iproute2"),
+    ] {
+        tools.push(image::which(program).ok_or_else(|| TestbedError::Missing {
+            what,
+            path: "PATH".into(),
+            hint,
+        })?);
+    }
+    tools.extend(opts.tools.iter().cloned());
     let kernel = debian::ensure(&opts.cache, progress)?;
     let entries = image::entries(&image::Inputs {
         kernel: &kernel,
@@ -112,7 +130,7 @@ pub fn prepare(opts: &Options, progress: &dyn Fn(&str)) -> Result<Prepared> {
         hull: &opts.hull,
         agent: &opts.agent,
         guest: &guest,
-        mkfs_erofs: &mkfs_erofs,
+        tools: &tools,
         files: &opts.files,
     })?;
     Ok(Prepared { kernel, entries })

@@ -15,14 +15,16 @@ use anyhow::{bail, Context, Result};
 use hull_testbed::{Options, L1};
 
 const USAGE: &str = "usage: hull-testbed prepare [OPTIONS]
-       hull-testbed run [OPTIONS] [--timeout SECS] [--json] [--file HOST_PATH:L1_PATH]... -- CMD...
+       hull-testbed run [OPTIONS] [--timeout SECS] [--json] [--file HOST_PATH:L1_PATH]... [--tool PATH]... -- CMD...
 options:
   --release-dir DIR   where hull and hull-agent are (default: this binary's directory)
   --guest-dir DIR     the hull guest (default: /var/lib/hull/guest)
   --memory MIB        L1's memory (default: 2048)
+  --cpus N            L1's CPUs (default: 1)
   --timeout SECS      each command's limit in L1 (default: 120)
   --json              one JSON object a line (boot, then each command), for scripts
-  --file HOST:L1      copy a host file into L1 (a relative L1 path goes under /testbed/files)";
+  --file HOST:L1      copy a host file into L1 (a relative L1 path goes under /testbed/files)
+  --tool PATH         copy a host program into L1 at the same path, with its libraries";
 
 struct Args {
     verb: String,
@@ -48,6 +50,7 @@ fn parse() -> Result<Args> {
             }
             Long("guest-dir") => opts.guest_dir = p.value()?.into(),
             Long("memory") => opts.memory_mib = p.value()?.parse()?,
+            Long("cpus") => opts.cpus = p.value()?.parse()?,
             Long("timeout") => timeout = Duration::from_secs(p.value()?.parse()?),
             Long("file") => {
                 let v = p.value()?.string()?;
@@ -56,6 +59,7 @@ fn parse() -> Result<Args> {
                 };
                 opts.files.push((host.into(), l1.into()));
             }
+            Long("tool") => opts.tools.push(p.value()?.into()),
             Long("json") => json = true,
             Long("help") | Short('h') => {
                 println!("{USAGE}");

@@ -265,7 +265,8 @@ fn spawn_qemu(opts: &Options, vmlinuz: &Path, dir: &Path, image: &Path) -> Resul
     let err_path = dir.join("qemu.err");
     let err = std::fs::File::create(&err_path).map_err(io_err("cannot create", &err_path))?;
     let mut cmd = Command::new(&opts.qemu);
-    cmd.args(["-M", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1"])
+    cmd.args(["-M", "q35", "-accel", "tcg", "-cpu", "max"])
+        .args(["-smp", &opts.cpus.max(1).to_string()])
         .args(["-m", &opts.memory_mib.to_string()])
         .args([
             "-nodefaults",

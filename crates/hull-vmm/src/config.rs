@@ -90,9 +90,15 @@ pub struct ConsoleConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
-    /// The host tap device: attached to if it exists (`ip tuntap add dev NAME mode
-    /// tap`), else created for the VM's lifetime.
-    pub tap: String,
+    /// The host tap device by name: attached to if it exists (`ip tuntap add dev NAME
+    /// mode tap`), else created for the VM's lifetime.
+    #[serde(default)]
+    pub tap: Option<String>,
+    /// Or an open tap fd that hull-vmm inherits and takes over: a tap its starter made
+    /// where hull-vmm cannot name it (in another network namespace, as hull's proxy
+    /// does for a VM container). Opened as a tap with IFF_NO_PI and no IFF_VNET_HDR.
+    #[serde(default)]
+    pub tap_fd: Option<i32>,
     /// The guest's MAC address, "02:xx:xx:xx:xx:xx"; without one the guest picks a
     /// random address.
     #[serde(default)]
@@ -224,24 +230,7 @@ impl VmConfig {
             ));
         }
         for (i, n) in self.net.iter().enumerate() {
-            if !tap::valid_name(&n.tap) {
-                return Err(field(
-                    "net",
-                    format!(
-                        "tap {:?} must be 1 to 15 bytes, without '/', ':', whitespace or NUL",
-                        n.tap
-                    ),
-                ));
-            }
-            if self.net[..i].iter().any(|m| m.tap == n.tap) {
-                return Err(field("net", format!("tap {} is given twice", n.tap)));
-            }
-            if n.guest_mac.is_some() && self.net[..i].iter().any(|m| m.guest_mac == n.guest_mac) {
-                return Err(field(
-                    "net",
-                    format!("two devices have the MAC address of tap {}", n.tap),
-                ));
-            }
+            validate_net(n, &self.net[..i]).map_err(|reason| field("net", reason))?;
         }
         let max_mib = RAM_MAX >> 20;
         if self.memory_mib < 2 || u64::from(self.memory_mib) > max_mib {
@@ -256,6 +245,45 @@ impl VmConfig {
     pub fn memory_bytes(&self) -> usize {
         (self.memory_mib as usize) << 20
     }
+}
+
+impl NetConfig {
+    /// How messages name the device: its tap's name or its fd.
+    pub fn label(&self) -> String {
+        match (&self.tap, self.tap_fd) {
+            (Some(name), _) => format!("tap {name}"),
+            (None, Some(fd)) => format!("tap_fd {fd}"),
+            (None, None) => "a net device without a tap".into(),
+        }
+    }
+}
+
+/// One net device against those before it. An fd is checked here, in the process that
+/// inherited it: a closed fd or one that is not a tap is refused before the VM is built.
+fn validate_net(n: &NetConfig, before: &[NetConfig]) -> Result<(), String> {
+    match (&n.tap, n.tap_fd) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err("each device needs one of tap (a name) and tap_fd (an inherited fd)".into())
+        }
+        (Some(name), None) if !tap::valid_name(name) => {
+            return Err(format!(
+                "tap {name:?} must be 1 to 15 bytes, without '/', ':', whitespace or NUL"
+            ))
+        }
+        (None, Some(fd)) => {
+            tap::check_fd(fd).map_err(|e| e.to_string())?;
+        }
+        _ => {}
+    }
+    if before.iter().any(|m| {
+        (m.tap.is_some() && m.tap == n.tap) || (m.tap_fd.is_some() && m.tap_fd == n.tap_fd)
+    }) {
+        return Err(format!("{} is given twice", n.label()));
+    }
+    if n.guest_mac.is_some() && before.iter().any(|m| m.guest_mac == n.guest_mac) {
+        return Err(format!("two devices have the MAC address of {}", n.label()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -311,6 +339,10 @@ mod tests {
         for (net, why) in [
             (r#"[{"tap": "a/b"}]"#, "must be 1 to 15 bytes"),
             (r#"[{"tap": "t"}, {"tap": "t"}]"#, "given twice"),
+            (r#"[{"guest_mac": "02:00:00:00:00:01"}]"#, "one of tap"),
+            (r#"[{"tap": "t", "tap_fd": 3}]"#, "one of tap"),
+            (r#"[{"tap_fd": 1}]"#, "stdio"),
+            (r#"[{"tap_fd": 1048576}]"#, "not an open fd"),
             (
                 r#"[{"tap": "a", "guest_mac": "02:00:00:00:00:01"}, {"tap": "b", "guest_mac": "02:00:00:00:00:01"}]"#,
                 "MAC address",

@@ -134,9 +134,16 @@ impl Machine {
             devices.push(console);
         }
         for n in &config.net {
-            let tap = net::tap::open(&n.tap).map_err(|e| VmmError::Device(e.to_string()))?;
+            let tap = match (&n.tap, n.tap_fd) {
+                (Some(name), _) => net::tap::open(name),
+                // SAFETY: the config gives each fd once (validated), and nothing in
+                // hull-vmm opened it: it was open at exec.
+                (None, Some(fd)) => unsafe { net::tap::adopt(fd) }.map(|(fd, _)| fd),
+                (None, None) => return Err(VmmError::Device(n.label())),
+            }
+            .map_err(|e| VmmError::Device(e.to_string()))?;
             let device = Net::new(tap, n.guest_mac.map(|m| m.0))
-                .map_err(|e| VmmError::Device(format!("tap {}: {e}", n.tap)))?;
+                .map_err(|e| VmmError::Device(format!("{}: {e}", n.label())))?;
             let device = Arc::new(Mutex::new(device));
             let fd = lock(&device).host_event_fd();
             hosts.push(host_source(

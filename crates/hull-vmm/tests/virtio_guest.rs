@@ -334,7 +334,8 @@ fn a_guest_echoes_an_ethernet_frame_through_virtio_net_on_a_tap() {
     let mut config = vsock_vm(&d.0, "net_echo.S", &d.0.join("unused.sock"));
     config.vsock = None;
     config.net = vec![NetConfig {
-        tap: tap.0.clone(),
+        tap: Some(tap.0.clone()),
+        tap_fd: None,
         guest_mac: Some(MacAddr(guest_mac)),
     }];
     let machine = Machine::build(&config).unwrap();

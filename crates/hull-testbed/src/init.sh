@@ -23,8 +23,10 @@ exec 3<>"$chan"
 echo "@@hull-testbed ready $(uname -r) $(cut -d' ' -f1 /proc/uptime)" >&3
 while read -r id secs cmd <&3; do
     echo "$cmd" | base64 -d >/tmp/.testbed-cmd
-    # KILL: a command that ignores TERM must not hold up the checks after it.
-    timeout -s KILL "$secs" sh /tmp/.testbed-cmd </dev/null >/tmp/.testbed-out 2>&1
+    # KILL: a command that ignores TERM must not hold up the checks after it. The
+    # channel stays init's alone: a command (or what it leaves running) that held fd 3
+    # could take bytes of the next command line (seen once: L1 read the tail of a line).
+    timeout -s KILL "$secs" sh /tmp/.testbed-cmd </dev/null >/tmp/.testbed-out 2>&1 3>&-
     rc=$?
     echo "@@hull-testbed begin $id" >&3
     base64 /tmp/.testbed-out >&3

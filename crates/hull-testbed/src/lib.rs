@@ -53,6 +53,9 @@ pub struct Options {
     /// L1's CPUs (QEMU's `-smp`): hull gives a VM container no more vCPUs than its host
     /// has, so an SMP guest needs 2 here.
     pub cpus: u8,
+    /// Ring L1's keyboard twice a second (monitor.rs says why); off only to show what
+    /// happens without it.
+    pub doorbell: bool,
     /// QEMU's niceness: L1 burns a whole core under TCG.
     pub nice: i32,
     /// From starting QEMU to L1's init answering.
@@ -74,6 +77,7 @@ impl Options {
             tools: Vec::new(),
             memory_mib: 2048,
             cpus: 1,
+            doorbell: true,
             nice: 10,
             boot_timeout: Duration::from_secs(90),
             qemu: "qemu-system-x86_64".into(),

@@ -21,6 +21,7 @@ options:
   --guest-dir DIR     the hull guest (default: /var/lib/hull/guest)
   --memory MIB        L1's memory (default: 2048)
   --cpus N            L1's CPUs (default: 1)
+  --no-doorbell       do not ring L1's keyboard (see monitor.rs: L1 may then stall)
   --timeout SECS      each command's limit in L1 (default: 120)
   --json              one JSON object a line (boot, then each command), for scripts
   --file HOST:L1      copy a host file into L1 (a relative L1 path goes under /testbed/files)
@@ -51,6 +52,7 @@ fn parse() -> Result<Args> {
             Long("guest-dir") => opts.guest_dir = p.value()?.into(),
             Long("memory") => opts.memory_mib = p.value()?.parse()?,
             Long("cpus") => opts.cpus = p.value()?.parse()?,
+            Long("no-doorbell") => opts.doorbell = false,
             Long("timeout") => timeout = Duration::from_secs(p.value()?.parse()?),
             Long("file") => {
                 let v = p.value()?.string()?;

@@ -96,7 +96,9 @@ impl L1 {
             kernel: String::new(),
             boot_time: Duration::ZERO,
         };
-        l1.doorbell = Some(Doorbell::start(l1.monitor_socket()));
+        if opts.doorbell {
+            l1.doorbell = Some(Doorbell::start(l1.monitor_socket()));
+        }
         let ready = l1.next_line(t + opts.boot_timeout, "L1's init to answer")?;
         let Some(rest) = ready.strip_prefix(&format!("{MARK} ready ")) else {
             return Err(TestbedError::Protocol(format!(

@@ -1,8 +1,9 @@
 //! hull on a KVM that runs guests: one L1 boot (QEMU/TCG emulating AMD SVM, Debian's
-//! cloud kernel with kvm-amd) serves every check, in order: /dev/kvm appears, `hull
-//! check` measures its speed, `hull vmm` boots the hull guest to its init and ends it
-//! with Ctrl-Alt-Del on SIGTERM, and `hull run --isolation vm` under hull-vmm returns the
-//! container's status.
+//! cloud kernel with kvm-amd, two CPUs) serves every check, in order: /dev/kvm appears,
+//! `hull check` measures its speed, `hull vmm` boots the hull guest to its init and ends
+//! it with Ctrl-Alt-Del on SIGTERM, `hull run --isolation vm` under hull-vmm returns the
+//! container's status; then (nested/guest.rs) terminals with resizes, virtio-blk, SMP,
+//! virtio-net on an inherited tap, concurrent sandboxes, and L1's unhandled MSRs.
 //!
 //! Needs root, hull's release build (`cargo build --release`; scripts/test builds it
 //! first) and the hull guest (`hull guest build`). Without them the test fails and says
@@ -12,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hull_testbed::{CommandOutput, Options, L1};
+
+#[path = "nested/guest.rs"]
+mod guest;
 
 /// Host files for L1, removed with the guard.
 struct Scratch(PathBuf);
@@ -24,7 +28,7 @@ impl Drop for Scratch {
 
 /// A bundle config running `script` (from `hull spec`, terminal off) and a `hull vmm`
 /// config booting the guest hull's `current.json` in L1 names.
-fn scratch_files(hull: &Path) -> Scratch {
+fn scratch_files(hull: &Path) -> (Scratch, Vec<String>) {
     let dir = std::env::temp_dir().join(format!("hull-testbed-test.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -37,9 +41,11 @@ fn scratch_files(hull: &Path) -> Scratch {
     assert!(spec.success(), "hull spec: {spec}");
     let path = dir.join("config.json");
     let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut files = guest::write_configs(&dir, &c);
     c["process"]["terminal"] = false.into();
     c["process"]["args"] = serde_json::json!(["sh", "-c", "uname -r; exit 7"]);
     std::fs::write(&path, c.to_string()).unwrap();
+    files.extend(["config.json".to_string(), "vm.json".to_string()]);
     // hull's own cmdline (BASE_CMDLINE): each port access of L2 is a nested VM exit,
     // costly under TCG, so no console chatter and no i8042 AUX probe (14 s with it, 4 s
     // without). The agent gets a virtio console to serve on (no one connects to it).
@@ -60,7 +66,7 @@ fn scratch_files(hull: &Path) -> Scratch {
         "shutdown_grace_ms": 20000,
     });
     std::fs::write(dir.join("vm.json"), vm.to_string()).unwrap();
-    scratch
+    (scratch, files)
 }
 
 /// Makes a busybox bundle at /tmp/b in L1 with the config from the host.
@@ -132,10 +138,17 @@ fn hull_runs_guests_on_nested_kvm() {
         "not run: the nested-KVM test bed needs root (QEMU, KVM, mounts in L1's image)"
     );
     let mut opts = Options::for_workspace();
-    let scratch = scratch_files(&opts.hull);
-    for f in ["config.json", "vm.json"] {
-        opts.files.push((scratch.0.join(f), f.into()));
+    let (scratch, files) = scratch_files(&opts.hull);
+    for f in files {
+        opts.files.push((scratch.0.join(&f), f));
     }
+    // The engine's end of --console-socket, for the terminal checks.
+    opts.files.push((
+        env!("CARGO_BIN_EXE_hull-testbed-console").into(),
+        "/usr/local/bin/hull-testbed-console".into(),
+    ));
+    // hull gives a VM no more vCPUs than its host has: two, for the SMP check.
+    opts.cpus = 2;
     let mut l1 = L1::boot(&opts, &|m| eprintln!("hull-testbed: {m}"))
         .unwrap_or_else(|e| panic!("not run: L1 did not come up: {e}"));
     eprintln!("L1 {} up in {:.2} s", l1.kernel, l1.boot_time.as_secs_f64());
@@ -145,6 +158,11 @@ fn hull_runs_guests_on_nested_kvm() {
     };
     kvm_checks(&mut c);
     vm_checks(&mut c);
+    guest::terminal_checks(&mut c);
+    guest::device_checks(&mut c);
+    guest::network_checks(&mut c);
+    guest::concurrency_checks(&mut c);
+    guest::msr_checks(&mut c);
     let failures = std::mem::take(&mut c.failures);
     let (pid, dir) = (l1.pid(), l1.dir().to_path_buf());
     drop(l1);

@@ -136,7 +136,16 @@ fn exec_stdio(terminal: bool, req: &VmExec) -> Result<ExecStdio> {
 /// Waits for the exec's exit status on `conn`; 255 if the proxy went away.
 fn wait_exec(conn: &OwnedFd, tty: Option<OwnedFd>) -> i32 {
     let set = relay::passed_on();
-    if set.thread_block().is_ok() {
+    let blocked = set.thread_block().is_ok();
+    // The size the terminal has now, read once SIGWINCH is blocked (so a change after
+    // the read stays pending for the thread below): an engine that set it before this
+    // process took the terminal sends no SIGWINCH for it, and the guest's pty would
+    // stay 0x0 (seen in L1: `stty size` failed in `hull exec -t -d`).
+    let size = tty.as_ref().and_then(|t| relay::window_size(t.as_fd()));
+    if let Some((rows, cols)) = size.filter(|&(r, c)| r > 0 && c > 0) {
+        let _ = control::send(conn.as_fd(), &Control::Resize { rows, cols }, &[]);
+    }
+    if blocked {
         if let Ok(sender) = conn.try_clone() {
             std::thread::spawn(move || loop {
                 let Ok(sig) = set.wait() else { return };

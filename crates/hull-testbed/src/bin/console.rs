@@ -1,14 +1,18 @@
-//! `hull-testbed-console SOCKET SIZE [WHEN=SIZE]...`: an engine's end of
+//! `hull-testbed-console SOCKET SIZE [WHEN=SIZE]... -- CMD...`: an engine's end of
 //! `--console-socket`, for checks in L1, where no test harness runs. It listens on
-//! SOCKET, takes the pty master that hull sends, sets the window to SIZE (`ROWSxCOLS`),
-//! and, each time the container's output first contains WHEN, sets the next size: a
-//! resize while the container runs. It prints what the pty gave until the container
-//! closed it (or 120 s), and exits 0, or 1 when a size was never asked for.
+//! SOCKET, runs CMD (which hands SOCKET to hull), takes the pty master that hull sends,
+//! sets the window to SIZE (`ROWSxCOLS`), and, each time the container's output first
+//! contains WHEN, sets the next size: a resize while the container runs. Like conmon it
+//! is a subreaper, so the detached processes hull leaves (the proxy, an exec's
+//! stand-in) are its children, and it prints each one's exit status
+//! (`reaped PID exit N`, 128+N for signal N). Then it prints what the pty gave until it
+//! closed or no process that could write to it is left (or 120 s), after a `--- pty` line, and exits 0, or 1 when a size was never asked for.
 
 use std::fs::File;
 use std::io::{IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixListener;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -61,8 +65,13 @@ fn receive_fd(listener: &UnixListener) -> Result<File> {
 
 fn run() -> Result<i32> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [socket, first, rest @ ..] = args.as_slice() else {
-        bail!("usage: hull-testbed-console SOCKET ROWSxCOLS [WHEN=ROWSxCOLS]...");
+    let split = args.iter().position(|a| a == "--");
+    let (ours, cmd) = match split {
+        Some(i) if i + 1 < args.len() => (&args[..i], &args[i + 1..]),
+        _ => bail!("usage: hull-testbed-console SOCKET ROWSxCOLS [WHEN=ROWSxCOLS]... -- CMD..."),
+    };
+    let [socket, first, rest @ ..] = ours else {
+        bail!("usage: hull-testbed-console SOCKET ROWSxCOLS [WHEN=ROWSxCOLS]... -- CMD...");
     };
     let mut later = Vec::new();
     for r in rest {
@@ -71,6 +80,17 @@ fn run() -> Result<i32> {
     }
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket).with_context(|| format!("bind {socket}"))?;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
+        bail!(
+            "PR_SET_CHILD_SUBREAPER: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let mut child = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .spawn()
+        .with_context(|| format!("run {}", cmd[0]))?;
     let mut master = receive_fd(&listener)?;
     set_size(&master, &size(first)?)?;
     // SAFETY: fcntl on an fd we own.
@@ -85,11 +105,18 @@ fn run() -> Result<i32> {
     let deadline = Instant::now() + LIMIT;
     let (mut out, mut buf) = (Vec::new(), [0u8; 4096]);
     let mut later = later.into_iter().peekable();
+    let (mut cmd_status, mut reaped) = (None, Vec::new());
+    // Until the pty closes, or every process that could write to it is gone: the
+    // proxy may keep the slave open for the container's life after an exec ended.
     loop {
+        let gone = cmd_status.is_some() && !reap(&mut child, &mut cmd_status, &mut reaped);
         match master.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if gone {
+                    break;
+                }
                 if Instant::now() > deadline {
                     eprintln!("hull-testbed-console: the pty stayed open for {LIMIT:?}");
                     break;
@@ -100,6 +127,9 @@ fn run() -> Result<i32> {
             Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
             Err(e) => bail!("read the pty master: {e}"),
         }
+        if cmd_status.is_none() {
+            reap(&mut child, &mut cmd_status, &mut reaped);
+        }
         if let Some((when, ws)) = later.peek() {
             if String::from_utf8_lossy(&out).contains(when.as_str()) {
                 set_size(&master, ws)?;
@@ -108,8 +138,41 @@ fn run() -> Result<i32> {
         }
     }
     let _ = std::fs::remove_file(socket);
+    while reap(&mut child, &mut cmd_status, &mut reaped) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("{} exit {}", cmd[0], cmd_status.unwrap_or(-1));
+    for line in reaped {
+        println!("{line}");
+    }
+    println!("--- pty");
     std::io::stdout().write_all(&out)?;
     Ok(if later.peek().is_some() { 1 } else { 0 })
+}
+
+/// Collects exits without blocking: CMD's status, and a line for each process left to
+/// us as subreaper. True while any child is left.
+fn reap(child: &mut Child, cmd_status: &mut Option<i32>, reaped: &mut Vec<String>) -> bool {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes one int through a valid pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid == 0 {
+            return true;
+        }
+        if pid < 0 {
+            return false;
+        }
+        let code = match libc::WIFEXITED(status) {
+            true => libc::WEXITSTATUS(status),
+            false => 128 + libc::WTERMSIG(status),
+        };
+        if pid as u32 == child.id() {
+            *cmd_status = Some(code);
+        } else {
+            reaped.push(format!("reaped {pid} exit {code}"));
+        }
+    }
 }
 
 fn main() {

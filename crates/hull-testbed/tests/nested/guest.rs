@@ -117,10 +117,11 @@ pub fn terminal_checks(c: &mut Checks) {
 }
 
 /// Reads a 16 MiB file of random bytes from the erofs rootfs (virtio-blk) with two
-/// vCPUs, runs on each, and greps the guest's log for its PMU verdict.
+/// vCPUs, runs on each, greps the guest's log for its PMU verdict, and counts the CPUs
+/// with a TSC-deadline timer.
 const BLK_SMP_SCRIPT: &str = "sha256sum /big; nproc; \
     for cpu in 1 0; do taskset -c $cpu awk '{print \"ran on cpu\", $39}' /proc/self/stat; done; \
-    dmesg | grep -i 'performance events'";
+    dmesg | grep -i 'performance events'; echo tsc-deadline $(grep -c tsc_deadline_timer /proc/cpuinfo)";
 
 pub fn device_checks(c: &mut Checks) {
     let blk = format!(
@@ -143,6 +144,10 @@ pub fn device_checks(c: &mut Checks) {
             if !lines.contains(&want) {
                 return Err(format!("no line {want:?}: two vCPUs, each running"));
             }
+        }
+        // hull-vmm sets the bit KVM's supported CPUID leaves out (setup.rs), as QEMU does.
+        if !lines.contains(&"tsc-deadline 2") {
+            return Err("the vCPUs do not offer the TSC-deadline timer".into());
         }
         // L1's KVM has no vPMU (TCG's SVM gives L1 no counters): the guest's probe
         // (check_hw_exists) reads back 0 for what it wrote and goes without one.

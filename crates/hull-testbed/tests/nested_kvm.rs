@@ -1,9 +1,10 @@
 //! hull on a KVM that runs guests: one L1 boot (QEMU/TCG emulating AMD SVM, Debian's
-//! cloud kernel with kvm-amd, two CPUs) serves every check, in order: /dev/kvm appears,
+//! cloud kernel with kvm-amd) serves every check, in order: /dev/kvm appears,
 //! `hull check` measures its speed, `hull vmm` boots the hull guest to its init and ends
 //! it with Ctrl-Alt-Del on SIGTERM, `hull run --isolation vm` under hull-vmm returns the
-//! container's status; then (nested/guest.rs) terminals with resizes, virtio-blk, SMP,
-//! virtio-net on an inherited tap, concurrent sandboxes, and L1's unhandled MSRs.
+//! container's status; then (nested/guest.rs, nested/l2.rs) terminals with resizes,
+//! virtio-blk, SMP, virtio-net on an inherited tap, concurrent sandboxes, and L1's
+//! unhandled MSRs.
 //!
 //! Needs root, hull's release build (`cargo build --release`; scripts/test builds it
 //! first) and the hull guest (`hull guest build`). Without them the test fails and says
@@ -16,6 +17,8 @@ use hull_testbed::{CommandOutput, Options, L1};
 
 #[path = "nested/guest.rs"]
 mod guest;
+#[path = "nested/l2.rs"]
+mod l2;
 
 /// Host files for L1, removed with the guard.
 struct Scratch(PathBuf);
@@ -42,6 +45,7 @@ fn scratch_files(hull: &Path) -> (Scratch, Vec<String>) {
     let path = dir.join("config.json");
     let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let mut files = guest::write_configs(&dir, &c);
+    files.extend(l2::write_files(&dir));
     c["process"]["terminal"] = false.into();
     c["process"]["args"] = serde_json::json!(["sh", "-c", "uname -r; exit 7"]);
     std::fs::write(&path, c.to_string()).unwrap();
@@ -147,8 +151,6 @@ fn hull_runs_guests_on_nested_kvm() {
         env!("CARGO_BIN_EXE_hull-testbed-console").into(),
         "/usr/local/bin/hull-testbed-console".into(),
     ));
-    // hull gives a VM no more vCPUs than its host has: two, for the SMP check.
-    opts.cpus = 2;
     let mut l1 = L1::boot(&opts, &|m| eprintln!("hull-testbed: {m}"))
         .unwrap_or_else(|e| panic!("not run: L1 did not come up: {e}"));
     eprintln!("L1 {} up in {:.2} s", l1.kernel, l1.boot_time.as_secs_f64());
@@ -160,6 +162,7 @@ fn hull_runs_guests_on_nested_kvm() {
     vm_checks(&mut c);
     guest::terminal_checks(&mut c);
     guest::device_checks(&mut c);
+    l2::smp_checks(&mut c);
     guest::network_checks(&mut c);
     guest::concurrency_checks(&mut c);
     guest::msr_checks(&mut c);

@@ -87,7 +87,7 @@ fn run() -> Result<i32> {
             std::io::Error::last_os_error()
         );
     }
-    let mut child = std::process::Command::new(&cmd[0])
+    let child = std::process::Command::new(&cmd[0])
         .args(&cmd[1..])
         .spawn()
         .with_context(|| format!("run {}", cmd[0]))?;
@@ -103,13 +103,39 @@ fn run() -> Result<i32> {
         );
     }
     let deadline = Instant::now() + LIMIT;
+    let mut exits = Exits {
+        child,
+        cmd_status: None,
+        reaped: Vec::new(),
+    };
+    let (out, unmet) = watch(&mut master, later, &mut exits, deadline)?;
+    let _ = std::fs::remove_file(socket);
+    while exits.reap() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("{} exit {}", cmd[0], exits.cmd_status.unwrap_or(-1));
+    for line in exits.reaped {
+        println!("{line}");
+    }
+    println!("--- pty");
+    std::io::stdout().write_all(&out)?;
+    Ok(if unmet { 1 } else { 0 })
+}
+
+/// Reads the pty until it closes, or every process that could write to it is gone
+/// (the proxy may keep the slave open for the container's life after an exec ended),
+/// setting each later size once its text appeared. Returns the output and whether a
+/// size was never set.
+fn watch(
+    master: &mut File,
+    later: Vec<(String, libc::winsize)>,
+    exits: &mut Exits,
+    deadline: Instant,
+) -> Result<(Vec<u8>, bool)> {
     let (mut out, mut buf) = (Vec::new(), [0u8; 4096]);
     let mut later = later.into_iter().peekable();
-    let (mut cmd_status, mut reaped) = (None, Vec::new());
-    // Until the pty closes, or every process that could write to it is gone: the
-    // proxy may keep the slave open for the container's life after an exec ended.
     loop {
-        let gone = cmd_status.is_some() && !reap(&mut child, &mut cmd_status, &mut reaped);
+        let gone = exits.cmd_status.is_some() && !exits.reap();
         match master.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
@@ -127,50 +153,49 @@ fn run() -> Result<i32> {
             Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
             Err(e) => bail!("read the pty master: {e}"),
         }
-        if cmd_status.is_none() {
-            reap(&mut child, &mut cmd_status, &mut reaped);
+        if exits.cmd_status.is_none() {
+            exits.reap();
         }
         if let Some((when, ws)) = later.peek() {
             if String::from_utf8_lossy(&out).contains(when.as_str()) {
-                set_size(&master, ws)?;
+                set_size(master, ws)?;
                 later.next();
             }
         }
     }
-    let _ = std::fs::remove_file(socket);
-    while reap(&mut child, &mut cmd_status, &mut reaped) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    println!("{} exit {}", cmd[0], cmd_status.unwrap_or(-1));
-    for line in reaped {
-        println!("{line}");
-    }
-    println!("--- pty");
-    std::io::stdout().write_all(&out)?;
-    Ok(if later.peek().is_some() { 1 } else { 0 })
+    Ok((out, later.peek().is_some()))
 }
 
-/// Collects exits without blocking: CMD's status, and a line for each process left to
-/// us as subreaper. True while any child is left.
-fn reap(child: &mut Child, cmd_status: &mut Option<i32>, reaped: &mut Vec<String>) -> bool {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes one int through a valid pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid == 0 {
-            return true;
-        }
-        if pid < 0 {
-            return false;
-        }
-        let code = match libc::WIFEXITED(status) {
-            true => libc::WEXITSTATUS(status),
-            false => 128 + libc::WTERMSIG(status),
-        };
-        if pid as u32 == child.id() {
-            *cmd_status = Some(code);
-        } else {
-            reaped.push(format!("reaped {pid} exit {code}"));
+/// CMD and the processes left to us as subreaper, as they exit.
+struct Exits {
+    child: Child,
+    cmd_status: Option<i32>,
+    /// `reaped PID exit N` for each other process.
+    reaped: Vec<String>,
+}
+
+impl Exits {
+    /// Collects exits without blocking; true while any child is left.
+    fn reap(&mut self) -> bool {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes one int through a valid pointer.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid == 0 {
+                return true;
+            }
+            if pid < 0 {
+                return false;
+            }
+            let code = match libc::WIFEXITED(status) {
+                true => libc::WEXITSTATUS(status),
+                false => 128 + libc::WTERMSIG(status),
+            };
+            if pid as u32 == self.child.id() {
+                self.cmd_status = Some(code);
+            } else {
+                self.reaped.push(format!("reaped {pid} exit {code}"));
+            }
         }
     }
 }

@@ -65,6 +65,14 @@ pub fn exec(c: &Container, req: VmExec) -> Result<i32> {
         }
     }
     if !req.detach {
+        if let (Some(t), Some(_)) = (&tty, req.console_socket) {
+            // The console pty as our terminal, so that the engine's resizes of its
+            // master reach us as SIGWINCH (as the detached waiter does below). A
+            // process group leader cannot start a session: its resizes are lost.
+            if nix::unistd::setsid().is_ok() {
+                let _ = relay::take_controlling_terminal(t.as_fd());
+            }
+        }
         let status = wait_exec(&conn, tty);
         drop(raw);
         return Ok(status);

@@ -103,7 +103,9 @@ pub(super) fn main(plan: ProxyPlan, mut parent: UnixStream) -> ! {
 }
 
 fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
-    if !plan.foreground {
+    // A session of its own, unless `run` in the foreground keeps it in the caller's;
+    // with a console pty it needs one anyway, to make the pty its terminal.
+    if !plan.foreground || plan.tty.is_some() {
         nix::unistd::setsid().map_err(|e| SandboxError::Vm(format!("setsid: {e}")))?;
     }
     own_proc()?;

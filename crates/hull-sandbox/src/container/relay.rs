@@ -159,9 +159,14 @@ impl Drop for RawTerminal {
 }
 
 /// A new pty pair: (master, slave). The master goes to `--console-socket`; the slave
-/// stays on the host side of the relay.
+/// stays on the host side of the relay, raw: the guest's own pty does the terminal's
+/// work (echo, newline translation, Ctrl-C), and doing it twice printed "\r\r\n" and
+/// would echo every key twice.
 pub fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
+    let mut raw = termios::tcgetattr(&pty.slave)?;
+    termios::cfmakeraw(&mut raw);
+    termios::tcsetattr(&pty.slave, SetArg::TCSANOW, &raw)?;
     for fd in [&pty.master, &pty.slave] {
         nix::fcntl::fcntl(
             fd.as_fd(),

@@ -95,16 +95,7 @@ fn run_and_exec_hand_files_pipes_and_sockets_into_the_vm() {
 
     // The same through exec, in a running VM container.
     let c = Bundle::new(&["sleep", "600"]).container();
-    c.hull(&[
-        "--isolation",
-        "vm",
-        "run",
-        "-d",
-        "--bundle",
-        &c.dir(),
-        &c.id,
-    ])
-    .ok("run -d in a VM");
+    c.run_detached("vm").ok("run -d in a VM");
     let (handed, pipe_r, ours) = three_fds(&c);
     let raw: Vec<RawFd> = handed.iter().map(|f| f.as_raw_fd()).collect();
     let args = ["exec", "--preserve-fds", "3", &c.id, "sh", "-c", SCRIPT];

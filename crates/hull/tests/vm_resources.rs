@@ -20,16 +20,7 @@ fn limits_size_the_guest_and_the_host_cgroup_holds_the_whole_sandbox() {
             })
         })
         .container();
-    c.hull(&[
-        "--isolation",
-        "vm",
-        "run",
-        "-d",
-        "--bundle",
-        &c.dir(),
-        &c.id,
-    ])
-    .ok("run -d in a VM");
+    c.run_detached("vm").ok("run -d in a VM");
     // The guest: one vCPU for a quota of one CPU, its memory the limit plus 64 MiB.
     let out = c
         .exec(&[
@@ -80,8 +71,7 @@ fn events_report_the_oom_killer_in_both_isolations() {
                     serde_json::json!({"memory": {"limit": 32 * MIB, "swap": 32 * MIB}})
             })
             .container();
-        c.hull(&["--isolation", iso, "run", "-d", "--bundle", &c.dir(), &c.id])
-            .ok("run -d");
+        c.run_detached(iso).ok("run -d");
         let log = c.bundle.dir.join("events.out");
         let mut events = std::process::Command::new(&c.bin)
             .arg("--root")
@@ -120,16 +110,7 @@ fn memory_the_guest_frees_goes_back_to_the_host() {
     let c = Bundle::new(&["sleep", "600"])
         .config(|v| v["root"]["readonly"] = false.into())
         .container();
-    c.hull(&[
-        "--isolation",
-        "vm",
-        "run",
-        "-d",
-        "--bundle",
-        &c.dir(),
-        &c.id,
-    ])
-    .ok("run -d in a VM");
+    c.run_detached("vm").ok("run -d in a VM");
     let proxy = c.pid();
     let children =
         std::fs::read_to_string(format!("/proc/{proxy}/task/{proxy}/children")).unwrap_or_default();

@@ -51,16 +51,7 @@ fn run_in_the_foreground_and_exec_with_a_console_socket() {
     assert_clean(&c);
 
     let c = Bundle::new(&["sleep", "600"]).container();
-    c.hull(&[
-        "--isolation",
-        "vm",
-        "run",
-        "-d",
-        "--bundle",
-        &c.dir(),
-        &c.id,
-    ])
-    .ok("run -d");
+    c.run_detached("vm").ok("run -d");
     let (sock, accept) = console_socket(&c.bundle.dir, "exec.sock");
     let pid_file = c.bundle.dir.join("exec.pid").display().to_string();
     let flags = [

@@ -344,6 +344,19 @@ impl Container {
         self.bundle.dir.display().to_string()
     }
 
+    /// `hull --isolation ISO run -d --bundle DIR ID`.
+    pub fn run_detached(&self, isolation: &str) -> Out {
+        self.hull(&[
+            "--isolation",
+            isolation,
+            "run",
+            "-d",
+            "--bundle",
+            &self.dir(),
+            &self.id,
+        ])
+    }
+
     /// `run --bundle DIR ID`: waits for the container's process and returns its output.
     pub fn run(&self) -> Out {
         self.hull(&["run", "--bundle", &self.dir(), &self.id])

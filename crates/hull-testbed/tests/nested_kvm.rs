@@ -47,6 +47,17 @@ fn scratch_files(hull: &Path) -> (Scratch, Vec<String>) {
     let mut files = guest::write_configs(&dir, &c);
     files.extend(l2::write_files(&dir));
     c["process"]["terminal"] = false.into();
+    for (name, script) in [
+        ("config-cat.json", "cat"),
+        (
+            "config-trap.json",
+            "trap 'exit 9' TERM; while :; do sleep 0.1; done",
+        ),
+    ] {
+        c["process"]["args"] = serde_json::json!(["sh", "-c", script]);
+        std::fs::write(dir.join(name), c.to_string()).unwrap();
+        files.push(name.to_string());
+    }
     c["process"]["args"] = serde_json::json!(["sh", "-c", "uname -r; exit 7"]);
     std::fs::write(&path, c.to_string()).unwrap();
     files.extend(["config.json".to_string(), "vm.json".to_string()]);
@@ -78,6 +89,26 @@ const MAKE_BUNDLE: &str =
     "set -e; mkdir -p /tmp/b/rootfs/bin /tmp/b/rootfs/proc /tmp/b/rootfs/sys \
     /tmp/b/rootfs/dev /tmp/b/rootfs/tmp; cp /bin/busybox /tmp/b/rootfs/bin/; \
     /bin/busybox --install -s /tmp/b/rootfs/bin; cp /testbed/files/config.json /tmp/b/";
+
+/// Under hull-vmm: stdin to stdout through `cat` byte for byte, memory.max read back
+/// before and after `update`, and SIGTERM and SIGKILL through `kill` stopping a
+/// container (the bundles' rootfs is /tmp/b's).
+const VMM_CONTAINER_VERBS: &str = "set -e
+export HULL_HYPERVISOR=hull-vmm
+mk() { rm -rf /tmp/$1; mkdir -p /tmp/$1; cp -a /tmp/b/rootfs /tmp/$1/; cp /testbed/files/$2 /tmp/$1/config.json; }
+stopped() { i=0; until hull state $1 | grep -q stopped; do i=$((i+1)); [ $i -lt 600 ] || return 1; sleep 0.1; done; }
+mk s config-cat.json
+head -c 300000 /dev/urandom > /tmp/in
+hull run --isolation vm --bundle /tmp/s s1 < /tmp/in > /tmp/out
+cmp /tmp/in /tmp/out && echo stdio byte-exact
+mk t config-trap.json
+hull run -d --isolation vm --bundle /tmp/t t1
+echo memory.max $(hull exec t1 cat /sys/fs/cgroup/memory.max)
+hull update --memory 33554432 t1
+echo memory.max $(hull exec t1 cat /sys/fs/cgroup/memory.max)
+hull kill t1 TERM; stopped t1; echo TERM stopped it; hull delete t1
+hull run -d --isolation vm --bundle /tmp/t t2
+hull kill t2 KILL; stopped t2; echo KILL stopped it; hull delete t2";
 
 /// Boots the guest with `hull vmm`, waits for its agent to serve, and sends SIGTERM.
 const VMM_BOOT_AND_SIGTERM: &str = "hull vmm --config /testbed/files/vm.json >/tmp/vmm.out 2>&1 &
@@ -255,6 +286,14 @@ fn vm_checks(c: &mut Checks) {
             }
         });
     }
+    c.check("container verbs", VMM_CONTAINER_VERBS, 240, |o| {
+        exit_is(o, 0)?;
+        let want = "stdio byte-exact\nmemory.max max\nmemory.max 33554432\nTERM stopped it\nKILL stopped it\n";
+        match o.output.ends_with(want) {
+            true => Ok(()),
+            false => Err(format!("expected the output to end with {want:?}")),
+        }
+    });
 }
 
 fn nix_is_root() -> bool {

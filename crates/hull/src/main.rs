@@ -9,7 +9,7 @@ fn main() {
     let cli = match args::parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(args::Stop::Help(text) | args::Stop::Version(text)) => {
-            print!("{text}");
+            let _ = commands::out(&text);
             return;
         }
         Err(args::Stop::Usage(text)) => {

@@ -168,3 +168,32 @@ fn tmpcopyup_keeps_the_image_contents() {
         "the tmpfs starts with /etc's files"
     );
 }
+
+/// A reader that went away (`hull state ID | grep -q running`) ends hull quietly, by
+/// SIGPIPE as it would a C tool, not with a panic's backtrace on stderr.
+#[test]
+fn a_closed_stdout_ends_hull_by_sigpipe_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [&["features"][..], &["--help"][..], &["list"][..]] {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        let out = std::process::Command::new(common::hull_bin())
+            .args(args)
+            .stdout(std::process::Stdio::from(w))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "hull {args:?}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "hull {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -6,9 +6,9 @@ use anyhow::Result;
 pub fn check(json: bool) -> Result<i32> {
     let report = hull_sandbox::check::probe();
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        super::out(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
-        print!("{report}");
+        super::out(&report.to_string())?;
     }
     match report.missing() {
         None => Ok(0),

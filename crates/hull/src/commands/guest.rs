@@ -26,9 +26,12 @@ pub fn build(a: GuestBuildArgs) -> Result<i32> {
         eprintln!("hull: guest: kernel built in {} s", t.as_secs());
     }
     let a = &report.assets;
-    println!("vmlinux    {}", a.vmlinux.display());
-    println!("bzImage    {}", a.bzimage.display());
-    println!("initramfs  {}", a.initramfs.display());
+    super::out(&format!(
+        "vmlinux    {}\nbzImage    {}\ninitramfs  {}\n",
+        a.vmlinux.display(),
+        a.bzimage.display(),
+        a.initramfs.display()
+    ))?;
     Ok(0)
 }
 
@@ -52,7 +55,7 @@ pub fn qemu_args(kernel: String, initramfs: String, socket: String, log: String)
         shares: vec![],
     };
     for arg in hull_sandbox::qemu::Qemu::default().args(&config) {
-        println!("{arg}");
+        super::out(&format!("{arg}\n"))?;
     }
     Ok(0)
 }

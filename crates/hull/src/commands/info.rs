@@ -1,12 +1,13 @@
 //! Read-only commands: state, list, ps, events.
 
-use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use hull_lifecycle::Lifecycle;
 use hull_runtime::container::{self, Container};
 use hull_runtime::state::{Isolation, Status};
+
+use super::out;
 
 pub fn state(lc: &Lifecycle, id: &str) -> Result<i32> {
     let c = lc.load(id)?;
@@ -15,7 +16,7 @@ pub fn state(lc: &Lifecycle, id: &str) -> Result<i32> {
     // annotations stay config.json's, as the runtime-spec and hooks see them.
     let mut v = serde_json::to_value(c.state.oci(status))?;
     v["isolation"] = c.state.isolation.as_str().into();
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    out(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
     Ok(0)
 }
 
@@ -36,11 +37,9 @@ fn owner(c: &Container) -> String {
 
 pub fn list(lc: &Lifecycle, format: &str, quiet: bool) -> Result<i32> {
     let all = container::list::list(&lc.root)?;
-    let mut out = std::io::stdout().lock();
     if quiet {
-        for (c, _) in &all {
-            writeln!(out, "{}", c.id())?;
-        }
+        let ids: String = all.iter().map(|(c, _)| format!("{}\n", c.id())).collect();
+        out(&ids)?;
         return Ok(0);
     }
     if format == "json" {
@@ -54,7 +53,7 @@ pub fn list(lc: &Lifecycle, format: &str, quiet: bool) -> Result<i32> {
                 v
             })
             .collect();
-        writeln!(out, "{}", serde_json::to_string(&items)?)?;
+        out(&format!("{}\n", serde_json::to_string(&items)?))?;
         return Ok(0);
     }
     let mut rows = vec![["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"].map(String::from)];
@@ -73,7 +72,7 @@ pub fn list(lc: &Lifecycle, format: &str, quiet: bool) -> Result<i32> {
             owner(c),
         ]);
     }
-    write!(out, "{}", tabulate(&rows))?;
+    out(&tabulate(&rows))?;
     Ok(0)
 }
 
@@ -103,16 +102,16 @@ pub fn ps(lc: &Lifecycle, id: &str, format: &str, args: &[String]) -> Result<i32
     let c = lc.load(id)?;
     let pids = lc.pids(&c)?;
     if format == "json" {
-        println!("{}", serde_json::to_string(&pids)?);
+        out(&format!("{}\n", serde_json::to_string(&pids)?))?;
         return Ok(0);
     }
     if c.state.isolation == Isolation::Vm {
         // The host's ps cannot see into the guest: its pids, as the guest numbers them.
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "PID (in the container's VM)")?;
+        let mut text = String::from("PID (in the container's VM)\n");
         for p in pids {
-            writeln!(out, "{p}")?;
+            text += &format!("{p}\n");
         }
+        out(&text)?;
         return Ok(0);
     }
     let args: Vec<String> = if args.is_empty() {
@@ -120,48 +119,47 @@ pub fn ps(lc: &Lifecycle, id: &str, format: &str, args: &[String]) -> Result<i32
     } else {
         args.to_vec()
     };
-    let out = std::process::Command::new("ps")
+    let ps = std::process::Command::new("ps")
         .args(&args)
         .output()
         .context("cannot run ps")?;
-    if !out.status.success() {
+    if !ps.status.success() {
         bail!(
             "ps {}: {}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&ps.stderr).trim()
         );
     }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&ps.stdout);
     let mut lines = text.lines();
     let header = lines.next().unwrap_or_default();
     let col = header
         .split_whitespace()
         .position(|h| h == "PID")
         .context("ps output has no PID column: pass ps options that show it")?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{header}")?;
+    let mut shown = format!("{header}\n");
     for l in lines {
         let pid = l
             .split_whitespace()
             .nth(col)
             .and_then(|p| p.parse::<i32>().ok());
         if pid.is_some_and(|p| pids.contains(&p)) {
-            writeln!(stdout, "{l}")?;
+            shown += &format!("{l}\n");
         }
     }
+    out(&shown)?;
     Ok(0)
 }
 
 pub fn events(lc: &Lifecycle, id: &str, stats: bool, interval: &str) -> Result<i32> {
     if stats {
-        println!("{}", lc.stats(id)?);
+        out(&format!("{}\n", lc.stats(id)?))?;
         return Ok(0);
     }
     let every = parse_duration(interval)?;
     lc.events(id, every, |line| {
-        let mut o = std::io::stdout().lock();
-        let _ = writeln!(o, "{line}");
-        let _ = o.flush();
+        // A failed write other than a gone reader: the next line tries again.
+        let _ = out(&format!("{line}\n"));
     })?;
     Ok(0)
 }

@@ -9,6 +9,7 @@ pub mod spec;
 pub mod update;
 pub mod vmm;
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -95,7 +96,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             console_log,
         } => guest::qemu_args(kernel, initramfs, socket, console_log),
         Command::Features => {
-            println!("{}", serde_json::to_string_pretty(&features::features())?);
+            out(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&features::features())?
+            ))?;
             Ok(0)
         }
     }
@@ -118,4 +122,25 @@ fn write_spec(bundle: &Path, rootless: bool) -> Result<i32> {
     std::fs::write(&path, text + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(0)
+}
+
+/// Writes what a command prints to stdout. A reader that went away (`hull state | grep
+/// -q`) ends hull as SIGPIPE ends a C tool, quietly: Rust ignores SIGPIPE, so a
+/// `println!` would panic there instead. Only here: elsewhere (relays, hooks) a closed
+/// pipe is an error to handle, not a reason to die.
+pub fn out(text: &str) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => die_of_sigpipe(),
+        r => Ok(r?),
+    }
+}
+
+fn die_of_sigpipe() -> ! {
+    // SAFETY: signal and raise with constant arguments; the default action ends us.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(128 + libc::SIGPIPE)
 }

@@ -327,12 +327,25 @@ impl RestoreSubtree {
 }
 
 impl Drop for RestoreSubtree {
+    /// Retried: while another test's cgroup below the root still has the controller
+    /// the write fails with EBUSY, and a single try left it on (seen after a full run).
     fn drop(&mut self) {
-        let on = std::fs::read_to_string(&self.file)
-            .is_ok_and(|s| s.split_whitespace().any(|c| c == self.controller));
-        if on && !self.was_on {
-            let _ = std::fs::write(&self.file, format!("-{}", self.controller));
+        for _ in 0..50 {
+            let on = std::fs::read_to_string(&self.file)
+                .is_ok_and(|s| s.split_whitespace().any(|c| c == self.controller));
+            if !on || self.was_on {
+                return;
+            }
+            if std::fs::write(&self.file, format!("-{}", self.controller)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        eprintln!(
+            "note: {} is still enabled in {}",
+            self.controller,
+            self.file.display()
+        );
     }
 }
 
@@ -472,6 +485,14 @@ fn unified_code_paths_on_the_cgroup2_mount() {
     };
     let layout = path::detect(line, "0::/\n").unwrap();
     assert_eq!(layout.version, CgroupVersion::V2);
+    // Declared before the cgroups, dropped after them: on this hybrid host the cgroup2
+    // root's subtree_control is shared with everyone, and creating a cgroup here enables
+    // the accounting controllers (hugetlb among them) up to it.
+    let mount_point = line.split_whitespace().nth(4).unwrap();
+    let _restore: Vec<RestoreSubtree> = v2::ACCOUNTING
+        .iter()
+        .map(|c| RestoreSubtree::new(mount_point, c))
+        .collect();
     let parent = unique_parent();
     let cg = layout.place(Some(&format!("{parent}/v2")), "v2").unwrap();
     let mut g = Guard {

@@ -287,3 +287,22 @@ fn container_cannot_see_host_processes() {
         "expected only the container's own processes in its /proc, saw {n}"
     );
 }
+
+/// A rootfs whose /proc is a symlink: runc and crun refuse ("must be mounted on
+/// ordinary directory"); hull used to create the link's target inside the rootfs and
+/// mount procfs there, away from where the masks expect /proc.
+#[test]
+fn proc_on_a_symlink_is_refused() {
+    let b = Bundle::new(&["true"]);
+    let proc_dir = b.rootfs.join("proc");
+    let _ = std::fs::remove_dir(&proc_dir);
+    std::os::unix::fs::symlink("/elsewhere", &proc_dir).unwrap();
+    let c = b.container();
+    let out = c.run();
+    out.assert_error("/proc a symlink", &["ordinary directory"]);
+    assert!(
+        !c.bundle.rootfs.join("elsewhere").exists(),
+        "the symlink's target was created in the rootfs"
+    );
+    assert_clean(&c);
+}

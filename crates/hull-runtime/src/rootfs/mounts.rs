@@ -139,6 +139,34 @@ pub fn current_flags(target: &OwnedFd) -> nix::Result<MsFlags> {
     Ok(flags)
 }
 
+/// procfs and sysfs go on an ordinary directory of the rootfs, or where nothing is yet:
+/// never through a symlink, whose target would be created and mounted on (a way to move
+/// /proc away from where masks and labels expect it; runc and crun refuse it too).
+fn require_ordinary_directory(ctx: &MountContext, dest: &Path, typ: &str) -> Result<()> {
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return Ok(());
+    };
+    let dir = match open_in_root(ctx.rootfd, parent, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+        Ok(d) => d,
+        // Made by mkdir_all_in_root below, so nothing is in the way.
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(fail(dest, "cannot open its parent inside the root", e)),
+    };
+    match nix::sys::stat::fstatat(&dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if (st.st_mode & libc::S_IFMT) != libc::S_IFDIR => Err(Error::Setup(format!(
+            "mount {}: filesystem {typ:?} must be mounted on an ordinary directory, and the rootfs has {} there",
+            dest.display(),
+            if (st.st_mode & libc::S_IFMT) == libc::S_IFLNK {
+                "a symlink"
+            } else {
+                "something else"
+            }
+        ))),
+        Err(e) if e != Errno::ENOENT => Err(fail(dest, "cannot stat it inside the root", e)),
+        _ => Ok(()),
+    }
+}
+
 fn mount_fs(
     ctx: &MountContext,
     m: &Mount,
@@ -146,6 +174,9 @@ fn mount_fs(
     typ: &str,
     opts: &MountOptions,
 ) -> Result<OwnedFd> {
+    if typ == "proc" || typ == "sysfs" {
+        require_ordinary_directory(ctx, dest, typ)?;
+    }
     let spot = mkdir_all_in_root(ctx.rootfd, dest, Mode::from_bits_truncate(0o755))
         .map_err(|e| fail(dest, "cannot create the destination inside the root", e))?;
     let source = m

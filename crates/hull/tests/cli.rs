@@ -170,14 +170,30 @@ fn tmpcopyup_keeps_the_image_contents() {
 }
 
 /// A reader that went away (`hull state ID | grep -q running`) ends hull quietly, by
-/// SIGPIPE as it would a C tool, not with a panic's backtrace on stderr.
+/// SIGPIPE as it would a C tool, not with a panic's backtrace on stderr: every command
+/// whose output is read through a pipe (issue 15's list).
 #[test]
 fn a_closed_stdout_ends_hull_by_sigpipe_not_a_panic() {
+    hull_only!();
     use std::os::unix::process::ExitStatusExt;
-    for args in [&["features"][..], &["--help"][..], &["list"][..]] {
+    let c = Bundle::new(&["sleep", "600"]).container();
+    c.hull(&["run", "-d", "--bundle", &c.dir(), &c.id])
+        .ok("run -d");
+    let root = c.root.display().to_string();
+    let commands: [&[&str]; 8] = [
+        &["features"],
+        &["--help"],
+        &["check"],
+        &["--root", &root, "list"],
+        &["--root", &root, "state", &c.id],
+        &["--root", &root, "ps", &c.id],
+        &["--root", &root, "events", "--stats", &c.id],
+        &["--root", &root, "events", "--interval", "100ms", &c.id],
+    ];
+    for args in commands {
         let (r, w) = nix::unistd::pipe().unwrap();
         drop(r);
-        let out = std::process::Command::new(common::hull_bin())
+        let out = std::process::Command::new(&c.bin)
             .args(args)
             .stdout(std::process::Stdio::from(w))
             .stderr(std::process::Stdio::piped())
@@ -196,4 +212,6 @@ fn a_closed_stdout_ends_hull_by_sigpipe_not_a_panic() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    c.delete(true).ok("delete --force");
+    assert_clean(&c);
 }

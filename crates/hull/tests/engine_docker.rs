@@ -173,6 +173,22 @@ fn docker_runs_hull_in_both_isolations() {
             (Some(5), "in-exec\n"),
             "{runtime}: {out:?}"
         );
+        // docker top filters the host's ps by `ps --format json`'s pids: a VM
+        // container's are the sandbox's host processes, never guest pids (guest pid 1
+        // would have shown the host's init).
+        let out = d.docker(&["top", "web"]);
+        let top = text(&out);
+        let want = if vm { "qemu-system" } else { "sh -c" };
+        assert!(
+            out.status.success() && top.contains(want),
+            "{runtime}: top: {out:?}"
+        );
+        assert!(
+            !top.lines()
+                .skip(1)
+                .any(|l| l.split_whitespace().nth(1) == Some("1")),
+            "{runtime}: top lists pid 1: {top}"
+        );
         let out = d.docker(&["stop", "-t", "10", "web"]);
         assert!(out.status.success(), "{runtime}: {out:?}");
         let out = d.docker(&["logs", "web"]);

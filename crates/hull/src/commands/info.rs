@@ -100,11 +100,19 @@ fn tabulate(rows: &[[String; 6]]) -> String {
 
 pub fn ps(lc: &Lifecycle, id: &str, format: &str, args: &[String]) -> Result<i32> {
     let c = lc.load(id)?;
-    let pids = lc.pids(&c)?;
     if format == "json" {
+        // Engines read these as host pids (docker top filters the host's ps by them):
+        // for a VM container, the sandbox's processes on the host (the proxy and the
+        // VMM, its cgroup's), as Kata's shim reports the hypervisor; a guest pid there
+        // would name an unrelated host process (guest pid 1, the host's init).
+        let pids = match c.state.isolation {
+            Isolation::Vm => c.state.cgroup.pids()?,
+            Isolation::Namespace => lc.pids(&c)?,
+        };
         out(&format!("{}\n", serde_json::to_string(&pids)?))?;
         return Ok(0);
     }
+    let pids = lc.pids(&c)?;
     if c.state.isolation == Isolation::Vm {
         // The host's ps cannot see into the guest: its pids, as the guest numbers them.
         let mut text = String::from("PID (in the container's VM)\n");

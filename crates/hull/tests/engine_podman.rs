@@ -57,9 +57,14 @@ impl Podman {
     }
 
     fn podman(&self, args: &[&str]) -> Output {
+        self.podman_with(args, |_| {})
+    }
+
+    /// `podman`, with a last edit of the command (fds to hand over).
+    fn podman_with(&self, args: &[&str], edit: impl FnOnce(&mut Command)) -> Output {
         let d = |s: &str| self.dir.join(s).display().to_string();
-        Command::new("podman")
-            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+        let mut cmd = Command::new("podman");
+        cmd.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
             .args([
                 "--root",
                 &d("root"),
@@ -71,8 +76,9 @@ impl Podman {
             .args(["--storage-driver", "vfs", "--runtime"])
             .arg(&self.runtime)
             .args(args)
-            .stdin(Stdio::null())
-            .output()
+            .stdin(Stdio::null());
+        edit(&mut cmd);
+        cmd.output()
             .unwrap_or_else(|e| panic!("podman: {e} (scripts/install-deps installs it)"))
     }
 
@@ -188,6 +194,7 @@ fn everyday_flow(name: &str, vm: bool) {
         &["sh", "-c", "grep CapEff /proc/self/status"],
     );
     assert_eq!(text(&out).trim(), "CapEff:\t0000000000000000", "{out:?}");
+    preserved_fd(&p);
 
     // Detached: exec, logs, stop (SIGTERM, handled), rm.
     let script = "echo started; trap 'echo bye; exit 0' TERM; while :; do sleep 0.2; done";
@@ -383,4 +390,39 @@ fn top(p: &Podman, vm: bool) {
             .any(|l| l.trim_start().starts_with("1 ") && l.contains("sh -c")),
         "ps in the container shows its init as pid 1: {out:?}"
     );
+}
+
+/// `run --preserve-fds 1`: podman hands conmon, and conmon the runtime, the caller's
+/// fd 3; its bytes reach the container's fd 3 (relayed into a VM).
+fn preserved_fd(p: &Podman) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let file = p.dir.join("fd3.txt");
+    std::fs::write(&file, "from-fd-3\n").unwrap();
+    let f = std::fs::File::open(&file).unwrap();
+    let raw = f.as_raw_fd();
+    let args = [
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--preserve-fds",
+        "1",
+        "localhost/busybox:hull",
+        "sh",
+        "-c",
+        "cat <&3",
+    ];
+    let out = p.podman_with(&args, |cmd| {
+        // SAFETY: dup2 and fcntl only, async-signal-safe, in the forked child.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(raw, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    assert_eq!(text(&out), "from-fd-3\n", "--preserve-fds 1: {out:?}");
 }

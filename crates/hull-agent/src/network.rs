@@ -152,8 +152,9 @@ fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
 }
 
-fn ioctl(sock: &OwnedFd, request: libc::c_ulong, arg: *mut libc::c_void) -> Result<()> {
-    // SAFETY: `arg` points at the ifreq or rtentry that `request` reads.
+pub fn ioctl(sock: &OwnedFd, request: libc::c_ulong, arg: *mut libc::c_void) -> Result<()> {
+    // SAFETY: `arg` points at the ifreq, rtentry, in6_ifreq or in6_rtmsg that `request`
+    // reads (network.rs, network6.rs).
     if unsafe { libc::ioctl(sock.as_raw_fd(), request, arg) } < 0 {
         return Err(std::io::Error::last_os_error().into());
     }

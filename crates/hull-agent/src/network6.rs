@@ -5,9 +5,11 @@
 //! and so are router advertisements and autoconfiguration.
 
 use std::net::Ipv6Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use anyhow::{bail, Context, Result};
+
+use crate::network::ioctl;
 
 pub fn socket() -> Result<OwnedFd> {
     nix::sys::socket::socket(
@@ -102,14 +104,6 @@ pub fn add_route(
         ifindex: ifindex(ifname)?,
     };
     ioctl(sock, libc::SIOCADDRT, (&mut rt as *mut In6Rtmsg).cast())
-}
-
-fn ioctl(sock: &OwnedFd, request: libc::c_ulong, arg: *mut libc::c_void) -> Result<()> {
-    // SAFETY: `arg` points at the in6_ifreq or in6_rtmsg that `request` reads.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), request, arg) } < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(())
 }
 
 /// "ADDRESS/PREFIX" for IPv6; a plain String error, as network.rs's `cidr`.

@@ -14,22 +14,12 @@ const MEASURE: Duration = Duration::from_millis(50);
 
 /// The host TSC frequency in kHz, measured once per host boot and cached in `cache`.
 pub fn tsc_khz(cache: &Path) -> Option<u64> {
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let boot_id = boot_id.trim();
-    if let Ok(text) = std::fs::read_to_string(cache) {
-        if let Some((id, khz)) = text.trim().split_once(' ') {
-            if id == boot_id {
-                if let Ok(k) = khz.parse() {
-                    return Some(k);
-                }
-            }
-        }
+    let key = crate::files::boot_key("")?;
+    if let Some(khz) = crate::files::kept(cache, &key).and_then(|k| k.parse().ok()) {
+        return Some(khz);
     }
     let khz = measure()?;
-    if let Some(dir) = cache.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = std::fs::write(cache, format!("{boot_id} {khz}\n"));
+    crate::files::keep(cache, &key, &khz.to_string());
     Some(khz)
 }
 

@@ -5,7 +5,7 @@
 //! The kernel and the initramfs are cached separately: a new agent costs a new cpio of
 //! a few MiB, not the ~8-minute kernel build.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,7 +110,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
     check_static(&agent, &opts.agent)?;
     let initramfs = opts.dir.join(format!(
         "initramfs-{}.cpio",
-        &hex(&Sha256::digest(&agent))[..16]
+        &crate::files::hex(&Sha256::digest(&agent))[..16]
     ));
     let initramfs_cached = initramfs.exists();
     if initramfs_cached {
@@ -181,7 +181,7 @@ fn kernel_key(source: &Path) -> Result<String> {
     h.update(FRAGMENT);
     h.update(BUILD_SCRIPT);
     h.update(format!("{} {} {mtime}", source.display(), meta.len()));
-    Ok(hex(&h.finalize())[..16].to_string())
+    Ok(crate::files::hex(&h.finalize())[..16].to_string())
 }
 
 fn build_kernel(opts: &BuildOptions, kernel_dir: &Path, progress: &dyn Fn(&str)) -> Result<()> {
@@ -285,15 +285,7 @@ fn check_static(bin: &[u8], path: &Path) -> Result<()> {
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
-    f.write_all(data).map_err(io_err("cannot write", &tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io_err("cannot rename onto", path))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::files::write_atomic(path, data).map_err(io_err("cannot write", path))
 }
 
 #[cfg(test)]

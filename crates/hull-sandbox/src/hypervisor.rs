@@ -31,12 +31,14 @@ impl Accel {
 
     pub fn detect_cached(cache: &Path, probe_is_hardware: impl FnOnce() -> bool) -> Accel {
         let key = accel_key();
-        if let (Some(key), Ok(text)) = (&key, std::fs::read_to_string(cache)) {
-            match text.trim().split_once(' ') {
-                Some((k, "kvm")) if k == key => return Accel::Kvm,
-                Some((k, "tcg")) if k == key => return Accel::Tcg,
-                _ => {}
-            }
+        match key
+            .as_deref()
+            .and_then(|k| crate::files::kept(cache, k))
+            .as_deref()
+        {
+            Some("kvm") => return Accel::Kvm,
+            Some("tcg") => return Accel::Tcg,
+            _ => {}
         }
         let accel = if probe_is_hardware() {
             Accel::Kvm
@@ -45,7 +47,7 @@ impl Accel {
         };
         if let Some(key) = key {
             let word = if accel == Accel::Kvm { "kvm" } else { "tcg" };
-            let _ = write_atomic(cache, format!("{key} {word}\n").as_bytes());
+            crate::files::keep(cache, &key, word);
         }
         accel
     }
@@ -57,23 +59,11 @@ pub const ACCEL_CACHE: &str = "/run/hull-vm/kvm-accel";
 /// This host boot and this /dev/kvm; None where the boot id is unknown.
 fn accel_key() -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let kvm = match std::fs::metadata(crate::check::KVM_PATH) {
         Ok(m) => format!("{}:{}.{}", m.ino(), m.ctime(), m.ctime_nsec()),
         Err(_) => "absent".into(),
     };
-    Some(format!("{}/{kvm}", boot.trim()))
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp.{:016x}", crate::random_u64()));
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    crate::files::boot_key(&format!("/{kvm}"))
 }
 
 /// The byte stream between hull and the agent.

@@ -116,11 +116,7 @@ pub fn tree_key(root: &Path) -> Result<String> {
             }
         }
     }
-    Ok(hex(&h.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(crate::files::hex(&h.finalize()))
 }
 
 /// Drops images unused for CACHE_MAX_AGE, then the least recently used beyond

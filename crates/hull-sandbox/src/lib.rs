@@ -8,6 +8,7 @@ pub mod clock;
 pub mod container;
 pub mod cpio;
 pub mod error;
+pub mod files;
 pub mod guest;
 pub mod hullvmm;
 pub mod hypervisor;

@@ -100,7 +100,9 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
             reason: "process.terminal is true: pass --console-socket to receive the pty master, or set it to false".into(),
         }));
     }
-    let (dir, mut st, mut undo) = make_state(&req)?;
+    // One sizing for both sides of the sandbox: the VM, and the host cgroup around it.
+    let (vcpus, memory_mib) = proxy::sizing(&bundle.spec, req.settings);
+    let (dir, mut st, mut undo) = make_state(&req, memory_mib)?;
     let tty = match (terminal, req.console_socket) {
         (true, Some(sock)) => Some(send_pty(sock)?),
         _ => None,
@@ -118,6 +120,8 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
         cgroup: st.cgroup.clone(),
         foreground,
         preserved,
+        vcpus,
+        memory_mib,
     };
     let (pid, mut ours) = fork_proxy(plan, &mut undo, |pid| create_hooks(&st, pid))?;
     st.pid = pid.as_raw();
@@ -140,7 +144,7 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
 
 /// The state directory with the provisional state (saved before anything else is made,
 /// so `delete --force` finds it all should this process die), and the host cgroup.
-fn make_state(req: &VmCreate) -> Result<(StateDir, ContainerState, Undo)> {
+fn make_state(req: &VmCreate, guest_mib: u32) -> Result<(StateDir, ContainerState, Undo)> {
     let bundle = &req.bundle;
     let cgroups_path = bundle
         .spec
@@ -161,7 +165,7 @@ fn make_state(req: &VmCreate) -> Result<(StateDir, ContainerState, Undo)> {
     undo.cgroup = Some(cgroup.clone());
     // The sandbox's cgroup holds the proxy and the VMM: the engine's accounting of the
     // container covers the whole VM. The container's own limits hold in the guest.
-    let limits = sandbox_limits(&bundle.spec, req.settings);
+    let limits = sandbox_limits(&bundle.spec, guest_mib);
     cgroup.create(limits.as_ref()).map_err(RuntimeError::from)?;
     Ok((dir, st, undo))
 }
@@ -178,7 +182,7 @@ pub const VMM_OVERHEAD_MIB: u64 = 128;
 /// rules (the VMM needs /dev/kvm and taps); nothing where the bundle sets no limit.
 fn sandbox_limits(
     spec: &oci_spec::runtime::Spec,
-    settings: &VmSettings,
+    guest_mib: u32,
 ) -> Option<oci_spec::runtime::LinuxResources> {
     use oci_spec::runtime::{LinuxMemoryBuilder, LinuxResourcesBuilder};
     let res = spec.linux().as_ref()?.resources().as_ref()?;
@@ -189,7 +193,6 @@ fn sandbox_limits(
         .and_then(|m| m.limit())
         .is_some_and(|l| l > 0);
     if limited {
-        let (_, guest_mib) = super::proxy::sizing(spec, settings);
         let bytes = (u64::from(guest_mib) + VMM_OVERHEAD_MIB) << 20;
         let memory = LinuxMemoryBuilder::default()
             .limit(bytes as i64)

@@ -51,6 +51,9 @@ pub(super) struct ProxyPlan {
     pub foreground: bool,
     /// The caller's fds 3 and up (--preserve-fds), relayed as the init's.
     pub preserved: Vec<super::preserved::Preserved>,
+    /// The VM's size (`sizing`), which the host cgroup was sized for too.
+    pub vcpus: u8,
+    pub memory_mib: u32,
 }
 
 /// What the threads of a running proxy share.
@@ -352,7 +355,6 @@ fn start_sandbox(plan: &ProxyPlan, nets: Vec<crate::hypervisor::NetDevice>) -> R
         t.elapsed().as_micros(),
         image.display()
     );
-    let (vcpus, memory_mib) = sizing(&plan.spec, s);
     let accel = Accel::detect();
     let hypervisor: Box<dyn Hypervisor> =
         match s.hypervisor.pick(accel, !plan.guest.dirs.is_empty()) {
@@ -369,8 +371,8 @@ fn start_sandbox(plan: &ProxyPlan, nets: Vec<crate::hypervisor::NetDevice>) -> R
                 readonly: true,
                 serial: ROOTFS_SERIAL.into(),
             }],
-            vcpus,
-            memory_mib,
+            vcpus: plan.vcpus,
+            memory_mib: plan.memory_mib,
             accel,
             extra_cmdline: String::new(),
             boot_timeout: s.agent_timeout,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::vm::assert_vm_gone;
 use common::{assert_clean, Bundle, Container};
 
 /// The cached guest's kernel (`hull guest build`, which scripts/test runs first).
@@ -37,9 +38,7 @@ fn create_with(c: &Container, kernel: &Path, initramfs: &Path, timeout_s: u64) -
 }
 
 fn assert_nothing_left(c: &Container) {
-    assert!(!c.root.join(&c.id).exists(), "state left behind");
-    let left = common::cleanup::processes_under(&c.root.join(&c.id));
-    assert!(left.is_empty(), "processes left: {left:?}");
+    assert_vm_gone(c);
     assert_clean(c);
 }
 

@@ -362,10 +362,6 @@ impl Server {
                 self.attach(near, (cid, None))?;
                 Ok(Outcome::Reply(Reply::Process { pid }))
             }
-            Request::StartContainer { id: cid } => {
-                self.sandbox.start(&cid)?;
-                done
-            }
             Request::Exec {
                 container,
                 exec_id,
@@ -377,36 +373,11 @@ impl Server {
                 self.attach(near, (container, Some(exec_id)))?;
                 Ok(Outcome::Reply(Reply::Process { pid }))
             }
-            Request::Signal {
-                container,
-                exec_id,
-                signal,
-                all,
-            } => {
-                self.sandbox.signal(&(container, exec_id), signal, all)?;
-                done
-            }
             Request::Wait { container, exec_id } => {
                 let key = (container, exec_id);
                 self.sandbox.proc(&key)?;
                 self.waits.push((id, key));
                 Ok(Outcome::Deferred)
-            }
-            Request::Stats { container } => {
-                let sample = self.sandbox.stats(&container)?;
-                Ok(Outcome::Reply(Reply::Stats {
-                    json: sample.json,
-                    oom_kills: sample.oom_kills,
-                }))
-            }
-            Request::ResizeTerminal {
-                container,
-                exec_id,
-                rows,
-                cols,
-            } => {
-                self.sandbox.resize(&(container, exec_id), rows, cols)?;
-                done
             }
             Request::CloseStdin { container, exec_id } => {
                 let key = (container, exec_id);
@@ -420,33 +391,12 @@ impl Server {
                 self.stdins.close_where(|k| k.0 == cid);
                 done
             }
-            Request::Pids { container } => Ok(Outcome::Reply(Reply::Pids {
-                pids: self.sandbox.pids(&container)?,
-            })),
-            Request::Pause { container } => {
-                self.sandbox.pause(&container)?;
-                done
-            }
-            Request::Resume { container } => {
-                self.sandbox.resume(&container)?;
-                done
-            }
-            Request::Update {
-                container,
-                resources,
-            } => {
-                self.sandbox.update(&container, &resources)?;
-                done
-            }
-            Request::ConfigureNetwork { interfaces, routes } => {
-                crate::network::configure(&interfaces, &routes)?;
-                done
-            }
             Request::Shutdown => {
                 self.shutdown = true;
                 self.shutdown_answered = true;
                 done
             }
+            other => Ok(Outcome::Reply(sandbox_request(&mut self.sandbox, other)?)),
         }
     }
 
@@ -588,6 +538,49 @@ impl Server {
             }
         }
     }
+}
+
+/// The requests that act on the containers alone, with none of the server's streams,
+/// waits or shutdown state.
+fn sandbox_request(sandbox: &mut Sandbox, request: Request) -> Result<Reply> {
+    match request {
+        Request::StartContainer { id } => sandbox.start(&id)?,
+        Request::Signal {
+            container,
+            exec_id,
+            signal,
+            all,
+        } => sandbox.signal(&(container, exec_id), signal, all)?,
+        Request::Stats { container } => {
+            let sample = sandbox.stats(&container)?;
+            return Ok(Reply::Stats {
+                json: sample.json,
+                oom_kills: sample.oom_kills,
+            });
+        }
+        Request::ResizeTerminal {
+            container,
+            exec_id,
+            rows,
+            cols,
+        } => sandbox.resize(&(container, exec_id), rows, cols)?,
+        Request::Pids { container } => {
+            return Ok(Reply::Pids {
+                pids: sandbox.pids(&container)?,
+            })
+        }
+        Request::Pause { container } => sandbox.pause(&container)?,
+        Request::Resume { container } => sandbox.resume(&container)?,
+        Request::Update {
+            container,
+            resources,
+        } => sandbox.update(&container, &resources)?,
+        Request::ConfigureNetwork { interfaces, routes } => {
+            crate::network::configure(&interfaces, &routes)?
+        }
+        other => bail!("{other:?} is the server's to answer"),
+    }
+    Ok(Reply::Done)
 }
 
 #[cfg(test)]

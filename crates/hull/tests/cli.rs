@@ -7,7 +7,6 @@ mod common;
 use common::{add_tmpfs, assert_clean, Bundle};
 use serde_json::Value;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 #[test]
@@ -20,20 +19,7 @@ fn preserve_fds_passes_extra_fds() {
     let (r3, r4) = (f3.as_raw_fd(), f4.as_raw_fd());
     let out = c.hull_with(
         &["run", "--preserve-fds", "2", "--bundle", &c.dir(), &c.id],
-        |cmd| {
-            // SAFETY: dup2 into the child's fd 3 and 4; async-signal-safe.
-            unsafe {
-                cmd.pre_exec(move || {
-                    // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly.
-                    for (from, to) in [(r3, 3), (r4, 4)] {
-                        if libc::dup2(from, to) < 0 || libc::fcntl(to, libc::F_SETFD, 0) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    Ok(())
-                });
-            }
-        },
+        |cmd| common::hand_over(cmd, vec![r3, r4]),
     );
     let out = out.ok("run --preserve-fds 2");
     assert_eq!(

@@ -396,7 +396,6 @@ fn top(p: &Podman, vm: bool) {
 /// fd 3; its bytes reach the container's fd 3 (relayed into a VM).
 fn preserved_fd(p: &Podman) {
     use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     let file = p.dir.join("fd3.txt");
     std::fs::write(&file, "from-fd-3\n").unwrap();
     let f = std::fs::File::open(&file).unwrap();
@@ -413,16 +412,6 @@ fn preserved_fd(p: &Podman) {
         "-c",
         "cat <&3",
     ];
-    let out = p.podman_with(&args, |cmd| {
-        // SAFETY: dup2 and fcntl only, async-signal-safe, in the forked child.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(raw, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let out = p.podman_with(&args, |cmd| common::hand_over(cmd, vec![raw]));
     assert_eq!(text(&out), "from-fd-3\n", "--preserve-fds 1: {out:?}");
 }

@@ -8,35 +8,9 @@ mod common;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::Duration;
 
 use common::{assert_clean, host_kernel, Bundle};
-
-/// Makes `fds[i]` the child's fd 3 + i, inheritable.
-fn hand_over(cmd: &mut Command, fds: Vec<RawFd>) {
-    // SAFETY: dup2 and fcntl only, both async-signal-safe, in the forked child.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Out of the way first: a source may sit at another's target number.
-            let mut high = [0; 8];
-            for (i, &from) in fds.iter().enumerate() {
-                high[i] = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 100);
-                if high[i] < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for (i, &from) in high[..fds.len()].iter().enumerate() {
-                let to = 3 + i as i32;
-                if libc::dup2(from, to) < 0 || libc::fcntl(to, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-}
 
 fn read_all(mut from: impl Read) -> String {
     let mut s = String::new();
@@ -75,7 +49,7 @@ fn run_and_exec_hand_files_pipes_and_sockets_into_the_vm() {
         &c.dir(),
         &c.id,
     ];
-    let out = c.hull_with(&args, |cmd| hand_over(cmd, raw));
+    let out = c.hull_with(&args, |cmd| common::hand_over(cmd, raw));
     drop(handed);
     let out = out.ok("run --preserve-fds 3 in a VM");
     let mut lines = out.stdout.lines();
@@ -99,7 +73,7 @@ fn run_and_exec_hand_files_pipes_and_sockets_into_the_vm() {
     let (handed, pipe_r, ours) = three_fds(&c);
     let raw: Vec<RawFd> = handed.iter().map(|f| f.as_raw_fd()).collect();
     let args = ["exec", "--preserve-fds", "3", &c.id, "sh", "-c", SCRIPT];
-    let out = c.hull_with(&args, |cmd| hand_over(cmd, raw));
+    let out = c.hull_with(&args, |cmd| common::hand_over(cmd, raw));
     drop(handed);
     let out = out.ok("exec --preserve-fds 3 in a VM");
     assert!(out.stdout.ends_with("from-fd-3\n"), "{out:?}");
@@ -125,14 +99,14 @@ fn what_a_byte_stream_cannot_stand_for_is_refused_and_nothing_is_left() {
         &c.dir(),
         &c.id,
     ];
-    let out = c.hull_with(&args, |cmd| hand_over(cmd, raw));
+    let out = c.hull_with(&args, |cmd| common::hand_over(cmd, raw));
     out.assert_error("a directory fd", &["fd 3 is a directory"]);
     assert!(!c.root.join(&c.id).exists(), "state was left behind");
 
     let listener_path = c.bundle.dir.join("listen.sock");
     let listener = std::os::unix::net::UnixListener::bind(&listener_path).unwrap();
     let raw = vec![listener.as_raw_fd()];
-    let out = c.hull_with(&args, |cmd| hand_over(cmd, raw));
+    let out = c.hull_with(&args, |cmd| common::hand_over(cmd, raw));
     out.assert_error("a listening socket", &["listening socket"]);
     // More fds asked for than are open (fds 3 and 4 may be cargo's jobserver).
     let args = [

@@ -563,3 +563,27 @@ pub fn host_kernel() -> String {
         .trim()
         .to_string()
 }
+
+/// Makes `fds[i]` the child's fd 3 + i, inheritable.
+pub fn hand_over(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
+    // SAFETY: dup2 and fcntl only, both async-signal-safe, in the forked child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            // Out of the way first: a source may sit at another's target number.
+            let mut high = [0; 8];
+            for (i, &from) in fds.iter().enumerate() {
+                high[i] = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 100);
+                if high[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, &from) in high[..fds.len()].iter().enumerate() {
+                let to = 3 + i as i32;
+                if libc::dup2(from, to) < 0 || libc::fcntl(to, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}

@@ -45,6 +45,11 @@ pub struct VmConfig {
     /// virtio-net devices, each on a host tap device: the guest sees eth0, eth1, ...
     #[serde(default)]
     pub net: Vec<NetConfig>,
+    /// A virtio-balloon that only takes back the free pages the guest reports
+    /// (anonymous memory only): what a guest touched once and freed stops counting
+    /// on the host.
+    #[serde(default)]
+    pub free_page_reporting: bool,
     /// On SIGTERM/SIGINT/SIGHUP, how long the guest has to shut down after hull-vmm
     /// types Ctrl-Alt-Del on its keyboard before its vCPUs are stopped.
     #[serde(default = "default_grace")]
@@ -220,17 +225,26 @@ impl VmConfig {
             + usize::from(self.rng)
             + usize::from(self.vsock.is_some())
             + usize::from(self.console.is_some())
+            + usize::from(self.free_page_reporting)
             + self.net.len();
         if devices > slots {
             return Err(field(
                 "block",
                 format!(
-                    "too many virtio devices (block, rng, vsock, console and net): at most {slots}"
+                    "too many virtio devices (block, rng, vsock, console, net and the balloon): at most {slots}"
                 ),
             ));
         }
         for (i, n) in self.net.iter().enumerate() {
             validate_net(n, &self.net[..i]).map_err(|reason| field("net", reason))?;
+        }
+        if self.free_page_reporting
+            && (self.memory_backend != Backend::Anonymous || self.hugepages == HugePages::Hugetlb2M)
+        {
+            return Err(field(
+                "free_page_reporting",
+                "needs anonymous guest memory of 4 KiB or transparent huge pages: pages of a memfd or hugetlbfs cannot be dropped this way".into(),
+            ));
         }
         let max_mib = RAM_MAX >> 20;
         if self.memory_mib < 2 || u64::from(self.memory_mib) > max_mib {

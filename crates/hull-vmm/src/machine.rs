@@ -20,7 +20,8 @@ use crate::devices::i8042::{self, Keyboard, I8042};
 use crate::devices::serial::{self, Irq, SerialDevice};
 use crate::devices::virtio::mmio::QUEUE_NOTIFY_OFFSET;
 use crate::devices::virtio::{
-    cmdline_entry, net, Block, Console, MmioTransport, Net, Rng, VirtioDevice, Vsock, MMIO_WINDOW,
+    cmdline_entry, net, Balloon, Block, Console, MmioTransport, Net, Rng, VirtioDevice, Vsock,
+    MMIO_WINDOW,
 };
 use crate::error::{kvm, Result, VmmError};
 use crate::event_loop::{self, End, HostSource, QueueNotifier, StopSignals};
@@ -154,6 +155,9 @@ impl Machine {
             ));
             devices.push(device);
         }
+        if config.free_page_reporting {
+            devices.push(Arc::new(Mutex::new(Balloon::new())));
+        }
         for (i, device) in devices.into_iter().enumerate() {
             let base = layout::MMIO_BASE + i as u64 * layout::MMIO_SIZE;
             let irq = layout::IRQ_VIRTIO_FIRST + i as u32;
@@ -191,6 +195,9 @@ impl Machine {
                 kernel: &config.kernel,
                 initramfs: config.initramfs.as_deref(),
                 cmdline: &cmdline,
+                // Huge pages are for fewer nested page faults; a file mapping splits them.
+                share_file_pages: config.memory_backend == memory::Backend::Anonymous
+                    && config.hugepages == memory::HugePages::None,
             },
         )?;
         mptable::write(&vm.memory, config.vcpus)?;

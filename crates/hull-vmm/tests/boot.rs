@@ -45,6 +45,7 @@ fn config(dir: &Path, kernel: &[u8], cmdline: &str, vcpus: u8) -> VmConfig {
         vsock: None,
         console: None,
         net: Vec::new(),
+        free_page_reporting: false,
         shutdown_grace_ms: 3000,
         deferred_teardown: false,
         seccomp: true,

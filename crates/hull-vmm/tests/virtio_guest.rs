@@ -81,6 +81,7 @@ fn a_guest_reads_a_sector_through_virtio_blk() {
         vsock: None,
         console: None,
         net: Vec::new(),
+        free_page_reporting: false,
         shutdown_grace_ms: 3000,
         deferred_teardown: false,
         seccomp: true,
@@ -96,6 +97,36 @@ fn a_guest_reads_a_sector_through_virtio_blk() {
         std::fs::read_to_string(d.0.join("serial")).unwrap(),
         "0hull-vmm"
     );
+}
+
+#[test]
+fn pages_a_guest_reports_free_are_dropped_and_read_back_as_zero() {
+    let d = Dir(std::env::temp_dir().join(format!("hull-vmm-balloon-{}", std::process::id())));
+    std::fs::create_dir_all(&d.0).unwrap();
+    let config = VmConfig {
+        kernel: guest(&d.0, "balloon_report.S"),
+        initramfs: None,
+        cmdline: String::new(),
+        vcpus: 1,
+        memory_mib: 16,
+        memory_backend: Default::default(),
+        hugepages: Default::default(),
+        serial: SerialOut::File(d.0.join("serial")),
+        block: vec![],
+        rng: false,
+        vsock: None,
+        console: None,
+        net: Vec::new(),
+        free_page_reporting: true,
+        shutdown_grace_ms: 3000,
+        deferred_teardown: false,
+        seccomp: true,
+    };
+    let machine = Machine::build(&config).unwrap();
+    assert_eq!(machine.cmdline, "virtio_mmio.device=4K@0xd0000000:5");
+    assert_eq!(machine.run().unwrap(), Outcome::Reset);
+    // Z: the reported 64 KiB read back as zero; K: the page after it kept its bytes.
+    assert_eq!(std::fs::read_to_string(d.0.join("serial")).unwrap(), "ZK");
 }
 
 #[test]
@@ -198,6 +229,7 @@ fn vsock_vm(dir: &Path, guest_source: &str, uds: &Path) -> VmConfig {
         }),
         console: None,
         net: Vec::new(),
+        free_page_reporting: false,
         shutdown_grace_ms: 3000,
         deferred_teardown: false,
         seccomp: true,

@@ -5,6 +5,7 @@
 
 pub mod layout;
 pub mod mptable;
+pub mod shared;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -53,6 +54,9 @@ pub struct BootSource<'a> {
     pub kernel: &'a Path,
     pub initramfs: Option<&'a Path>,
     pub cmdline: &'a str,
+    /// Map the kernel's read-only segment and the initramfs from their files (see
+    /// `shared`) instead of leaving anonymous copies: for anonymous guest memory only.
+    pub share_file_pages: bool,
 }
 
 /// How the boot vCPU enters the kernel.
@@ -107,11 +111,28 @@ pub fn load(memory: &GuestMemoryMmap, src: &BootSource) -> Result<Loaded, BootEr
         BzImage::load(memory, None, &mut kernel, himem).map_err(kernel_err)?
     };
 
+    if is_elf && src.share_file_pages {
+        let segments = shared::read_only_segments(&mut kernel).map_err(read_err(src.kernel))?;
+        for segment in segments {
+            share(memory, &kernel, segment, src.kernel)?;
+        }
+    }
+
     let mem_end = memory.last_addr().0 + 1;
     let initramfs = match src.initramfs {
         Some(path) => Some(load_initramfs(memory, path, result.kernel_end, mem_end)?),
         None => None,
     };
+    if let (Some(path), Some((guest, len)), true) = (src.initramfs, initramfs, src.share_file_pages)
+    {
+        let file = File::open(path).map_err(read_err(path))?;
+        let range = shared::FileRange {
+            offset: 0,
+            guest,
+            len,
+        };
+        share(memory, &file, range, path)?;
+    }
     let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(|e| BootError::Cmdline(e.to_string()))?;
     cmdline
         .insert_str(src.cmdline)
@@ -146,6 +167,20 @@ pub fn load(memory: &GuestMemoryMmap, src: &BootSource) -> Result<Loaded, BootEr
         kernel_end: result.kernel_end,
         initramfs,
     })
+}
+
+fn share(
+    memory: &GuestMemoryMmap,
+    file: &File,
+    range: shared::FileRange,
+    path: &Path,
+) -> Result<(), BootError> {
+    let bytes = shared::map(memory, file, range).map_err(|source| BootError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    tracing::debug!(path = %path.display(), guest = range.guest, bytes, "mapped from the file, shared");
+    Ok(())
 }
 
 /// The initramfs goes at the top of RAM, page-aligned, as bootloaders put it: clear of

@@ -7,7 +7,8 @@ use std::fs::File;
 use std::os::fd::FromRawFd;
 
 use serde::Deserialize;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::error::{Result, VmmError};
 
@@ -49,26 +50,91 @@ pub fn create(bytes: usize, backend: Backend, huge: HugePages) -> Result<GuestMe
         (Backend::Memfd, _) => Some(memfd(bytes, 0)?),
         (Backend::Anonymous, _) => None,
     };
+    if file.is_none() && huge == HugePages::Transparent {
+        return transparent_huge(bytes);
+    }
     let range = (GuestAddress(0), bytes, file.map(|f| FileOffset::new(f, 0)));
     let memory = GuestMemoryMmap::from_ranges_with_files([range])
         .map_err(|e| VmmError::Memory(format!("cannot map {bytes} bytes: {e}")))?;
     if huge == HugePages::Transparent {
-        for region in memory.iter() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|e| VmmError::Memory(e.to_string()))?;
-            // SAFETY: advice on the region's own live mapping; it changes no contents.
-            let r =
-                unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
-            if r != 0 {
-                return Err(VmmError::Memory(format!(
-                    "transparent huge pages: madvise: {} (is /sys/kernel/mm/transparent_hugepage/enabled \"never\"?)",
-                    std::io::Error::last_os_error()
-                )));
-            }
-        }
+        // A memfd: shmem's huge pages, where the host's shmem_enabled allows them.
+        let host = memory
+            .get_host_address(GuestAddress(0))
+            .map_err(|e| VmmError::Memory(e.to_string()))?;
+        advise_huge(host.cast(), bytes)?;
     }
     Ok(memory)
+}
+
+fn advise_huge(at: *mut libc::c_void, bytes: usize) -> Result<()> {
+    // SAFETY: advice on a live mapping of guest memory; it changes no contents.
+    if unsafe { libc::madvise(at, bytes, libc::MADV_HUGEPAGE) } != 0 {
+        return Err(VmmError::Memory(format!(
+            "transparent huge pages: madvise: {} (is /sys/kernel/mm/transparent_hugepage/enabled \"never\"?)",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// Anonymous memory for transparent huge pages, mapped at a 2 MiB-aligned address: KVM
+/// maps a guest page with a 2 MiB entry only where guest-physical and host-virtual
+/// addresses agree modulo 2 MiB (QEMU aligns its RAM the same way), and without that
+/// the guest takes one nested page fault per 4 KiB page it touches.
+///
+/// The mapping is never unmapped: vm-memory takes a mapping it did not make as
+/// borrowed, and a VM's memory lives as long as its `hull vmm` process anyway.
+fn transparent_huge(bytes: usize) -> Result<GuestMemoryMmap> {
+    let reserve = bytes + HUGE_2M;
+    // SAFETY: a new private anonymous mapping at an address the kernel picks; nothing
+    // else refers to it.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            reserve,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(VmmError::Memory(format!(
+            "cannot map {bytes} bytes: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let start = (base as usize).next_multiple_of(HUGE_2M);
+    let head = start - base as usize;
+    let tail = reserve - head - bytes;
+    // SAFETY: both ranges lie inside the mapping just made, outside [start, start+bytes),
+    // and nothing refers to them.
+    unsafe {
+        if head > 0 {
+            libc::munmap(base, head);
+        }
+        if tail > 0 {
+            libc::munmap((start + bytes) as *mut libc::c_void, tail);
+        }
+    }
+    advise_huge(start as *mut libc::c_void, bytes)?;
+    // SAFETY: `start..start+bytes` is a live mapping of this process (made above) that
+    // stays mapped for the life of the process.
+    let region = unsafe {
+        MmapRegionBuilder::new(bytes)
+            .with_raw_mmap_pointer(start as *mut u8)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+            .build()
+    }
+    .map_err(|e| VmmError::Memory(format!("cannot map {bytes} bytes: {e}")))?;
+    let region = GuestRegionMmap::new(region, GuestAddress(0)).ok_or_else(|| {
+        VmmError::Memory(format!(
+            "{bytes} bytes do not fit the guest's address space"
+        ))
+    })?;
+    GuestMemoryMmap::from_regions(vec![region])
+        .map_err(|e| VmmError::Memory(format!("cannot map {bytes} bytes: {e}")))
 }
 
 fn memfd(bytes: usize, flags: libc::c_uint) -> Result<File> {
@@ -105,4 +171,25 @@ fn hugetlb_memfd(bytes: usize) -> Result<File> {
         )));
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transparent_huge_pages_sit_on_2_mib_boundaries() {
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+        if thp.as_deref().unwrap_or("[never]").contains("[never]") {
+            println!("not run: this host's transparent huge pages are off");
+            return;
+        }
+        for mib in [6, 128] {
+            let memory = create(mib << 20, Backend::Anonymous, HugePages::Transparent).unwrap();
+            let host = memory.get_host_address(GuestAddress(0)).unwrap() as usize;
+            assert_eq!(host % HUGE_2M, 0, "{mib} MiB at {host:#x}");
+            let end = memory.get_host_address(GuestAddress((mib << 20) as u64 - 1));
+            assert_eq!(end.unwrap() as usize, host + (mib << 20) - 1);
+        }
+    }
 }

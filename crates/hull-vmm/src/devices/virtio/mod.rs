@@ -7,9 +7,10 @@
 //! driver resets it are logged at `warn`, once per reset.
 //!
 //! Split: `mmio` is the register file and feature/status handshake, `queue` walks and
-//! validates descriptor chains; `blk`, `rng`, `console`, `vsock` and `net` are the
-//! devices.
+//! validates descriptor chains; `blk`, `rng`, `console`, `vsock`, `net` and `balloon`
+//! are the devices.
 
+pub mod balloon;
 pub mod blk;
 pub mod console;
 mod host_socket;
@@ -32,6 +33,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+pub use balloon::Balloon;
 pub use blk::Block;
 pub use console::Console;
 pub use mmio::{cmdline_entry, MmioTransport, MMIO_WINDOW};

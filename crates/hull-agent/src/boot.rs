@@ -166,6 +166,30 @@ pub fn mount_filesystems() -> Result<()> {
     Ok(())
 }
 
+/// The order of the free blocks the guest reports to the VMM's balloon (hull-vmm's
+/// `free_page_reporting`) is the kernel's own `page_reporting.page_reporting_order`
+/// parameter, but Linux 6.1 overwrites it with 9 (2 MiB blocks) when the balloon
+/// driver registers, which happens before init runs. Smaller blocks are what a small
+/// guest frees: boot's poisoned gaps in the kernel image, the initramfs copy the agent
+/// left. So the agent applies the cmdline's value again; the next free page starts a
+/// report. Nothing to do without the parameter or without page reporting.
+pub fn apply_page_reporting_order() {
+    const KNOB: &str = "/sys/module/page_reporting/parameters/page_reporting_order";
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let Some(order) = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("page_reporting.page_reporting_order="))
+    else {
+        return;
+    };
+    if !Path::new(KNOB).exists() {
+        return;
+    }
+    if let Err(e) = std::fs::write(KNOB, order) {
+        tracing::warn!("page_reporting_order={order}: {e}");
+    }
+}
+
 pub fn uptime_ms() -> u64 {
     let text = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
     let secs: f64 = text

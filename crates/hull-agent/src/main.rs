@@ -47,6 +47,7 @@ fn run() -> anyhow::Result<()> {
     nix::sys::reboot::set_cad_enabled(false).context("disable Ctrl-Alt-Del reboot")?;
     boot::leave_initramfs()?;
     boot::mount_filesystems()?;
+    boot::apply_page_reporting_order();
     // A no-op after leave_initramfs (the binary is a sealed memfd); kept so that an
     // agent started any other way is still write-proof. Needs /proc.
     hull_runtime::selfexe::ensure_sealed()?;

@@ -11,6 +11,7 @@
 //! memory_mib = 256               # when the bundle sets no memory limit
 //! agent_timeout_s = 120          # boot until the agent answers
 //! rootfs_cache = "/var/lib/hull/rootfs-cache"   # erofs images of rootfs trees
+//! huge_pages = false             # hull-vmm: faster boots, fewer exits, more memory
 //! ```
 //!
 //! Environment variables beat the file (`HULL_HYPERVISOR`, `HULL_GUEST_DIR`), as they
@@ -46,6 +47,7 @@ struct VmSection {
     memory_mib: Option<u32>,
     agent_timeout_s: Option<u64>,
     rootfs_cache: Option<PathBuf>,
+    huge_pages: Option<bool>,
 }
 
 /// The host's settings: the file as read. The VM part is made only when a VM container
@@ -148,6 +150,7 @@ impl Settings {
             }
             vm.rootfs_cache = c.clone();
         }
+        vm.huge_pages = s.huge_pages.unwrap_or(false);
         Ok(vm)
     }
 }
@@ -189,12 +192,13 @@ mod tests {
 
     #[test]
     fn the_file_and_then_the_environment() {
-        let text = "isolation = \"vm\"\n[vm]\nhypervisor = \"qemu\"\nvcpus = 2\nmemory_mib = 512\nagent_timeout_s = 30\nguest_dir = \"/g\"\n";
+        let text = "isolation = \"vm\"\n[vm]\nhypervisor = \"qemu\"\nvcpus = 2\nmemory_mib = 512\nagent_timeout_s = 30\nguest_dir = \"/g\"\nhuge_pages = true\n";
         let (s, vm) = parse(text, &[]).unwrap();
         assert_eq!(s.isolation, Some(Isolation::Vm));
         assert_eq!(vm.hypervisor, HypervisorChoice::Qemu);
         assert_eq!((vm.vcpus, vm.memory_mib), (2, 512));
         assert_eq!(vm.agent_timeout, Duration::from_secs(30));
+        assert!(vm.huge_pages);
         let env = [("HULL_HYPERVISOR", "hull-vmm"), ("HULL_GUEST_DIR", "/e")];
         let (_, vm) = parse(text, &env).unwrap();
         assert_eq!(vm.hypervisor, HypervisorChoice::HullVmm);

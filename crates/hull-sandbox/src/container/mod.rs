@@ -89,6 +89,8 @@ pub struct VmSettings {
     pub agent_timeout: Duration,
     /// Where rootfs images are cached by the tree's identity (image.rs).
     pub rootfs_cache: PathBuf,
+    /// hull-vmm's guest memory on transparent huge pages (`HullVmm::huge_pages`).
+    pub huge_pages: bool,
 }
 
 /// The rootfs image cache's default place.
@@ -104,6 +106,7 @@ impl Default for VmSettings {
             memory_mib: 256,
             agent_timeout: Duration::from_secs(120),
             rootfs_cache: PathBuf::from(ROOTFS_CACHE),
+            huge_pages: false,
         }
     }
 }

@@ -358,7 +358,10 @@ fn start_sandbox(plan: &ProxyPlan, nets: Vec<crate::hypervisor::NetDevice>) -> R
     let accel = Accel::detect();
     let hypervisor: Box<dyn Hypervisor> =
         match s.hypervisor.pick(accel, !plan.guest.dirs.is_empty()) {
-            super::HypervisorChoice::HullVmm => Box::new(HullVmm::default()),
+            super::HypervisorChoice::HullVmm => Box::new(HullVmm {
+                huge_pages: s.huge_pages,
+                ..HullVmm::default()
+            }),
             _ => Box::new(Qemu::default()),
         };
     Sandbox::start(

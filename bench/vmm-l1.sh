@@ -8,9 +8,10 @@
 #       hull-agent as init) to the agent's "ready at" line on the serial console: wall
 #       time in L1 (/proc/uptime, 10 ms steps), the VM's exits from KVM's debugfs
 #       stats, and the VMM's memory then. Runs alternate between the VMMs.
-#   density N pss_kib=N proxy_kib=N vmm_kib=N used_kib=N
-#       N sandboxes (`hull --isolation vm` under hull-vmm, one idle container each):
-#       the PSS of each sandbox's proxy and VMM, and L1's used memory per sandbox.
+#   density VMM N pss_kib=N proxy_kib=N vmm_kib=N used_kib=N
+#       N sandboxes (`hull --isolation vm` under VMM, hull-vmm then qemu, one idle
+#       container each): the PSS of each sandbox's proxy and VMM, and L1's used
+#       memory per sandbox.
 # Both VMMs get the same machine as far as the guest can tell: 1 vCPU, 128 MiB, COM1,
 # an i8042, a virtio console for the agent, the host CPU's features with KVM's
 # paravirtual clock (hull-vmm passes KVM's supported CPUID; QEMU -cpu host does the
@@ -91,28 +92,34 @@ clocks qemu
 clocks qemu kvm64
 boot qemu kvm64 kvm64 "$cmdline"
 
-# Density: idle sandboxes under hull-vmm, then each one's proxy and VMM.
+# Density: idle sandboxes under each VMM (`hull --isolation vm`, one container each),
+# then each one's proxy and VMM. The guest reports the pages it freed 2 s after it
+# freed them (free page reporting), so the measurement waits for that.
 mkdir -p $work/b/rootfs/bin $work/b/rootfs/proc $work/b/rootfs/sys $work/b/rootfs/dev $work/b/rootfs/tmp
 cp /bin/busybox $work/b/rootfs/bin/ && /bin/busybox --install -s $work/b/rootfs/bin
 (cd $work/b && hull spec && sed -i 's/"terminal": true/"terminal": false/; s/"sh"$/"sleep", "1000"/' config.json)
-sync; echo 3 >/proc/sys/vm/drop_caches
-used0=$(free -k | awk '/Mem/ {print $3}')
-export HULL_HYPERVISOR=hull-vmm
-for i in $(seq "$sandboxes"); do
-    hull --isolation vm create --bundle $work/b d$i >/dev/null && hull start d$i || echo "sandbox $i failed"
-done
-sleep 2
-sync; echo 3 >/proc/sys/vm/drop_caches
-used1=$(free -k | awk '/Mem/ {print $3}')
-proxy=0 vmm=0 n=0
-for i in $(seq "$sandboxes"); do
-    p=$(hull state d$i | awk -F'[:,]' '/"pid"/ {gsub(/ /, "", $2); print $2}')
-    [ -n "$p" ] || continue
-    v=$(cat /proc/$p/task/*/children 2>/dev/null | tr ' ' '\n' | head -1)
-    proxy=$((proxy + $(awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup)))
-    vmm=$((vmm + $(awk '/^Pss:/ {print $2}' /proc/$v/smaps_rollup)))
-    n=$((n + 1))
-done
-for i in $(seq "$sandboxes"); do hull delete --force d$i >/dev/null 2>&1; done
-[ $n -gt 0 ] || { echo "density failed: no sandbox ran"; exit 1; }
-echo "density $n pss_kib=$(((proxy + vmm) / n)) proxy_kib=$((proxy / n)) vmm_kib=$((vmm / n)) used_kib=$(((used1 - used0) / n))"
+density() {
+    export HULL_HYPERVISOR=$1
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    used0=$(free -k | awk '/Mem/ {print $3}')
+    for i in $(seq "$sandboxes"); do
+        hull --isolation vm create --bundle $work/b d$i >/dev/null && hull start d$i || echo "sandbox $1 $i failed"
+    done
+    sleep 5
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    used1=$(free -k | awk '/Mem/ {print $3}')
+    proxy=0 vmm=0 n=0
+    for i in $(seq "$sandboxes"); do
+        p=$(hull state d$i | awk -F'[:,]' '/"pid"/ {gsub(/ /, "", $2); print $2}')
+        [ -n "$p" ] || continue
+        v=$(cat /proc/$p/task/*/children 2>/dev/null | tr ' ' '\n' | head -1)
+        proxy=$((proxy + $(awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup)))
+        vmm=$((vmm + $(awk '/^Pss:/ {print $2}' /proc/$v/smaps_rollup)))
+        n=$((n + 1))
+    done
+    for i in $(seq "$sandboxes"); do hull delete --force d$i >/dev/null 2>&1; done
+    [ $n -gt 0 ] || { echo "density $1 failed: no sandbox ran"; return 1; }
+    echo "density $1 $n pss_kib=$(((proxy + vmm) / n)) proxy_kib=$((proxy / n)) vmm_kib=$((vmm / n)) used_kib=$(((used1 - used0) / n))"
+}
+density hull-vmm
+density qemu

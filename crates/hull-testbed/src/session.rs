@@ -187,7 +187,7 @@ impl L1 {
                 what: what.to_string(),
                 after: start.elapsed(),
                 cpu: self.cpu_state(),
-                console: self.console_tail(20),
+                console: self.console_tail(60),
             }),
             Err(RecvTimeoutError::Disconnected) => Err(self.gone(&format!("waiting for {what}"))),
         }
@@ -210,7 +210,7 @@ impl L1 {
         TestbedError::Gone {
             what: what.to_string(),
             status,
-            console: self.console_tail(20),
+            console: self.console_tail(60),
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod cleanup;
 pub mod console;
+pub mod nested;
 pub mod vm;
 
 // Not every test file checks cleanup.

@@ -67,7 +67,14 @@ fn mount_one(m: &Mount, rootfs: &Path) -> Result<()> {
     }
     if m.type_ == "bind" || flags.contains(MsFlags::MS_BIND) {
         let bind = MsFlags::MS_BIND | (flags & MsFlags::MS_REC);
-        mount(Some(m.source.as_str()), rootfs, None::<&str>, bind, None::<&str>).map_err(fail)?;
+        mount(
+            Some(m.source.as_str()),
+            rootfs,
+            None::<&str>,
+            bind,
+            None::<&str>,
+        )
+        .map_err(fail)?;
         // A bind takes the other flags only on a remount.
         let rest = flags - MsFlags::MS_REC - MsFlags::MS_BIND;
         if !rest.is_empty() {

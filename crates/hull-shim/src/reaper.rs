@@ -121,7 +121,12 @@ impl Reaper {
 /// shims do: containerd ends a shim through Shutdown, never by a signal).
 fn handled() -> SigSet {
     let mut set = SigSet::empty();
-    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
         set.add(s);
     }
     set
@@ -140,9 +145,9 @@ pub fn run(reaper: Arc<Reaper>) {
     // A child may have exited before the first sigwait.
     reaper.reap();
     loop {
-        match set.wait() {
-            Ok(Signal::SIGCHLD) => reaper.reap(),
-            Ok(_) | Err(_) => {}
+        // The others are ignored, as Go shims ignore them.
+        if let Ok(Signal::SIGCHLD) = set.wait() {
+            reaper.reap();
         }
     }
 }

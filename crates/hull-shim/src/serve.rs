@@ -14,11 +14,11 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use crate::bootstrap::{base_root, LISTEN_FD_ENV};
 use crate::flags::Flags;
 use crate::hull::{self, Hull, Isolation};
+use crate::log;
 use crate::publisher::Publisher;
 use crate::reaper::{self, Reaper};
 use crate::service::Shared;
 use crate::task::Service;
-use crate::log;
 
 /// How often a namespace container's cgroup is looked at for OOM kills.
 const OOM_POLL: Duration = Duration::from_secs(1);
@@ -101,7 +101,11 @@ pub fn serve(flags: &Flags, isolation: Isolation) -> Result<()> {
         .set_thread_count_default(2)
         .set_thread_count_max(4);
     server.start()?;
-    log::info(&format!("serving {} ({} isolation)", socket.display(), isolation.as_str()));
+    log::info(&format!(
+        "serving {} ({} isolation)",
+        socket.display(),
+        isolation.as_str()
+    ));
     shared.wait_finished();
     shared.events.close(Duration::from_secs(2));
     let _ = std::fs::remove_file(&socket);

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use containerd_shim_protos::api::{CreateTaskRequest, ExecProcessRequest, Status};
-use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 
 use crate::error::{Error, Result};
 use crate::hull::{Hull, Isolation};
@@ -251,7 +251,11 @@ impl Shared {
             terminal: req.terminal,
         };
         let mut p = Process::new(&req.exec_id, io);
-        p.spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+        p.spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
         p.n = procs.next_exec;
         procs.next_exec += 1;
         procs.execs.insert(req.exec_id.clone(), p);

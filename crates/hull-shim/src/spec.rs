@@ -8,7 +8,10 @@ use containerd_shim_protos::protobuf::CodedInputStream;
 
 /// Annotations that put containers into one shim, first match wins: runc shim's own
 /// group label, then the CRI pod (so a later step can run a pod in one VM).
-pub const GROUP_LABELS: [&str; 2] = ["io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"];
+pub const GROUP_LABELS: [&str; 2] = [
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
 
 #[derive(Debug, Default, Clone)]
 pub struct SpecInfo {
@@ -22,10 +25,10 @@ pub struct SpecInfo {
 
 pub fn load(bundle: &Path) -> anyhow::Result<SpecInfo> {
     let path = bundle.join("config.json");
-    let text = std::fs::read(&path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text =
+        std::fs::read(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let annotations = v["annotations"]
         .as_object()
         .map(|m| {

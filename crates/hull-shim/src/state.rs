@@ -182,10 +182,7 @@ impl Container {
             if p.stopped() {
                 return Ok((p.exit_status, p.exited_at.clone()));
             }
-            procs = self
-                .changed
-                .wait(procs)
-                .unwrap_or_else(|e| e.into_inner());
+            procs = self.changed.wait(procs).unwrap_or_else(|e| e.into_inner());
         }
     }
 }

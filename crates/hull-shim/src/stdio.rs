@@ -180,9 +180,9 @@ impl Prepared {
 /// The pty master hull sent (it connected and sent before it returned).
 fn receive_fd(listener: &UnixListener) -> Result<File> {
     listener.set_nonblocking(true)?;
-    let (stream, _) = listener
-        .accept()
-        .map_err(|e| Error::Internal(format!("hull sent no terminal to the console socket: {e}")))?;
+    let (stream, _) = listener.accept().map_err(|e| {
+        Error::Internal(format!("hull sent no terminal to the console socket: {e}"))
+    })?;
     stream.set_nonblocking(false)?;
     let mut buf = [0u8; 256];
     let mut iov = [IoSliceMut::new(&mut buf)];
@@ -236,7 +236,8 @@ impl StdinRelay {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(fifo)
             .map_err(|e| Error::Internal(format!("open {fifo}: {e}")))?;
-        let (stop_r, stop_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+        let (stop_r, stop_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
         std::thread::Builder::new()
             .name("stdin".into())
             .spawn(move || relay(src, dest, stop_r))?;

@@ -63,10 +63,12 @@ impl Service {
 
     fn pids(&self, id: &str) -> Result<PidsResponse> {
         let c = self.shared.get(id)?;
-        let out = self
-            .shared
-            .hull
-            .run(&[OsStr::new("ps"), OsStr::new("--format"), OsStr::new("json"), OsStr::new(id)])?;
+        let out = self.shared.hull.run(&[
+            OsStr::new("ps"),
+            OsStr::new("--format"),
+            OsStr::new("json"),
+            OsStr::new(id),
+        ])?;
         let pids: Vec<u32> = serde_json::from_str(out.trim())
             .map_err(|e| Error::Internal(format!("hull ps: {e}: {out:?}")))?;
         let procs = c.lock();
@@ -143,7 +145,11 @@ impl Service {
 }
 
 impl Task for Service {
-    fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
+    fn create(
+        &self,
+        _: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> ttrpc::Result<CreateTaskResponse> {
         let pid = answer("create", self.shared.create(req))?;
         let mut resp = CreateTaskResponse::new();
         resp.pid = pid;

@@ -84,6 +84,26 @@ fn detached_exec_ps_pause_metrics_kill(c: &Containerd, iso: Iso) {
         "{out:?}"
     );
 
+    let exec = [
+        "task",
+        "exec",
+        "--exec-id",
+        "e2",
+        &id,
+        "sh",
+        "-c",
+        "read a; echo \"got $a\"",
+    ];
+    let out = c.ctr_input(&exec, "through exec\n");
+    assert_eq!(text(&out), "got through exec\n", "{out:?}");
+    let line = format!(
+        "{} task exec -t --exec-id e3 {id} sh -c 'tty; exit 9'",
+        c.ctr_line()
+    );
+    let (code, shown) = on_a_terminal(&line);
+    assert_eq!(code, Some(9), "ctr task exec -t: {shown:?}");
+    assert!(shown.contains("/dev/pts/"), "ctr task exec -t: {shown:?}");
+
     let out = c.ctr(&["task", "ps", &id]);
     assert!(
         out.status.success() && text(&out).lines().count() >= 2,
@@ -147,8 +167,27 @@ fn image(c: &Containerd, iso: Iso) {
     );
 }
 
-fn assert_events(c: &Containerd) {
+/// An OOM kill under a memory limit reaches containerd as TaskOOM (for a VM, from the
+/// guest's cgroup while the container runs).
+fn oom(c: &Containerd, iso: Iso) {
+    let id = format!("{}-oom", c.ns);
+    let script = "tail /dev/zero; echo tail $?; sleep 4";
+    let flags = ["--rm", "--memory-limit", "33554432"];
+    let out = c.run(iso, &flags, &id, &["sh", "-c", script]);
+    assert_eq!(
+        (out.status.code(), text(&out).as_str()),
+        (Some(0), "tail 137\n"),
+        "{out:?}"
+    );
     let ev = c.events();
+    assert!(
+        ev.lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
+        "no TaskOOM for {id}:\n{ev}"
+    );
+}
+
+fn assert_events(c: &Containerd) {
     for topic in [
         "/tasks/create",
         "/tasks/start",
@@ -159,7 +198,7 @@ fn assert_events(c: &Containerd) {
         "/tasks/paused",
         "/tasks/resumed",
     ] {
-        assert!(ev.contains(topic), "containerd never got {topic}:\n{ev}");
+        c.wait_event(&[topic], Duration::from_secs(5));
     }
 }
 
@@ -172,6 +211,7 @@ fn flow(iso: Iso) {
     detached_exec_ps_pause_metrics_kill(&c, iso);
     terminal(&c, iso);
     image(&c, iso);
+    oom(&c, iso);
     assert_events(&c);
     c.assert_clean();
 }
@@ -199,19 +239,7 @@ fn killed_shim(iso: Iso) {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let exited = |ev: &str| {
-        ev.lines()
-            .any(|l| l.contains("/tasks/exit") && l.contains(&id) && l.contains("137"))
-    };
-    while !exited(&c.events()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no TaskExit 137 for {id}:\n{}",
-            c.events()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.wait_event(&["/tasks/exit", &id, "137"], Duration::from_secs(30));
     // containerd 1.6 forgets the task once its cleanup ran.
     c.wait_task(&id, "", Duration::from_secs(30));
     assert!(c.ctr(&["container", "delete", &id]).status.success());

@@ -193,6 +193,20 @@ impl Containerd {
         fs::read_to_string(self.dir.join("events.log")).unwrap_or_default()
     }
 
+    /// Waits for an event line holding every one of `words`.
+    pub fn wait_event(&self, words: &[&str], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let seen = |ev: &str| ev.lines().any(|l| words.iter().all(|w| l.contains(w)));
+        while !seen(&self.events()) {
+            assert!(
+                Instant::now() < deadline,
+                "no event with {words:?} after {timeout:?}:\n{}",
+                self.events()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until `ctr task ls` shows `id` as `status` (or, with "", not at all).
     pub fn wait_task(&self, id: &str, status: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;

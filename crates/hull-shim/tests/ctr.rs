@@ -179,12 +179,7 @@ fn oom(c: &Containerd, iso: Iso) {
         (Some(0), "tail 137\n"),
         "{out:?}"
     );
-    let ev = c.events();
-    assert!(
-        ev.lines()
-            .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
-        "no TaskOOM for {id}:\n{ev}"
-    );
+    c.wait_event(&["/tasks/oom", &id], Duration::from_secs(5));
 }
 
 fn assert_events(c: &Containerd) {

@@ -147,7 +147,7 @@ fn terminal(c: &Containerd, iso: Iso) {
 /// From an image: the overlayfs snapshotter's mounts, made by the shim at the rootfs.
 fn image(c: &Containerd, iso: Iso) {
     let tar = c.dir.join("image.tar");
-    common::image::build(&c.dir.join("rootfs"), "hull.test/busybox:1", &tar);
+    common::image::build(&c.dir.join("rootfs"), "hull.test/busybox:1", &["sh"], &tar);
     let out = c.ctr(&["images", "import", &tar.display().to_string()]);
     assert!(out.status.success(), "{out:?}");
     let id = format!("{}-image", c.ns);

@@ -6,6 +6,8 @@
 
 pub mod image;
 
+pub use image::make_busybox_rootfs;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -363,26 +365,6 @@ pub fn cgroup_hierarchies() -> Vec<PathBuf> {
                 .then(|| PathBuf::from(f[4]))
         })
         .collect()
-}
-
-/// A busybox rootfs: /bin/busybox and its applets, /etc/passwd, mount points.
-pub fn make_busybox_rootfs(rootfs: &Path) {
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
-        fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("busybox-static is installed (scripts/install-deps)");
-    fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-    let list = Command::new(busybox).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if !applet.is_empty() && applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-    }
-    fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    fs::write(rootfs.join("etc/group"), "root:x:0:\ntty:x:5:\n").unwrap();
 }
 
 /// Runs the shell command `command` on a fresh pty (util-linux `script`), its input

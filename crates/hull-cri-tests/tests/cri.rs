@@ -1,20 +1,22 @@
 //! Kubernetes' CRI through containerd 1.6's CRI plugin, with the runtime handler
 //! `hull-ns` (hull's shim, namespaces) and `runc` (containerd's runc shim) for
 //! comparison: a pod on a CNI bridge, two containers in it (one sharing the shim of
-//! its pod), their logs in CRI format, ExecSync, stats, exit codes, stop with a grace
+//! its pod), their logs in CRI format, ExecSync, stats, Update, exit codes, stop with a grace
 //! period then SIGKILL, removal; after it, no shim, mount, netns or cgroup left.
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{Cri, BUSYBOX};
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatsRequest,
     ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
-    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest, VersionRequest,
+    LinuxContainerResources, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    UpdateContainerResourcesRequest, VersionRequest,
 };
 
 fn pod_config(cri: &Cri, name: &str) -> PodSandboxConfig {
@@ -108,6 +110,43 @@ async fn create_started(
     id
 }
 
+/// The memory limit of a container's cgroup on this host (v1 memory controller, else v2).
+fn memory_limit(cri: &Cri, id: &str) -> Option<u64> {
+    let v1 = PathBuf::from("/sys/fs/cgroup/memory")
+        .join(&cri.name)
+        .join(id);
+    let file = if v1.exists() {
+        v1.join("memory.limit_in_bytes")
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+            .join(&cri.name)
+            .join(id)
+            .join("memory.max")
+    };
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// UpdateContainerResources reaches the container's cgroup (the shim's Update).
+async fn update_memory(cri: &mut Cri, id: &str) {
+    const LIMIT: i64 = 96 << 20;
+    cri.rt
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.into(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: LIMIT,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateContainerResources");
+    assert_eq!(
+        memory_limit(cri, id),
+        Some(LIMIT as u64),
+        "the memory limit after Update"
+    );
+}
+
 /// The pod's network namespace file, from the sandbox's verbose status.
 async fn netns_of(cri: &mut Cri, pod: &str) -> Option<String> {
     let resp = cri
@@ -170,6 +209,15 @@ async fn pod_lifecycle(cri: &mut Cri, handler: &str) {
     let short = create_started(cri, &pod, &sandbox, short).await;
     let st = wait_state(cri, &short, ContainerState::ContainerExited).await;
     assert_eq!(st.exit_code, 4, "{st:?}");
+    if handler == "hull-ns" {
+        // The pod's containers are grouped by io.kubernetes.cri.sandbox-id: one shim.
+        let shims: Vec<_> = cri
+            .processes()
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("containerd-shim-hull-ns-v2"))
+            .collect();
+        assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    }
 
     let exec = cri
         .rt
@@ -207,6 +255,8 @@ async fn pod_lifecycle(cri: &mut Cri, handler: &str) {
         .and_then(|m| m.working_set_bytes)
         .map(|v| v.value);
     assert!(mem.is_some_and(|m| m > 0), "working set: {mem:?}");
+
+    update_memory(cri, &app).await;
 
     let logs = |c: &str| {
         std::fs::read_to_string(cri.dir.join("logs").join(&name).join(format!("{c}.log")))

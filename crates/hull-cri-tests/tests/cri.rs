@@ -167,9 +167,8 @@ async fn netns_of(cri: &mut Cri, pod: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn pod_lifecycle(cri: &mut Cri, handler: &str) {
-    let name = format!("pod-{handler}");
-    let sandbox = pod_config(cri, &name);
+/// RunPodSandbox on the test's CNI bridge: (pod id, its netns file).
+async fn run_pod(cri: &mut Cri, handler: &str, sandbox: &PodSandboxConfig) -> (String, String) {
     let pod = cri
         .rt
         .run_pod_sandbox(RunPodSandboxRequest {
@@ -201,7 +200,85 @@ async fn pod_lifecycle(cri: &mut Cri, handler: &str) {
     );
     let ip = status.network.map(|n| n.ip).unwrap_or_default();
     assert!(ip.starts_with("10.250."), "the pod's CNI address: {ip:?}");
+    (pod, netns)
+}
 
+/// ExecSync's output and exit code, and ContainerStats of a running container.
+async fn exec_and_stats(cri: &mut Cri, id: &str) {
+    let exec = cri
+        .rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: ["sh", "-c", "echo out; echo err >&2; exit 3"]
+                .map(String::from)
+                .to_vec(),
+            timeout: 30,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    let got = (
+        exec.exit_code,
+        exec.stdout.as_slice(),
+        exec.stderr.as_slice(),
+    );
+    assert_eq!(got, (3, &b"out\n"[..], &b"err\n"[..]), "ExecSync");
+    let stats = cri
+        .rt
+        .container_stats(ContainerStatsRequest {
+            container_id: id.into(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let mem = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value);
+    assert!(mem.is_some_and(|m| m > 0), "working set: {mem:?}");
+}
+
+/// StopContainer (the app ignores SIGTERM: the grace period ends in SIGKILL), then
+/// every container and the pod removed; its netns goes with it.
+async fn stop_and_remove(cri: &mut Cri, pod: &str, containers: &[&str], netns: &str) {
+    cri.rt
+        .stop_container(StopContainerRequest {
+            container_id: containers[0].into(),
+            timeout: 1,
+        })
+        .await
+        .expect("StopContainer");
+    let st = wait_state(cri, containers[0], ContainerState::ContainerExited).await;
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    for c in containers {
+        cri.rt
+            .remove_container(RemoveContainerRequest {
+                container_id: c.to_string(),
+            })
+            .await
+            .expect("RemoveContainer");
+    }
+    cri.rt
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.into(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    cri.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.into(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+    assert!(!std::path::Path::new(netns).exists(), "netns left: {netns}");
+}
+
+async fn pod_lifecycle(cri: &mut Cri, handler: &str) {
+    let name = format!("pod-{handler}");
+    let sandbox = pod_config(cri, &name);
+    let (pod, netns) = run_pod(cri, handler, &sandbox).await;
     let app = container_config("app", "trap '' TERM; echo hello; while :; do sleep 1; done");
     let app = create_started(cri, &pod, &sandbox, app).await;
     wait_state(cri, &app, ContainerState::ContainerRunning).await;
@@ -218,91 +295,20 @@ async fn pod_lifecycle(cri: &mut Cri, handler: &str) {
             .collect();
         assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
     }
-
-    let exec = cri
-        .rt
-        .exec_sync(ExecSyncRequest {
-            container_id: app.clone(),
-            cmd: ["sh", "-c", "echo out; echo err >&2; exit 3"]
-                .map(String::from)
-                .to_vec(),
-            timeout: 30,
-        })
-        .await
-        .expect("ExecSync")
-        .into_inner();
-    assert_eq!(
-        (
-            exec.exit_code,
-            exec.stdout.as_slice(),
-            exec.stderr.as_slice()
-        ),
-        (3, &b"out\n"[..], &b"err\n"[..]),
-        "ExecSync"
-    );
-    let stats = cri
-        .rt
-        .container_stats(ContainerStatsRequest {
-            container_id: app.clone(),
-        })
-        .await
-        .expect("ContainerStats")
-        .into_inner()
-        .stats
-        .expect("stats");
-    let mem = stats
-        .memory
-        .and_then(|m| m.working_set_bytes)
-        .map(|v| v.value);
-    assert!(mem.is_some_and(|m| m > 0), "working set: {mem:?}");
-
+    exec_and_stats(cri, &app).await;
     update_memory(cri, &app).await;
-
     let logs = |c: &str| {
-        std::fs::read_to_string(cri.dir.join("logs").join(&name).join(format!("{c}.log")))
+        let f = cri.dir.join("logs").join(&name).join(format!("{c}.log"));
+        std::fs::read_to_string(f).unwrap_or_default()
     };
-    let app_log = logs("app").unwrap_or_default();
+    let app_log = logs("app");
     assert!(app_log.contains(" stdout F hello"), "CRI log: {app_log:?}");
-    let short_log = logs("short").unwrap_or_default();
+    let short_log = logs("short");
     assert!(
         short_log.contains(" stdout F 1"),
         "pod network in a container: {short_log:?}"
     );
-
-    // The app ignores SIGTERM: the grace period ends in SIGKILL.
-    cri.rt
-        .stop_container(StopContainerRequest {
-            container_id: app.clone(),
-            timeout: 1,
-        })
-        .await
-        .expect("StopContainer");
-    let st = wait_state(cri, &app, ContainerState::ContainerExited).await;
-    assert_eq!(st.exit_code, 137, "{st:?}");
-    for c in [&app, &short] {
-        cri.rt
-            .remove_container(RemoveContainerRequest {
-                container_id: c.clone(),
-            })
-            .await
-            .expect("RemoveContainer");
-    }
-    cri.rt
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .expect("StopPodSandbox");
-    cri.rt
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .expect("RemovePodSandbox");
-    assert!(
-        !std::path::Path::new(&netns).exists(),
-        "netns left: {netns}"
-    );
+    stop_and_remove(cri, &pod, &[&app, &short], &netns).await;
 }
 
 fn assert_clean(cri: &Cri) {

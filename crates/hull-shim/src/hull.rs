@@ -181,8 +181,12 @@ fn show(args: &[&OsStr]) -> String {
 fn classify(what: &str, msg: &str) -> Error {
     let msg = msg.strip_prefix("hull: ").unwrap_or(msg);
     let text = format!("{what}: {msg}");
-    if msg.contains("does not exist") {
+    // hull-runtime's NotFound and WrongState ("cannot kill container \"c\": it is
+    // stopped"): a finished process is NotFound to containerd (CRI's Kill tolerates it).
+    if msg.contains("does not exist") || msg.contains(": it is stopped") {
         Error::NotFound(text)
+    } else if msg.starts_with("cannot ") && msg.contains(": it is ") {
+        Error::FailedPrecondition(text)
     } else {
         Error::Internal(text)
     }
@@ -220,5 +224,9 @@ mod tests {
         std::fs::remove_file(&dir).unwrap();
         let e = classify("hull kill", "hull: container \"x\" does not exist");
         assert!(matches!(e, Error::NotFound(_)), "{e:?}");
+        let e = classify("hull kill", "hull: cannot kill container \"x\": it is stopped");
+        assert!(matches!(e, Error::NotFound(_)), "{e:?}");
+        let e = classify("hull pause", "hull: cannot pause container \"x\": it is created");
+        assert!(matches!(e, Error::FailedPrecondition(_)), "{e:?}");
     }
 }

@@ -224,9 +224,15 @@ mod tests {
         std::fs::remove_file(&dir).unwrap();
         let e = classify("hull kill", "hull: container \"x\" does not exist");
         assert!(matches!(e, Error::NotFound(_)), "{e:?}");
-        let e = classify("hull kill", "hull: cannot kill container \"x\": it is stopped");
+        let e = classify(
+            "hull kill",
+            "hull: cannot kill container \"x\": it is stopped",
+        );
         assert!(matches!(e, Error::NotFound(_)), "{e:?}");
-        let e = classify("hull pause", "hull: cannot pause container \"x\": it is created");
+        let e = classify(
+            "hull pause",
+            "hull: cannot pause container \"x\": it is created",
+        );
         assert!(matches!(e, Error::FailedPrecondition(_)), "{e:?}");
     }
 }

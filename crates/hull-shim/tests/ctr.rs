@@ -130,11 +130,16 @@ fn detached_exec_ps_pause_metrics_kill(c: &Containerd, iso: Iso) {
     assert!(c.ctr(&["container", "delete", &id]).status.success());
 }
 
+/// A pty: ctr's console goes raw, the shim hands hull --console-socket and passes
+/// ctr's window size on (ResizePty) once the process runs.
 fn terminal(c: &Containerd, iso: Iso) {
     let id = format!("{}-tty", c.ns);
     c.ids.borrow_mut().push(id.clone());
+    // Until ResizePty has arrived, busybox's stty finds the size 0 0 and fails.
+    let script = "tty; i=0; until [ -n \"$(stty size 2>/dev/null | grep -v \"^0 0$\")\" ] \
+                  || [ $i -gt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size; exit 4";
     let line = format!(
-        "{} run --runtime {} -t --rm --rootfs {} {id} sh -c 'tty; exit 4'",
+        "stty rows 30 cols 100; {} run --runtime {} -t --rm --rootfs {} {id} sh -c '{script}'",
         c.ctr_line(),
         iso.runtime(),
         c.dir.join("rootfs").display()
@@ -142,6 +147,7 @@ fn terminal(c: &Containerd, iso: Iso) {
     let (code, shown) = on_a_terminal(&line);
     assert_eq!(code, Some(4), "ctr run -t: {shown:?}");
     assert!(shown.contains("/dev/pts/0"), "ctr run -t: {shown:?}");
+    assert!(shown.contains("30 100"), "the window size: {shown:?}");
 }
 
 /// From an image: the overlayfs snapshotter's mounts, made by the shim at the rootfs.

@@ -251,14 +251,22 @@ impl Containerd {
         }
         assert_eq!(self.shim_pids(), Vec::<i32>::new(), "shims left running");
         let shim_root = self.dir.join("shim");
-        let left: Vec<_> = processes()
-            .into_iter()
-            .filter(|(pid, cmd)| {
-                cmd.contains(&shim_root.display().to_string())
-                    || fs::read_link(format!("/proc/{pid}/cwd"))
-                        .is_ok_and(|c| c.starts_with(&shim_root))
-            })
-            .collect();
+        let left = || -> Vec<(i32, String)> {
+            processes()
+                .into_iter()
+                .filter(|(pid, cmd)| {
+                    cmd.contains(&shim_root.display().to_string())
+                        || fs::read_link(format!("/proc/{pid}/cwd"))
+                            .is_ok_and(|c| c.starts_with(&shim_root))
+                })
+                .collect()
+        };
+        // A VM's `hull events` (OOM watcher) outlives a SIGKILLed shim until its next
+        // look (2 s) finds the container gone or its pipe closed.
+        while !left().is_empty() && Instant::now() < deadline + Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let left = left();
         assert!(left.is_empty(), "hull proxies or VMMs left: {left:?}");
         let mounts = mounts_under(&self.dir);
         assert!(mounts.is_empty(), "mounts left: {mounts:?}");

@@ -316,12 +316,38 @@ impl Drop for Containerd {
         for m in &mounts {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
+        // ctr's fifos of a task whose shim died stay in /run/containerd/fifo/<n>/.
+        remove_fifos(&format!("{}-", self.ns));
         // containerd's default cgroupsPath is /<namespace>/<id>: the parent is ours.
         for h in cgroup_hierarchies() {
             let _ = fs::remove_dir(h.join(&self.ns));
         }
         if mounts_under(&self.dir).is_empty() {
             let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// ctr's fifo directories holding fifos named `<prefix>...` (the test's ids).
+fn remove_fifos(prefix: &str) {
+    for d in fs::read_dir("/run/containerd/fifo")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let files: Vec<_> = fs::read_dir(d.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        if files
+            .iter()
+            .any(|f| f.file_name().to_string_lossy().starts_with(prefix))
+        {
+            for f in &files {
+                let _ = fs::remove_file(f.path());
+            }
+            let _ = fs::remove_dir(d.path());
         }
     }
 }

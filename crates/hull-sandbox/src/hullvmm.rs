@@ -46,6 +46,16 @@ impl Default for HullVmm {
 impl HullVmm {
     /// The VM description `hull vmm` reads.
     pub fn config(&self, c: &VmConfig) -> Result<serde_json::Value> {
+        self.config_jailed(c, None)
+    }
+
+    /// The VM description; with `jail`, hull-vmm confines itself to the sandbox
+    /// directory (where its sockets are) as that uid once the VM is built.
+    pub fn config_jailed(
+        &self,
+        c: &VmConfig,
+        jail: Option<&crate::jail::JailId>,
+    ) -> Result<serde_json::Value> {
         if !c.shares.is_empty() {
             return Err(SandboxError::Vm(
                 "hull-vmm has no virtio-9p: directory volumes of a VM container need QEMU for now (HULL_HYPERVISOR=qemu)".into(),
@@ -101,7 +111,17 @@ impl HullVmm {
             "net": net,
             "free_page_reporting": true,
             "hugepages": if self.huge_pages { "transparent" } else { "none" },
+            "jail": jail.map(|j| serde_json::json!({"root": jail_root(c), "uid": j.uid, "gid": j.gid})),
         }))
+    }
+}
+
+/// The directory of the VM's sockets and console log, which becomes the jailed VMM's
+/// root: it reads it, cannot write it (bound read-only), and sees nothing else.
+fn jail_root(c: &VmConfig) -> std::path::PathBuf {
+    match c.console_log.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => ".".into(),
     }
 }
 
@@ -118,7 +138,8 @@ impl Hypervisor for HullVmm {
     }
 
     fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>> {
-        let json = self.config(config)?;
+        let jail = crate::jail::JailId::claim()?;
+        let json = self.config_jailed(config, Some(&jail))?;
         let dir = config
             .console_log
             .parent()
@@ -133,6 +154,7 @@ impl Hypervisor for HullVmm {
             "hull-vmm",
             "hull vmm is part of hull itself",
             ShutdownRequest::Sigterm,
+            Some(jail),
         )
     }
 }

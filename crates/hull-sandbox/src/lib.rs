@@ -14,6 +14,7 @@ pub mod hullvmm;
 pub mod hypervisor;
 pub mod image;
 pub mod initramfs;
+pub mod jail;
 pub mod qemu;
 pub mod sandbox;
 pub mod vmm_process;

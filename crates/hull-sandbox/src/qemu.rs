@@ -1,6 +1,7 @@
 //! QEMU `-M microvm` (Debian's qemu-system-x86) as a Hypervisor: KVM where it is usable,
 //! TCG elsewhere. The agent's channel is a named virtio-serial port on a Unix socket chardev.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -190,6 +191,33 @@ fn device_args(c: &VmConfig) -> Vec<String> {
     a
 }
 
+/// QEMU confines itself once its devices are open: it chroots into an empty directory
+/// and becomes the sandbox's own uid (`-chroot`, `-runas`), under its own seccomp
+/// filter (`-sandbox`). `elevateprivileges=allow`: QEMU 7.2 installs the filter before
+/// it drops to `-runas`'s uid, and `deny` kills it at that setuid; after it, with no
+/// capabilities and no_new_privs, no set*id call can raise it again. A VM with shared
+/// directories keeps uid 0 (chrooted, filtered, in its namespaces): virtio-9p's
+/// passthrough model gives guest files the host's owners and modes, which only root
+/// can set and read.
+fn jail_args(c: &VmConfig, jail: &crate::jail::JailId) -> Result<Vec<String>> {
+    let dir = c
+        .console_log
+        .parent()
+        .map(|p| p.join("jail"))
+        .ok_or_else(|| SandboxError::Vm("the console log has no directory".into()))?;
+    std::fs::create_dir_all(&dir).map_err(crate::error::io_err("cannot create", &dir))?;
+    let mut a = vec![
+        "-chroot".to_string(),
+        dir.display().to_string(),
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny".into(),
+    ];
+    if c.shares.is_empty() {
+        a.extend(["-runas".into(), format!("{}:{}", jail.uid, jail.gid)]);
+    }
+    Ok(a)
+}
+
 /// The name the agent looks for among the guest's virtio-serial ports.
 pub const AGENT_PORT_NAME: &str = "hull.agent";
 
@@ -229,15 +257,23 @@ impl Hypervisor for Qemu {
                 config.shares.len()
             )));
         }
-        let args = self.args(config);
+        let jail = crate::jail::JailId::claim()?;
+        let mut args = self.args(config);
+        args.extend(jail_args(config, &jail)?);
         tracing::debug!("{} {}", self.binary.display(), args.join(" "));
         let mut cmd = Command::new(&self.binary);
         cmd.args(&args);
+        let limit_file_size = config.shares.is_empty();
+        // SAFETY: confine_qemu makes only async-signal-safe system calls.
+        unsafe {
+            cmd.pre_exec(move || crate::jail::confine_qemu(limit_file_size));
+        }
         VmmProcess::spawn(
             cmd,
             "QEMU",
             "apt-get install qemu-system-x86",
             ShutdownRequest::QemuMonitor(monitor_socket(config)),
+            Some(jail),
         )
     }
 }

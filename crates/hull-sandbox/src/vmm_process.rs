@@ -16,6 +16,8 @@ pub struct VmmProcess {
     name: &'static str,
     stderr: Option<String>,
     shutdown: ShutdownRequest,
+    /// The uid and gid the VMM runs as, held while it may still run.
+    _jail: Option<crate::jail::JailId>,
 }
 
 /// How the VMM is asked to give the guest Ctrl-Alt-Del.
@@ -28,12 +30,14 @@ pub enum ShutdownRequest {
 }
 
 impl VmmProcess {
-    /// Starts `cmd`; `install` says how to get the program when it is missing.
+    /// Starts `cmd`; `install` says how to get the program when it is missing; `jail` is
+    /// the uid the VMM confines itself to, kept claimed as long as this lives.
     pub fn spawn(
         mut cmd: Command,
         name: &'static str,
         install: &str,
         shutdown: ShutdownRequest,
+        jail: Option<crate::jail::JailId>,
     ) -> Result<Box<dyn Vm>> {
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
@@ -61,6 +65,7 @@ impl VmmProcess {
             name,
             stderr: None,
             shutdown,
+            _jail: jail,
         }))
     }
 }

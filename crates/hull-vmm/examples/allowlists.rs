@@ -4,4 +4,5 @@
 fn main() {
     println!("vcpu {}", hull_vmm::seccomp::VCPU.len());
     println!("vmm {}", hull_vmm::seccomp::VMM.len());
+    println!("main {}", hull_vmm::seccomp::MAIN.len());
 }

@@ -61,6 +61,9 @@ pub struct VmConfig {
     /// Run each thread under its seccomp allowlist (off only for debugging with strace).
     #[serde(default = "yes")]
     pub seccomp: bool,
+    /// Confine the process once the VM is built (`jail`): hull's sandboxes always do.
+    #[serde(default)]
+    pub jail: Option<crate::jail::JailConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

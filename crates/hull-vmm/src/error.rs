@@ -24,6 +24,9 @@ pub enum VmmError {
     /// A thread's syscall filter could not be built or installed.
     #[error("seccomp filter: {0}")]
     Seccomp(String),
+    /// The VMM could not confine itself (`jail`).
+    #[error("jail: {0}")]
+    Jail(String),
     /// The kernel, initramfs or command line could not be put into guest memory.
     #[error(transparent)]
     Boot(#[from] crate::boot::BootError),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod event_loop;
+pub mod jail;
 pub mod machine;
 pub mod seccomp;
 pub mod teardown;

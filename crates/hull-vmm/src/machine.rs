@@ -60,6 +60,7 @@ pub struct Machine {
     shutdown_grace: Duration,
     seccomp: bool,
     defer_teardown: bool,
+    confine_caller: bool,
     pub loaded: Loaded,
     pub cmdline: String,
 }
@@ -222,6 +223,7 @@ impl Machine {
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
             seccomp: config.seccomp,
             defer_teardown: false,
+            confine_caller: false,
             loaded,
             cmdline,
         })
@@ -232,6 +234,14 @@ impl Machine {
     /// right after `run`: the guest memory stays mapped until then.
     pub fn defer_teardown(&mut self) {
         self.defer_teardown = true;
+    }
+
+    /// Puts the calling thread under its own allowlist (`seccomp::MAIN`) once `run` has
+    /// started the others, so that no thread of the process is unfiltered. Only for a
+    /// process that exits right after `run`: the caller can then do little more than
+    /// drop what `run` returns and exit.
+    pub fn confine_caller(&mut self) {
+        self.confine_caller = true;
     }
 
     /// Runs the VM to its end. Returns an error if a vCPU stopped with one (the first
@@ -300,6 +310,15 @@ impl Machine {
                 (end, queues, hosts)
             })
             .map_err(|e| VmmError::Device(format!("cannot start the VMM thread: {e}")))?;
+        // No thread without an allowlist: this one's, now that it starts no more
+        // threads. Unconfined it may not go on.
+        if seccomp && self.confine_caller {
+            if let Err(e) = seccomp::install_main() {
+                tracing::error!("the main thread's seccomp filter: {e}");
+                // SAFETY: ends the process at once; the VM goes with it.
+                unsafe { libc::_exit(1) };
+            }
+        }
         let (end, _queues, _hosts) = vmm
             .join()
             .map_err(|_| VmmError::Device("the VMM thread panicked".into()))?;

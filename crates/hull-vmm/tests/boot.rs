@@ -49,6 +49,7 @@ fn config(dir: &Path, kernel: &[u8], cmdline: &str, vcpus: u8) -> VmConfig {
         shutdown_grace_ms: 3000,
         deferred_teardown: false,
         seccomp: true,
+        jail: None,
     }
 }
 

@@ -71,3 +71,38 @@ fn a_guest_runs_under_the_vcpu_filter_and_a_forbidden_syscall_kills() {
         "{status:?}"
     );
 }
+
+#[test]
+fn the_main_threads_filter_kills_on_a_file_open_a_thread_clone_or_a_socket() {
+    for (name, forbidden) in [("openat", 0usize), ("a thread's clone", 1), ("socket", 2)] {
+        let (out, status) = in_child(|mut report| {
+            // What the main thread does after the VM: write, close, a CLONE_VM child.
+            hull_vmm::seccomp::install_main().unwrap();
+            report.write_all(b"filtered;").unwrap();
+            // SAFETY: plain syscalls; the forbidden one kills before it does anything.
+            unsafe {
+                match forbidden {
+                    0 => {
+                        libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY);
+                    }
+                    1 => {
+                        let flags = libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND;
+                        libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0);
+                    }
+                    _ => {
+                        libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                    }
+                }
+            }
+            report.write_all(b" survived").unwrap();
+        });
+        assert_eq!(String::from_utf8_lossy(&out), "filtered;", "{name}");
+        assert!(
+            matches!(
+                status,
+                nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)
+            ),
+            "{name}: {status:?}"
+        );
+    }
+}

@@ -85,6 +85,7 @@ fn a_guest_reads_a_sector_through_virtio_blk() {
         shutdown_grace_ms: 3000,
         deferred_teardown: false,
         seccomp: true,
+        jail: None,
     };
     let machine = Machine::build(&config).unwrap();
     assert_eq!(
@@ -121,6 +122,7 @@ fn pages_a_guest_reports_free_are_dropped_and_read_back_as_zero() {
         shutdown_grace_ms: 3000,
         deferred_teardown: false,
         seccomp: true,
+        jail: None,
     };
     let machine = Machine::build(&config).unwrap();
     assert_eq!(machine.cmdline, "virtio_mmio.device=4K@0xd0000000:5");
@@ -233,6 +235,7 @@ fn vsock_vm(dir: &Path, guest_source: &str, uds: &Path) -> VmConfig {
         shutdown_grace_ms: 3000,
         deferred_teardown: false,
         seccomp: true,
+        jail: None,
     }
 }
 

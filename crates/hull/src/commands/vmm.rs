@@ -17,6 +17,11 @@ pub fn run(config: &Path) -> Result<i32> {
     if config.deferred_teardown {
         machine.defer_teardown();
     }
+    machine.confine_caller();
+    // Everything the VM needs is open: give up the rest before the guest runs.
+    if let Some(jail) = &config.jail {
+        hull_vmm::jail::enter(jail).context("confining the VMM")?;
+    }
     tracing::debug!(cmdline = %machine.cmdline, "booting");
     let outcome = machine.run().context("running the VM")?;
     Ok(outcome.exit_code())

@@ -1,0 +1,146 @@
+//! Every VMM hull starts runs as a uid and gid of its own, claimed here for as long as
+//! the VM lives: 1610612736 (0x6000_0000) + n, n the lowest free slot of 65536. A slot
+//! is a file in `/run/hull-vm/jail-ids/` that its claimer holds an exclusive flock on;
+//! the lock goes with the claimer, whatever kills it, so a slot is never leaked and
+//! never given twice while held. hull-vmm confines itself with it (hull-vmm's `jail`);
+//! QEMU through `-chroot`, `-runas`, `-sandbox` and the namespaces `confine_qemu` gives.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use crate::error::{io_err, Result, SandboxError};
+
+pub const ID_BASE: u32 = 0x6000_0000;
+const SLOTS: u32 = 1 << 16;
+const SLOT_DIR: &str = "/run/hull-vm/jail-ids";
+
+/// A claimed uid/gid; the claim ends when this is dropped.
+#[derive(Debug)]
+pub struct JailId {
+    pub uid: u32,
+    pub gid: u32,
+    _claim: File,
+}
+
+impl JailId {
+    pub fn claim() -> Result<JailId> {
+        Self::claim_in(Path::new(SLOT_DIR))
+    }
+
+    fn claim_in(dir: &Path) -> Result<JailId> {
+        std::fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+        for n in 0..SLOTS {
+            let path = dir.join(n.to_string());
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io_err("cannot open", &path))?;
+            // SAFETY: flock on an fd this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                let id = ID_BASE + n;
+                return Ok(JailId {
+                    uid: id,
+                    gid: id,
+                    _claim: file,
+                });
+            }
+        }
+        Err(SandboxError::Vm(format!(
+            "all {SLOTS} VMM uids are in use ({})",
+            dir.display()
+        )))
+    }
+}
+
+/// What the QEMU child does between fork and exec, on top of hull's usual: new mount,
+/// IPC, UTS and network namespaces (QEMU gets its taps as fds and talks over Unix
+/// sockets, which need none of the host's), a private mount tree, and limits on open
+/// files, processes and (without shared directories, whose files the guest writes
+/// through QEMU) file size. Only async-signal-safe system calls.
+pub fn confine_qemu(limit_file_size: bool) -> std::io::Result<()> {
+    let last = || Err(std::io::Error::last_os_error());
+    // SAFETY: plain system calls on the child between fork and exec; the pointers are
+    // static C strings or null.
+    unsafe {
+        let flags =
+            libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
+        if libc::unshare(flags) != 0 {
+            return last();
+        }
+        let none = std::ptr::null();
+        if libc::mount(
+            none,
+            c"/".as_ptr(),
+            none,
+            libc::MS_REC | libc::MS_PRIVATE,
+            none.cast(),
+        ) != 0
+        {
+            return last();
+        }
+        // No allocation here: a fixed table, the file size only where it is limited.
+        let limits = [
+            Some((libc::RLIMIT_NOFILE, 4096)),
+            Some((libc::RLIMIT_NPROC, 1024)),
+            limit_file_size.then_some((libc::RLIMIT_FSIZE, 64 << 20)),
+        ];
+        if limit_file_size && libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR {
+            return last();
+        }
+        for (resource, value) in limits.into_iter().flatten() {
+            let l = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            if libc::setrlimit(resource, &l) != 0 {
+                return last();
+            }
+        }
+        // The bounding set limits what QEMU, exec'd as root, starts with: what its
+        // -chroot and -runas need, and with shared directories what virtio-9p's
+        // passthrough needs to give files the guest's owners and modes.
+        let keep: &[u32] = if limit_file_size {
+            &KEEP_CAPS
+        } else {
+            &KEEP_CAPS_9P
+        };
+        for cap in 0..64u32 {
+            if !keep.contains(&cap) && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                break;
+            }
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return last();
+        }
+    }
+    Ok(())
+}
+
+/// CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT.
+const KEEP_CAPS: [u32; 3] = [6, 7, 18];
+/// And CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID,
+/// CAP_MKNOD.
+const KEEP_CAPS_9P: [u32; 9] = [0, 1, 2, 3, 4, 6, 7, 18, 27];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_slot_is_not_given_twice_and_a_dropped_one_is_given_again() {
+        let dir = std::env::temp_dir().join(format!("hull-jail-ids-{}", crate::random_u64()));
+        let a = JailId::claim_in(&dir).unwrap();
+        let b = JailId::claim_in(&dir).unwrap();
+        assert_eq!((a.uid, b.uid), (ID_BASE, ID_BASE + 1));
+        assert_eq!(a.gid, a.uid);
+        drop(a);
+        let c = JailId::claim_in(&dir).unwrap();
+        assert_eq!(c.uid, ID_BASE);
+        drop((b, c));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

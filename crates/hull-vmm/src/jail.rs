@@ -92,12 +92,24 @@ pub fn enter(config: &JailConfig) -> Result<()> {
             return Err(fail("enter the jail root"));
         }
         let dot = c".".as_ptr();
-        if libc::syscall(libc::SYS_pivot_root, dot, dot) != 0 {
+        if libc::syscall(libc::SYS_pivot_root, dot, dot) == 0 {
+            // The old root is stacked under the new one at "/": detach it.
+            if libc::umount2(dot, libc::MNT_DETACH) != 0 {
+                return Err(fail("detach the host's root"));
+            }
+        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            // A host running from its initramfs (rootfs cannot be pivoted away, as in
+            // the nested test bed's L1): move the jail over "/" and chroot into it, as
+            // switch_root does. Without CAP_SYS_CHROOT, which goes below, the process
+            // cannot leave a chroot.
+            if libc::mount(dot, c"/".as_ptr(), none, libc::MS_MOVE, none.cast()) != 0 {
+                return Err(fail("move the jail root over /"));
+            }
+            if libc::chroot(dot) != 0 {
+                return Err(fail("chroot"));
+            }
+        } else {
             return Err(fail("pivot_root"));
-        }
-        // The old root is stacked under the new one at "/": detach it.
-        if libc::umount2(dot, libc::MNT_DETACH) != 0 {
-            return Err(fail("detach the host's root"));
         }
         if libc::chdir(c"/".as_ptr()) != 0 {
             return Err(fail("chdir /"));

@@ -123,7 +123,13 @@ fn console_is_not_mounted_through_a_dev_console_symlink() {
         let _ = accept.join();
     } else if out.code == 0 {
         let _ = accept.join();
+        // The mount is in the container's namespace: look there.
+        let info = std::fs::read_to_string(format!("/proc/{}/mountinfo", c.pid())).unwrap();
         c.delete(true).ok("delete --force");
+        assert!(
+            !info.contains(" /share/victim "),
+            "the terminal was mounted onto /share/victim: {info}"
+        );
     }
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host-file\n");
     assert_clean(&c);

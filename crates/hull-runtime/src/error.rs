@@ -89,6 +89,27 @@ pub enum Error {
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
 
+    /// A file under /proc that hull writes or reads on the container's behalf could not
+    /// be reached without crossing a mount or a symlink, or the kernel refused it.
+    #[error("{what} {path}: {source}")]
+    Proc {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: nix::errno::Errno,
+    },
+
+    /// What hull must mount, write or verify through is not a procfs root (a fake /proc
+    /// of CVE-2019-16884, or a mount over the container's procfs).
+    #[error("{path} is not the procfs hull mounted: {reason}; hull refuses a fake /proc")]
+    NotProcfs { path: PathBuf, reason: &'static str },
+
+    /// A file hull mounts from or onto inside the container's root is not the kind
+    /// it must be (a symlink where /dev/null or /dev/console should be, CVE-2025-31133,
+    /// CVE-2025-52565).
+    #[error("{path}: {reason}")]
+    Refused { path: PathBuf, reason: String },
+
     /// An I/O operation on a named path failed.
     #[error("{what} {path}: {source}")]
     Io {

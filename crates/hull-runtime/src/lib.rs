@@ -12,6 +12,7 @@ pub mod fdpass;
 pub mod hooks;
 pub mod namespaces;
 pub mod process;
+pub mod procfs;
 pub mod rootfs;
 pub mod seccomp;
 pub mod selfexe;

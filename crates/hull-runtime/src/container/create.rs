@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::hooks;
 use crate::namespaces::Plan;
 use crate::process::init::{self, InitArgs, StartSignal};
+use crate::procfs::{self, ProcFs};
 use crate::spec::{self, Bundle};
 use crate::state::{self, ContainerState, StateDir, Status};
 use crate::sync::{Channel, Msg};
@@ -383,7 +384,8 @@ fn fork_into(flags: CloneFlags) -> nix::Result<ForkResult> {
 
 /// The init cloned directly into its namespaces. Never returns.
 fn direct_init_main(args: InitArgs, chan: &Channel) -> ! {
-    let r = chan.expect(Msg::Go).and_then(|()| {
+    let r = procfs::make_undumpable().and_then(|()| {
+        chan.expect(Msg::Go)?;
         // The cgroup namespace's root is the cgroup we are in now: the parent has just
         // moved us into the container's.
         if args.plan.new.contains(CloneFlags::CLONE_NEWCGROUP) {
@@ -399,6 +401,10 @@ fn direct_init_main(args: InitArgs, chan: &Channel) -> ! {
 /// Stage 1: namespaces, then fork the init. Never returns.
 fn stage1_main(args: InitArgs, chan: &Channel) -> ! {
     let r = (|| -> Result<()> {
+        // Before joining any namespace of another container (CVE-2016-9962); the init
+        // forked below inherits it.
+        procfs::make_undumpable()?;
+        let proc = ProcFs::open()?;
         chan.expect(Msg::Go)?;
         let plan = args.plan;
         plan.join_paths()?;
@@ -417,7 +423,7 @@ fn stage1_main(args: InitArgs, chan: &Channel) -> ! {
             .as_ref()
             .and_then(|l| l.time_offsets().as_ref())
         {
-            write_time_offsets(offsets)?;
+            procfs::dumpable_for(plan.new_user, || write_time_offsets(&proc, offsets))?;
         }
         chan.fork_and_report(|| init::run(args, chan))
     })();
@@ -440,6 +446,7 @@ fn become_root() -> Result<()> {
 }
 
 fn write_time_offsets(
+    proc: &ProcFs,
     offsets: &std::collections::HashMap<String, oci_spec::runtime::LinuxTimeOffset>,
 ) -> Result<()> {
     let mut text = String::new();
@@ -450,7 +457,7 @@ fn write_time_offsets(
             o.nanosecs().unwrap_or(0)
         );
     }
-    std::fs::write("/proc/self/timens_offsets", text)
+    proc.write_self("timens_offsets", text.as_bytes())
         .map_err(|e| Error::Setup(format!("linux.timeOffsets: {e}")))
 }
 

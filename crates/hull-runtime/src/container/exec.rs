@@ -13,6 +13,7 @@ use oci_spec::runtime::Process;
 use super::{supervise, Container};
 use crate::error::{Error, Result};
 use crate::namespaces::{self, Plan};
+use crate::procfs::{self, ProcFs};
 use crate::signal::pidfd_open;
 use crate::state::Status;
 use crate::sync::{Channel, Msg};
@@ -193,13 +194,20 @@ fn stage1_main(
     chan: &Channel,
 ) -> ! {
     let r = (|| -> Result<()> {
+        // CVE-2016-9962: once in the container's namespaces, its processes must not
+        // ptrace this one or open its /proc files (fds of the host, memory) until the
+        // user's program has replaced it. stage 2 inherits it at fork.
+        procfs::make_undumpable()?;
+        // The host's procfs, before setns: the container's /proc may be fake, or have
+        // something mounted over the files that prepare writes (CVE-2025-52881).
+        let proc = ProcFs::open()?;
         chan.expect(Msg::Go)?;
         // One setns with a pidfd enters all of them atomically, user namespace included.
         if !join.is_empty() {
             sched::setns(pidfd, join)
                 .map_err(|e| Error::Setup(format!("setns into the container: {e}")))?;
         }
-        chan.fork_and_report(|| stage2(c, opts, plan, console, chan))
+        chan.fork_and_report(|| stage2(c, opts, plan, console, chan, &proc))
     })();
     chan.finish_child(r)
 }
@@ -210,6 +218,7 @@ fn stage2(
     plan: &Plan,
     console: Option<OwnedFd>,
     chan: &Channel,
+    proc: &ProcFs,
 ) -> Result<std::convert::Infallible> {
     let process = &opts.process;
     if process.terminal() == Some(true) {
@@ -227,8 +236,14 @@ fn stage2(
         .linux()
         .as_ref()
         .and_then(|l| l.seccomp().as_ref());
-    let mut program =
-        crate::process::prepare(process, seccomp, plan.userns(), opts.preserve_fds, chan)?;
+    let mut program = crate::process::prepare(
+        process,
+        seccomp,
+        plan.userns(),
+        opts.preserve_fds,
+        chan,
+        proc,
+    )?;
     program.report_ready(chan)?;
     crate::process::exec(&program)
 }

@@ -21,7 +21,10 @@ fn fail(what: &str, e: caps::errors::CapsError) -> Error {
 /// so it runs before the user switch.
 pub fn drop_bounding(c: &LinuxCapabilities) -> Result<()> {
     let keep = convert(c.bounding());
-    let all = caps::runtime::procfs_all_supported(None).unwrap_or_else(|_| caps::all());
+    // Asked of the kernel (PR_CAPBSET_READ), not read from /proc/sys/kernel/cap_last_cap:
+    // a fake /proc in the rootfs could claim a low last capability and keep the rest
+    // in the bounding set (CVE-2019-16884's kin).
+    let all = caps::runtime::thread_all_supported();
     for cap in all {
         if !keep.contains(&cap) {
             caps::drop(None, CapSet::Bounding, cap).map_err(|e| fail("drop bounding", e))?;

@@ -14,6 +14,7 @@ use super::Program;
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::namespaces::Plan;
+use crate::procfs::ProcFs;
 use crate::rootfs;
 use crate::spec::Bundle;
 use crate::sync::{Channel, Msg};
@@ -43,6 +44,8 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
     let spec = &args.bundle.spec;
     let process = spec.process().as_ref().expect("validated");
     unistd::setsid().map_err(|e| Error::Setup(format!("setsid: {e}")))?;
+    // Before the container's mounts exist: every later /proc write goes through it.
+    let proc = ProcFs::open()?;
     // The fifo is reopened for writing through our fd table once the root has changed;
     // without a mount namespace there is no /proc inside, so hold the table open now.
     let fd_table = nix::fcntl::open(
@@ -95,7 +98,7 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
     drop(args.console);
     // Before finalize: /proc/sys is usually among the read-only paths.
     if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
-        write_sysctls(sysctl)?;
+        write_sysctls(&proc, sysctl)?;
     }
     if own_mounts {
         rootfs::finalize(spec)?;
@@ -114,6 +117,7 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
         args.plan.userns(),
         args.preserve_fds,
         chan,
+        &proc,
     )?;
     program.report_ready(chan)?;
     // Held open (close-on-exec) until execve: its closing tells `start` that the user's
@@ -170,15 +174,18 @@ fn set_names(spec: &oci_spec::runtime::Spec) -> Result<()> {
     Ok(())
 }
 
-fn write_sysctls(sysctl: &std::collections::HashMap<String, String>) -> Result<()> {
+/// Through hull's own procfs handle, never the container's /proc: a fake one or a mount
+/// over one of its files must not receive the value (CVE-2019-16884, CVE-2025-52881).
+fn write_sysctls(proc: &ProcFs, sysctl: &std::collections::HashMap<String, String>) -> Result<()> {
     for (k, v) in sysctl {
         if k.contains("..") || k.starts_with('/') {
             return Err(Error::Setup(format!(
                 "linux.sysctl {k:?} is not a sysctl name"
             )));
         }
-        let path = format!("/proc/sys/{}", k.replace('.', "/"));
-        std::fs::write(&path, v).map_err(|e| Error::Setup(format!("linux.sysctl {k}={v}: {e}")))?;
+        let rel = PathBuf::from(k.replace('.', "/"));
+        proc.write_sys(&rel, v.as_bytes())
+            .map_err(|e| Error::Setup(format!("linux.sysctl {k}={v}: {e}")))?;
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use nix::unistd;
 use oci_spec::runtime::{LinuxSeccomp, Process};
 
 use crate::error::{Error, Result};
+use crate::procfs::{self, ProcFs};
 use crate::sync::{Channel, Msg};
 
 /// The program to execute, resolved before the point of no return so a typo in
@@ -51,18 +52,21 @@ pub fn prepare(
     userns: bool,
     preserve_fds: i32,
     chan: &Channel,
+    proc: &ProcFs,
 ) -> Result<Program> {
     if let Some(adj) = process.oom_score_adj() {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
-            Error::Setup(format!(
-                "process.oomScoreAdj {adj}: {e} (lowering it needs CAP_SYS_RESOURCE)"
-            ))
-        })?;
+        let data = adj.to_string();
+        procfs::dumpable_for(userns, || proc.write_self("oom_score_adj", data.as_bytes()))
+            .map_err(|e| {
+                Error::Setup(format!(
+                    "process.oomScoreAdj {adj}: {e} (lowering it needs CAP_SYS_RESOURCE)"
+                ))
+            })?;
     }
     if let Some(r) = process.rlimits() {
         rlimits::apply(r)?;
     }
-    apply_lsm(process)?;
+    apply_lsm(process, proc)?;
     close_fds_on_exec(preserve_fds)?;
     let cwd = process.cwd();
     enter_cwd(cwd)?;
@@ -75,7 +79,7 @@ pub fn prepare(
         capabilities::drop_bounding(c)?;
     }
     set_keep_caps(true)?;
-    user::switch(process.user(), userns)?;
+    user::switch(process.user(), userns, proc)?;
     set_keep_caps(false)?;
     match process.capabilities() {
         Some(c) => capabilities::apply(c)?,
@@ -143,7 +147,9 @@ fn set_keep_caps(on: bool) -> Result<()> {
     nix::sys::prctl::set_keepcaps(on).map_err(|e| Error::Setup(format!("PR_SET_KEEPCAPS: {e}")))
 }
 
-fn apply_lsm(process: &Process) -> Result<()> {
+/// The label goes to the attr file of hull's own procfs handle: a fake /proc in the
+/// rootfs would otherwise swallow it and leave the container unconfined (CVE-2019-16884).
+fn apply_lsm(process: &Process, proc: &ProcFs) -> Result<()> {
     if let Some(profile) = process
         .apparmor_profile()
         .as_deref()
@@ -156,8 +162,9 @@ fn apply_lsm(process: &Process) -> Result<()> {
                 "process.apparmorProfile {profile:?}: this host kernel has no AppArmor; remove the field or run on an AppArmor host"
             )));
         }
-        std::fs::write("/proc/self/attr/apparmor/exec", format!("exec {profile}"))
-            .or_else(|_| std::fs::write("/proc/self/attr/exec", format!("exec {profile}")))
+        let data = format!("exec {profile}");
+        proc.write_self("attr/apparmor/exec", data.as_bytes())
+            .or_else(|_| proc.write_self("attr/exec", data.as_bytes()))
             .map_err(|e| Error::Setup(format!("process.apparmorProfile {profile:?}: {e}")))?;
     }
     if let Some(label) = process.selinux_label().as_deref().filter(|l| !l.is_empty()) {
@@ -166,7 +173,7 @@ fn apply_lsm(process: &Process) -> Result<()> {
                 "process.selinuxLabel {label:?}: this host has no SELinux; remove the field or run on an SELinux host"
             )));
         }
-        std::fs::write("/proc/self/attr/exec", label)
+        proc.write_self("attr/exec", label.as_bytes())
             .map_err(|e| Error::Setup(format!("process.selinuxLabel {label:?}: {e}")))?;
     }
     Ok(())

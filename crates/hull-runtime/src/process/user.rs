@@ -6,7 +6,7 @@ use oci_spec::runtime::User;
 
 use crate::error::{Error, Result};
 
-pub fn switch(user: &User, userns: bool) -> Result<()> {
+pub fn switch(user: &User, userns: bool, proc: &crate::procfs::ProcFs) -> Result<()> {
     let fail = |what: &str, e: nix::Error| Error::Setup(format!("process.user: {what}: {e}"));
     let groups: Vec<Gid> = user
         .additional_gids()
@@ -15,8 +15,10 @@ pub fn switch(user: &User, userns: bool) -> Result<()> {
         .map(|g| Gid::from_raw(*g))
         .collect();
     // With setgroups denied in a user namespace only an empty request can be skipped.
-    let denied =
-        userns && std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
+    let denied = userns
+        && proc
+            .read_self("setgroups")
+            .is_ok_and(|s| s.trim() == "deny");
     if !denied {
         unistd::setgroups(&groups).map_err(|e| fail("setgroups", e))?;
     } else if !groups.is_empty() {

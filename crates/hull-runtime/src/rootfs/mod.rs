@@ -136,6 +136,29 @@ pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
     unistd::chdir("/").map_err(|e| setup("chdir /", e))
 }
 
+/// After the hooks that run in the container's mount namespace, and before the masks go
+/// onto it: the container's /proc must still be a procfs root, not something mounted
+/// over the one hull mounted (CVE-2019-16884, CVE-2025-52881).
+fn verify_proc(spec: &Spec) -> Result<()> {
+    let wants_proc = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .any(|m| secure::relative(m.destination()) == Path::new("proc"));
+    if !wants_proc {
+        return Ok(());
+    }
+    let root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| setup("open /", e))?;
+    let proc = secure::open_no_symlinks(&root, Path::new("/proc"), OFlag::O_PATH)
+        .map_err(|e| setup("open /proc", e))?;
+    crate::procfs::verify_root(&proc, Path::new("/proc"))
+}
+
 /// After pivot_root: propagation asked for the root, masked and read-only paths, then a
 /// read-only root last (masking needs nothing written, but hooks and /dev do).
 pub fn finalize(spec: &Spec) -> Result<()> {
@@ -146,6 +169,7 @@ pub fn finalize(spec: &Spec) -> Result<()> {
                 .map_err(|e| setup("set rootfsPropagation", e))?;
         }
     }
+    verify_proc(spec)?;
     if let Some(l) = linux {
         if let Some(m) = l.masked_paths() {
             paths::mask(m)?;

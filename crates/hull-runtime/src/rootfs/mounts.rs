@@ -75,6 +75,7 @@ fn bind(ctx: &MountContext, m: &Mount, dest: &Path, opts: &MountOptions) -> Resu
         create_file_in_root(ctx.rootfd, dest, Mode::from_bits_truncate(0o644))
     }
     .map_err(|e| fail(dest, "cannot create the destination inside the root", e))?;
+    guard_proc(ctx, dest, &spot, Some(src))?;
     let flags = opts.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
     mount(
         Some(src),
@@ -167,6 +168,90 @@ fn require_ordinary_directory(ctx: &MountContext, dest: &Path, typ: &str) -> Res
     }
 }
 
+/// Files under /proc that lxcfs and its kin replace, the only ones a mount other than
+/// procfs may cover (runc's list).
+const PROC_FILES_THAT_MAY_BE_COVERED: &[&str] = &[
+    "proc/cpuinfo",
+    "proc/diskstats",
+    "proc/meminfo",
+    "proc/stat",
+    "proc/swaps",
+    "proc/uptime",
+    "proc/loadavg",
+    "proc/slabinfo",
+    "proc/net/dev",
+    "proc/sys/kernel/ns_last_pid",
+];
+
+/// CVE-2019-16884 and CVE-2023-27561: nothing but procfs (or a bind of a whole procfs)
+/// goes at /proc, and under it only the files above, so no fake /proc can catch what
+/// the container's LSM label, masks and sysctls mean for the real one. Checked on
+/// `spot`, where the mount will actually land: a symlink in the image or in an earlier
+/// volume cannot route a destination that does not say /proc into it.
+fn guard_proc(ctx: &MountContext, dest: &Path, spot: &OwnedFd, src: Option<&Path>) -> Result<()> {
+    use nix::sys::statfs::{fstatfs, PROC_SUPER_MAGIC};
+    let refuse = |why: String| {
+        Error::Setup(format!(
+            "mount {}: {why}; only procfs may be mounted on /proc",
+            dest.display()
+        ))
+    };
+    let here = nix::sys::stat::fstat(spot).map_err(|e| fail(dest, "stat", e))?;
+    let proc_dir =
+        nix::sys::stat::fstatat(ctx.rootfd, "proc", nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+    let at_proc = proc_dir.is_ok_and(|p| (p.st_dev, p.st_ino) == (here.st_dev, here.st_ino));
+    let in_procfs = fstatfs(spot)
+        .map_err(|e| fail(dest, "statfs", e))?
+        .filesystem_type()
+        == PROC_SUPER_MAGIC;
+    if !at_proc && !in_procfs {
+        return Ok(());
+    }
+    // Where it lands, as the kernel resolved it.
+    let landed = std::fs::read_link(proc_path(spot)).map_err(|e| {
+        fail(
+            dest,
+            "readlink",
+            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        )
+    })?;
+    let root = std::fs::read_link(proc_path(ctx.rootfd)).map_err(|e| {
+        fail(
+            dest,
+            "readlink the root",
+            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        )
+    })?;
+    let rel = landed.strip_prefix(&root).unwrap_or(&landed);
+    if rel == Path::new("proc") {
+        let whole_procfs = src.is_some_and(|s| {
+            nix::fcntl::open(
+                s,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .is_ok_and(|fd| crate::procfs::verify_root(&fd, s).is_ok())
+        });
+        if whole_procfs {
+            return Ok(());
+        }
+        return Err(refuse(format!(
+            "it lands on the container's /proc ({})",
+            landed.display()
+        )));
+    }
+    if PROC_FILES_THAT_MAY_BE_COVERED
+        .iter()
+        .any(|f| rel == Path::new(f))
+    {
+        return Ok(());
+    }
+    Err(refuse(format!(
+        "it lands inside the container's procfs, at /{}",
+        rel.display()
+    )))
+}
+
 fn mount_fs(
     ctx: &MountContext,
     m: &Mount,
@@ -179,6 +264,9 @@ fn mount_fs(
     }
     let spot = mkdir_all_in_root(ctx.rootfd, dest, Mode::from_bits_truncate(0o755))
         .map_err(|e| fail(dest, "cannot create the destination inside the root", e))?;
+    if typ != "proc" {
+        guard_proc(ctx, dest, &spot, None)?;
+    }
     let source = m
         .source()
         .as_ref()
@@ -355,6 +443,7 @@ fn mount_cgroup(ctx: &MountContext, dest: &Path, opts: &MountOptions) -> Result<
     let keep = opts.flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
     let spot = mkdir_all_in_root(ctx.rootfd, dest, Mode::from_bits_truncate(0o755))
         .map_err(|e| fail(dest, "cannot create the destination inside the root", e))?;
+    guard_proc(ctx, dest, &spot, None)?;
     let unified_only = ctx.cgroup_dirs.len() == 1 && ctx.cgroup_dirs[0].0.is_empty();
     if unified_only {
         return bind_cgroup_dir(ctx, &ctx.cgroup_dirs[0].1, dest, &spot, ro | keep);

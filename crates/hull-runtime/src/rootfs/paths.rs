@@ -1,6 +1,7 @@
 //! maskedPaths and readonlyPaths, applied after pivot_root so they name paths as the
 //! container sees them (mostly under its own /proc and /sys).
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -9,7 +10,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::SFlag;
 
 use super::mounts::{current_flags, remount_bind};
-use super::secure::{open_in_root, proc_path};
+use super::secure::{bind_fd, open_in_root, open_no_symlinks, proc_path};
 use crate::error::{Error, Result};
 
 fn root() -> Result<std::os::fd::OwnedFd> {
@@ -21,9 +22,50 @@ fn root() -> Result<std::os::fd::OwnedFd> {
     .map_err(|e| Error::Setup(format!("open /: {e}")))
 }
 
+/// The container's /dev/null, opened without following any symlink and checked to be
+/// the null device (char 1:3): masks are bound from it, and a symlink there (to
+/// /proc/sys/kernel/core_pattern, say) would make a masked file a writable window onto
+/// the host (CVE-2025-31133).
+fn dev_null(root: &OwnedFd) -> Result<OwnedFd> {
+    let path = Path::new("/dev/null");
+    let fd = open_no_symlinks(root, path, OFlag::O_PATH).map_err(|e| Error::Refused {
+        path: path.into(),
+        reason: format!("maskedPaths are bound from it, and it cannot be opened without following a symlink: {e}"),
+    })?;
+    let st =
+        nix::sys::stat::fstat(&fd).map_err(|e| Error::Setup(format!("stat /dev/null: {e}")))?;
+    let kind = st.st_mode & libc::S_IFMT;
+    let rdev = (
+        nix::sys::stat::major(st.st_rdev),
+        nix::sys::stat::minor(st.st_rdev),
+    );
+    if kind != libc::S_IFCHR || rdev != (1, 3) {
+        return Err(Error::Refused {
+            path: path.into(),
+            reason: format!(
+                "maskedPaths are bound from it, and it is {} instead of the null device (char 1:3)",
+                describe(kind, rdev)
+            ),
+        });
+    }
+    Ok(fd)
+}
+
+fn describe(kind: u32, (major, minor): (u64, u64)) -> String {
+    match kind {
+        libc::S_IFLNK => "a symlink".into(),
+        libc::S_IFREG => "a regular file".into(),
+        libc::S_IFDIR => "a directory".into(),
+        libc::S_IFCHR => format!("char device {major}:{minor}"),
+        libc::S_IFBLK => format!("block device {major}:{minor}"),
+        _ => "a special file".into(),
+    }
+}
+
 /// Hides each path: /dev/null over files, an empty read-only tmpfs over directories.
 pub fn mask(paths: &[String]) -> Result<()> {
     let root = root()?;
+    let mut null = None;
     for p in paths {
         let fd = match open_in_root(&root, Path::new(p), OFlag::O_PATH) {
             Ok(fd) => fd,
@@ -42,13 +84,10 @@ pub fn mask(paths: &[String]) -> Result<()> {
                 None::<&str>,
             )
         } else {
-            mount(
-                Some("/dev/null"),
-                &proc_path(&fd),
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
+            if null.is_none() {
+                null = Some(dev_null(&root)?);
+            }
+            bind_fd(null.as_ref().expect("just set"), &fd)
         };
         r.map_err(|e| Error::Setup(format!("maskedPaths {p}: {e}")))?;
     }

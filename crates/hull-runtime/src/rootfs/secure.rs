@@ -134,6 +134,57 @@ pub fn create_file_in_root(root: impl AsFd, path: &Path, mode: Mode) -> nix::Res
     open_in_root(root.as_fd(), path, OFlag::O_PATH)
 }
 
+/// Opens `path` inside `root` following no symlink at all, not even one inside the
+/// root. With O_PATH a trailing symlink is returned as itself, for the caller to see.
+pub fn open_no_symlinks(root: impl AsFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+    let rel = relative(path);
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(RESOLVE | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    loop {
+        match fcntl::openat2(root.as_fd(), &rel, how) {
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => continue,
+            r => return r,
+        }
+    }
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+/// Binds the file `src` refers to onto the file `target` refers to. Both are fds, so
+/// no path is looked up at mount time: neither a symlink swapped in nor a mount over
+/// /proc/self/fd can redirect the bind (CVE-2025-31133, CVE-2025-52565).
+pub fn bind_fd(src: impl AsFd, target: impl AsFd) -> nix::Result<()> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: open_tree with an empty NUL-terminated path and AT_EMPTY_PATH clones the
+    // mount of `src`'s file; the result is a fresh fd we then own.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            src.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    };
+    let tree = Errno::result(tree)?;
+    // SAFETY: the syscall returned a fresh fd.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    // SAFETY: move_mount with two fds and empty NUL-terminated paths.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
 /// The /proc path through which mount(2) and friends reach `fd`'s file.
 pub fn proc_path(fd: &impl AsRawFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))

@@ -83,7 +83,13 @@ fn from_args(c: &Container, a: &ExecArgs) -> Result<Process> {
         p.set_selinux_label(Some(label.clone()));
     }
     if !a.cap.is_empty() {
-        let mut caps = p.capabilities().clone().unwrap_or_default();
+        let had = p.capabilities().clone();
+        let mut caps = had.clone().unwrap_or_default();
+        if had.is_none() {
+            // LinuxCapabilities::default() fills the inheritable and ambient sets too.
+            caps.set_inheritable(None);
+            caps.set_ambient(None);
+        }
         let add: Capabilities = a
             .cap
             .iter()
@@ -100,7 +106,8 @@ fn from_args(c: &Container, a: &ExecArgs) -> Result<Process> {
         caps.set_bounding(extend(caps.bounding()));
         caps.set_effective(extend(caps.effective()));
         caps.set_permitted(extend(caps.permitted()));
-        caps.set_inheritable(extend(caps.inheritable()));
+        // Never the inheritable set (CVE-2022-29162): with it, a non-root process could
+        // exec a binary with inheritable file capabilities and gain them.
         p.set_capabilities(Some(caps));
     }
     Ok(p)

@@ -196,9 +196,10 @@ fn device_args(c: &VmConfig) -> Vec<String> {
 /// filter (`-sandbox`). `elevateprivileges=allow`: QEMU 7.2 installs the filter before
 /// it drops to `-runas`'s uid, and `deny` kills it at that setuid; after it, with no
 /// capabilities and no_new_privs, no set*id call can raise it again. A VM with shared
-/// directories keeps uid 0 (chrooted, filtered, in its namespaces): virtio-9p's
-/// passthrough model gives guest files the host's owners and modes, which only root
-/// can set and read.
+/// directories keeps uid 0 and the host's tree (filtered, in its namespaces, with the
+/// bounding set of `jail::KEEP_CAPS_9P`): virtio-9p opens the shared paths as the
+/// guest asks, and its passthrough model gives guest files the host's owners and
+/// modes, which only root can set and read.
 fn jail_args(c: &VmConfig, jail: &crate::jail::JailId) -> Result<Vec<String>> {
     let dir = c
         .console_log
@@ -207,13 +208,16 @@ fn jail_args(c: &VmConfig, jail: &crate::jail::JailId) -> Result<Vec<String>> {
         .ok_or_else(|| SandboxError::Vm("the console log has no directory".into()))?;
     std::fs::create_dir_all(&dir).map_err(crate::error::io_err("cannot create", &dir))?;
     let mut a = vec![
-        "-chroot".to_string(),
-        dir.display().to_string(),
-        "-sandbox".into(),
+        "-sandbox".to_string(),
         "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny".into(),
     ];
     if c.shares.is_empty() {
-        a.extend(["-runas".into(), format!("{}:{}", jail.uid, jail.gid)]);
+        a.extend([
+            "-chroot".into(),
+            dir.display().to_string(),
+            "-runas".into(),
+            format!("{}:{}", jail.uid, jail.gid),
+        ]);
     }
     Ok(a)
 }

@@ -135,6 +135,10 @@ pub const MAIN: &[(i64, &str)] = &[
     (libc::SYS_sigaltstack, "thread exit"),
     (libc::SYS_exit, "the teardown helper's end"),
     (libc::SYS_exit_group, "the process's end"),
+    (
+        libc::SYS_unlink,
+        "the vsock and console devices removing their listening sockets when dropped",
+    ),
 ];
 
 /// `ioctls`: the only requests the table's ioctl entry allows.

@@ -231,7 +231,9 @@ fn vmm_pid(c: &Container) -> i32 {
         .map(|(pid, _)| pid)
         .find(|&pid| {
             pid != proxy
-                && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|d| d == sandbox)
+                // hull-vmm works in the sandbox directory; QEMU chroots into its jail.
+                && std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .is_ok_and(|d| d == sandbox || d == sandbox.join("jail"))
         });
     vmm.expect("the VMM of this container")
 }

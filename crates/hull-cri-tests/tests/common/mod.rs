@@ -264,6 +264,15 @@ impl Cri {
 
 impl Drop for Cri {
     fn drop(&mut self) {
+        // A failed test says what containerd (and the shims, through it) said.
+        if std::thread::panicking() {
+            let log = fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(150).collect();
+            eprintln!(
+                "containerd.log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         self.teardown_tasks();
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();

@@ -197,13 +197,6 @@ pub fn update(mut c: Container, resources: &LinuxResources) -> Result<()> {
 /// outside it, and a state directory left behind would list a container that cannot
 /// come back.
 pub fn delete(c: &Container, force: bool) -> Result<()> {
-    let status = c.status();
-    if status != Status::Stopped && !force {
-        return Err(SandboxError::Runtime(RuntimeError::NotStopped {
-            id: c.id().into(),
-            status,
-        }));
-    }
     let root = c.dir.path.parent().unwrap_or(&c.dir.path);
     let members = member::members_of(root, c.id());
     if !members.is_empty() && !force {
@@ -213,6 +206,13 @@ pub fn delete(c: &Container, force: bool) -> Result<()> {
             c.id(),
             ids.join(", ")
         )));
+    }
+    let status = c.status();
+    if status != Status::Stopped && !force {
+        return Err(SandboxError::Runtime(RuntimeError::NotStopped {
+            id: c.id().into(),
+            status,
+        }));
     }
     for m in &members {
         delete(m, true)?;

@@ -72,7 +72,13 @@ impl Images {
             .ok_or_else(|| anyhow!("no image {name:?} is attached to this VM"))
     }
 
-    pub fn attach(&mut self, router: &Router, name: &str, stream: StreamId, size: u64) -> Result<()> {
+    pub fn attach(
+        &mut self,
+        router: &Router,
+        name: &str,
+        stream: StreamId,
+        size: u64,
+    ) -> Result<()> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric()) {
             bail!("image name {name:?}: letters and digits only");
         }
@@ -103,7 +109,11 @@ impl Images {
                 NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY,
                 "NBD_SET_FLAGS",
             ),
-            (NBD_SET_SOCK, sock.as_raw_fd() as libc::c_ulong, "NBD_SET_SOCK"),
+            (
+                NBD_SET_SOCK,
+                sock.as_raw_fd() as libc::c_ulong,
+                "NBD_SET_SOCK",
+            ),
         ];
         for (request, arg, what) in setup {
             nbd_ioctl(&dev, request, arg).with_context(|| format!("{what} on {path}"))?;

@@ -52,11 +52,7 @@ pub fn spawn(host: BorrowedFd) -> Result<(Router, OwnedFd)> {
     // SAFETY: the agent is single-threaded; the child runs the router loop and exits.
     match unsafe { nix::unistd::fork() }.context("fork the router")? {
         ForkResult::Child => {
-            let keep = [
-                host.as_raw_fd(),
-                theirs.as_raw_fd(),
-                ctl_theirs.as_raw_fd(),
-            ];
+            let keep = [host.as_raw_fd(), theirs.as_raw_fd(), ctl_theirs.as_raw_fd()];
             close_all_but(&keep);
             let code = match route(host, theirs.as_fd(), ctl_theirs.as_fd()) {
                 Ok(()) => 0,
@@ -138,32 +134,86 @@ impl Buffers {
     }
 }
 
+/// The router's two ends of the agent's channel, each with its frame decoder.
+struct Ends {
+    host: File,
+    agent: File,
+    from_host: FrameDecoder,
+    from_agent: FrameDecoder,
+}
+
+impl Ends {
+    /// Host bytes: image frames to their sockets, the rest to the agent. Ok(false) at
+    /// the host's end of file, once what the agent is owed is flushed.
+    fn host_readable(&mut self, b: &mut Buffers, buf: &mut [u8]) -> Result<bool> {
+        match read_some(&mut self.host, buf)? {
+            Some(0) => {
+                flush(&mut self.agent, &b.to_agent);
+                Ok(false)
+            }
+            Some(n) => {
+                self.from_host.push(&buf[..n]);
+                while let Some(f) = self.from_host.next_frame()? {
+                    b.from_host(f);
+                }
+                Ok(true)
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// Agent frames, whole, to the host. Ok(false) at the agent's end of file.
+    fn agent_readable(&mut self, b: &mut Buffers, buf: &mut [u8]) -> Result<bool> {
+        match read_some(&mut self.agent, buf)? {
+            Some(0) => {
+                flush(&mut self.host, &b.to_host);
+                Ok(false)
+            }
+            Some(n) => {
+                self.from_agent.push(&buf[..n]);
+                while let Some(f) = self.from_agent.next_frame()? {
+                    encode_frame(f.stream, &f.payload, &mut b.to_host);
+                }
+                Ok(true)
+            }
+            None => Ok(true),
+        }
+    }
+}
+
+fn flags(read: bool, write: bool) -> PollFlags {
+    let mut f = PollFlags::empty();
+    f.set(PollFlags::POLLIN, read);
+    f.set(PollFlags::POLLOUT, write);
+    f
+}
+
 fn route(host: BorrowedFd, agent: BorrowedFd, ctl: BorrowedFd) -> Result<()> {
     for fd in [host, agent] {
         crate::io::set_nonblocking(&fd)?;
     }
     // SAFETY: the fds are this process's own from here on (close_all_but kept them).
-    let (mut host, mut agent) = unsafe {
+    let (host, agent) = unsafe {
         (
             File::from_raw_fd(host.as_raw_fd()),
             File::from_raw_fd(agent.as_raw_fd()),
         )
     };
-    let (mut from_host, mut from_agent) = (FrameDecoder::new(), FrameDecoder::new());
+    let mut ends = Ends {
+        host,
+        agent,
+        from_host: FrameDecoder::new(),
+        from_agent: FrameDecoder::new(),
+    };
     let mut b = Buffers::default();
     let mut buf = vec![0u8; 256 * 1024];
     let mut ctl_open = true;
+    let input = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
     loop {
         let reading = b.to_host.len() < HIGH;
-        let flags = |read: bool, write: bool| {
-            let mut f = PollFlags::empty();
-            f.set(PollFlags::POLLIN, read);
-            f.set(PollFlags::POLLOUT, write);
-            f
-        };
         let mut fds = vec![
-            PollFd::new(host.as_fd(), flags(true, !b.to_host.is_empty())),
-            PollFd::new(agent.as_fd(), flags(reading, !b.to_agent.is_empty())),
+            PollFd::new(ends.host.as_fd(), flags(true, !b.to_host.is_empty())),
+            PollFd::new(ends.agent.as_fd(), flags(reading, !b.to_agent.is_empty())),
             PollFd::new(ctl, flags(ctl_open, false)),
         ];
         for blk in &b.blocks {
@@ -179,42 +229,17 @@ fn route(host: BorrowedFd, agent: BorrowedFd, ctl: BorrowedFd) -> Result<()> {
             .map(|f| f.revents().unwrap_or(PollFlags::empty()))
             .collect();
         drop(fds);
-        let input = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
-        if rev[0].intersects(input) {
-            match read_some(&mut host, &mut buf)? {
-                Some(0) => {
-                    flush(&mut agent, &b.to_agent);
-                    return Ok(());
-                }
-                Some(n) => {
-                    from_host.push(&buf[..n]);
-                    while let Some(f) = from_host.next_frame()? {
-                        b.from_host(f);
-                    }
-                }
-                None => {}
-            }
+        if rev[0].intersects(input) && !ends.host_readable(&mut b, &mut buf)? {
+            return Ok(());
         }
         if rev[0].contains(PollFlags::POLLOUT) {
-            write_some(&mut host, &mut b.to_host)?;
+            write_some(&mut ends.host, &mut b.to_host)?;
         }
-        if rev[1].intersects(input) {
-            match read_some(&mut agent, &mut buf)? {
-                Some(0) => {
-                    flush(&mut host, &b.to_host);
-                    return Ok(());
-                }
-                Some(n) => {
-                    from_agent.push(&buf[..n]);
-                    while let Some(f) = from_agent.next_frame()? {
-                        encode_frame(f.stream, &f.payload, &mut b.to_host);
-                    }
-                }
-                None => {}
-            }
+        if rev[1].intersects(input) && !ends.agent_readable(&mut b, &mut buf)? {
+            return Ok(());
         }
         if rev[1].contains(PollFlags::POLLOUT) {
-            write_some(&mut agent, &mut b.to_agent)?;
+            write_some(&mut ends.agent, &mut b.to_agent)?;
         }
         if rev[2].intersects(input) {
             match receive_block(ctl) {
@@ -270,7 +295,10 @@ fn receive_block(ctl: BorrowedFd) -> Result<Option<Block>> {
     for c in msg.cmsgs().context("control data")? {
         if let ControlMessageOwned::ScmRights(list) = c {
             // SAFETY: the kernel installed these fds for us; nothing else owns them.
-            fd = list.into_iter().next().map(|f| unsafe { OwnedFd::from_raw_fd(f) });
+            fd = list
+                .into_iter()
+                .next()
+                .map(|f| unsafe { OwnedFd::from_raw_fd(f) });
         }
     }
     if msg.bytes == 0 && fd.is_none() {

@@ -170,7 +170,11 @@ async fn netns_of(cri: &mut Cri, pod: &str) -> Option<String> {
 }
 
 /// RunPodSandbox on the test's CNI bridge: (pod id, its netns file).
-pub(crate) async fn run_pod(cri: &mut Cri, handler: &str, sandbox: &PodSandboxConfig) -> (String, String) {
+pub(crate) async fn run_pod(
+    cri: &mut Cri,
+    handler: &str,
+    sandbox: &PodSandboxConfig,
+) -> (String, String) {
     let pod = cri
         .rt
         .run_pod_sandbox(RunPodSandboxRequest {

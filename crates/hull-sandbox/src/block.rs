@@ -120,7 +120,10 @@ fn serve(agent: &AgentClient, stream: StreamId, rx: Receiver<Vec<u8>>, image: Fi
                     return agent.unsubscribe(stream);
                 }
             };
-            if agent.send_data(stream, &answer(&req, &image, size)).is_err() {
+            if agent
+                .send_data(stream, &answer(&req, &image, size))
+                .is_err()
+            {
                 return;
             }
         }
@@ -243,7 +246,10 @@ mod tests {
         assert_eq!(&reply[0..4], &REPLY_MAGIC.to_be_bytes());
         assert_eq!(&reply[4..8], &[0, 0, 0, 0]);
         assert_eq!(&reply[8..16], b"handle!!");
-        assert_eq!(&reply[16..], &(4096..4112u32).map(|i| i as u8).collect::<Vec<_>>());
+        assert_eq!(
+            &reply[16..],
+            &(4096..4112u32).map(|i| i as u8).collect::<Vec<_>>()
+        );
         std::fs::remove_file(p).unwrap();
     }
 

@@ -15,17 +15,21 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// A sandbox that brings up its loopback (CNI's loopback plugin does it in a pod) and
 /// sleeps.
 fn sandbox() -> (Container, i32) {
-    let c = Bundle::new(&["sh", "-c", "ip link set lo up; echo sandbox up; exec sleep 1000"])
-        .config(|v| {
-            for set in ["bounding", "effective", "permitted"] {
-                v["process"]["capabilities"][set]
-                    .as_array_mut()
-                    .unwrap()
-                    .push(json!("CAP_NET_ADMIN"));
-            }
-            v["hostname"] = json!("thepod");
-        })
-        .container();
+    let c = Bundle::new(&[
+        "sh",
+        "-c",
+        "ip link set lo up; echo sandbox up; exec sleep 1000",
+    ])
+    .config(|v| {
+        for set in ["bounding", "effective", "permitted"] {
+            v["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_NET_ADMIN"));
+        }
+        v["hostname"] = json!("thepod");
+    })
+    .container();
     let (out, pid_file) = create_vm(&c, None, &["--isolation", "vm"]);
     assert_eq!(out.code, 0, "sandbox create: {out:?}");
     c.start().ok("start the sandbox");
@@ -73,7 +77,9 @@ fn running_nbds(c: &Container) -> String {
 }
 
 fn boot_id(c: &Container) -> String {
-    let out = c.exec(&["cat", "/proc/sys/kernel/random/boot_id"]).ok("boot_id");
+    let out = c
+        .exec(&["cat", "/proc/sys/kernel/random/boot_id"])
+        .ok("boot_id");
     out.stdout.trim().to_string()
 }
 
@@ -108,21 +114,44 @@ fn members_share_the_sandbox_vm_and_its_network_and_every_verb_works() {
     assert_eq!(server.state()["isolation"], "vm");
     server.start().ok("start server");
     client.start().ok("start client");
-    assert_eq!(wait_adopted(server_pid, MINUTE), 3, "{:?}", server.init_output());
-    assert_eq!(wait_adopted(client_pid, MINUTE), 5, "{:?}", client.init_output());
+    assert_eq!(
+        wait_adopted(server_pid, MINUTE),
+        3,
+        "{:?}",
+        server.init_output()
+    );
+    assert_eq!(
+        wait_adopted(client_pid, MINUTE),
+        5,
+        "{:?}",
+        client.init_output()
+    );
     let (s_out, c_out) = (server.init_output().0, client.init_output().0);
     let sandbox_boot = boot_id(&sb);
     for out in [&s_out, &c_out] {
         let mut lines = out.lines();
-        assert_eq!(lines.next(), Some(sandbox_boot.as_str()), "another VM: {out:?}");
-        assert_eq!(lines.next(), Some("thepod"), "the sandbox's UTS namespace: {out:?}");
+        assert_eq!(
+            lines.next(),
+            Some(sandbox_boot.as_str()),
+            "another VM: {out:?}"
+        );
+        assert_eq!(
+            lines.next(),
+            Some("thepod"),
+            "the sandbox's UTS namespace: {out:?}"
+        );
     }
-    assert!(c_out.contains("hello-from-server"), "localhost between members: {c_out:?}");
+    assert!(
+        c_out.contains("hello-from-server"),
+        "localhost between members: {c_out:?}"
+    );
     assert_eq!(server.status(), "stopped");
     // One VMM: the sandbox's.
     let vmms = common::cleanup::processes_under(&sb.root);
     assert_eq!(
-        vmms.iter().filter(|(_, cmd)| cmd.contains("qemu-system")).count(),
+        vmms.iter()
+            .filter(|(_, cmd)| cmd.contains("qemu-system"))
+            .count(),
         1,
         "{vmms:?}"
     );
@@ -131,26 +160,44 @@ fn members_share_the_sandbox_vm_and_its_network_and_every_verb_works() {
     let sleeper = member(&sb, &["sleep", "1000"]);
     let sleeper_pid = create_member(&sleeper);
     sleeper.start().ok("start sleeper");
-    let out = sleeper.exec(&["sh", "-c", "hostname; echo exec-ok"]).ok("exec");
+    let out = sleeper
+        .exec(&["sh", "-c", "hostname; echo exec-ok"])
+        .ok("exec");
     assert_eq!(out.stdout, "thepod\nexec-ok\n");
     assert_eq!(boot_id(&sleeper), sandbox_boot);
     let ps = sleeper.hull(&["ps", &sleeper.id]).ok("ps");
     assert!(ps.stdout.lines().count() >= 2, "{ps:?}");
     let dir = sleeper.bundle.dir.join("exec.pid");
-    let d = sleeper.hull(&["exec", "-d", "--pid-file", dir.to_str().unwrap(), &sleeper.id, "sleep", "1000"]);
+    let d = sleeper.hull(&[
+        "exec",
+        "-d",
+        "--pid-file",
+        dir.to_str().unwrap(),
+        &sleeper.id,
+        "sleep",
+        "1000",
+    ]);
     d.ok("exec -d");
     let exec_pid = read_pid(&dir);
     sleeper.hull(&["pause", &sleeper.id]).ok("pause");
     assert_eq!(sleeper.status(), "paused");
     sleeper.hull(&["resume", &sleeper.id]).ok("resume");
     assert_eq!(sleeper.status(), "running");
-    let ev = sleeper.hull(&["events", "--stats", &sleeper.id]).ok("events");
+    let ev = sleeper
+        .hull(&["events", "--stats", &sleeper.id])
+        .ok("events");
     assert!(ev.stdout.contains(r#""type":"stats""#), "{ev:?}");
     let up = sleeper.hull(&["update", "--memory", "64M", &sleeper.id]);
     up.ok("update");
-    sleeper.hull(&["kill", "--all", &sleeper.id, "KILL"]).ok("kill --all");
+    sleeper
+        .hull(&["kill", "--all", &sleeper.id, "KILL"])
+        .ok("kill --all");
     assert_eq!(wait_adopted(sleeper_pid, MINUTE), 137);
-    assert_eq!(wait_adopted(exec_pid, MINUTE), 137, "the exec ended with its container");
+    assert_eq!(
+        wait_adopted(exec_pid, MINUTE),
+        137,
+        "the exec ended with its container"
+    );
 
     // The sandbox cannot go while it has members; deleting members leaves the VM.
     let refused = sb.hull(&["delete", &sb.id]);
@@ -192,7 +239,10 @@ fn a_killed_sandbox_stops_its_members_and_delete_force_cleans_each() {
     a.delete(true).ok("delete --force a");
     // The sandbox with a member left: --force takes the member along.
     sb.delete(true).ok("delete --force sandbox");
-    assert!(!b.root.join(&b.id).exists(), "the member went with its sandbox");
+    assert!(
+        !b.root.join(&b.id).exists(),
+        "the member went with its sandbox"
+    );
     assert_vm_gone(&sb);
 }
 
@@ -204,7 +254,10 @@ fn a_member_needs_a_running_vm_sandbox() {
         .config(|v| v["annotations"] = json!({"io.hull.sandbox": "no-such-sandbox"}))
         .container();
     let (out, _) = create_vm(&ghost, None, &["--isolation", "vm"]);
-    out.assert_error("member of a missing sandbox", &["no-such-sandbox", "create the sandbox first"]);
+    out.assert_error(
+        "member of a missing sandbox",
+        &["no-such-sandbox", "create the sandbox first"],
+    );
     assert!(!ghost.root.join(&ghost.id).exists());
     // Namespace isolation cannot join a VM.
     let (out, _) = create_vm(&ghost, None, &["--isolation", "namespace"]);
@@ -219,4 +272,49 @@ fn a_member_needs_a_running_vm_sandbox() {
     let (out, _) = create_vm(&m, None, &["--isolation", "vm"]);
     out.assert_error("member of a namespace sandbox", &["namespace container"]);
     assert!(!m.root.join(&m.id).exists());
+}
+
+/// `create` of a member, timed.
+fn timed_create(c: &Container) -> (i32, Duration) {
+    let t = Instant::now();
+    let pid = create_member(c);
+    (pid, t.elapsed())
+}
+
+#[test]
+fn measure_adding_a_rootfs_to_a_running_pod_vm() {
+    hull_only!();
+    become_subreaper();
+    let (sb, _) = sandbox();
+    // Members on one rootfs tree (the first's): its image is made once, attached once.
+    let first = member(&sb, &["sleep", "1000"]);
+    let rootfs = first.bundle.rootfs.display().to_string();
+    let same = |sb: &Container| {
+        let mut c = member(sb, &["sleep", "1000"]);
+        c.bundle.config["root"]["path"] = json!(rootfs);
+        std::fs::write(
+            c.bundle.dir.join("config.json"),
+            serde_json::to_vec(&c.bundle.config).unwrap(),
+        )
+        .unwrap();
+        c
+    };
+    let (_, made) = timed_create(&first);
+    let second = same(&sb);
+    let (_, shared) = timed_create(&second);
+    assert_eq!(running_nbds(&sb).lines().count(), 1, "one image for both");
+    first.delete(true).ok("delete first");
+    second.delete(true).ok("delete second");
+    assert_eq!(running_nbds(&sb), "");
+    let third = same(&sb);
+    let (_, again) = timed_create(&third);
+    third.delete(true).ok("delete third");
+    println!(
+        "member create: image made + attached + mounted {made:?}; image cached + attached + mounted {again:?}; image attached already {shared:?} \
+         (so: mkfs.erofs ~{:?}, NBD attach + erofs mount ~{:?}, the container's creation in the guest ~{shared:?})",
+        made.saturating_sub(again),
+        again.saturating_sub(shared)
+    );
+    sb.delete(true).ok("delete sandbox");
+    assert_vm_gone(&sb);
 }

@@ -49,4 +49,3 @@ pub(super) fn sandbox_request(sandbox: &mut Sandbox, request: Request) -> Result
     }
     Ok(Reply::Done)
 }
-

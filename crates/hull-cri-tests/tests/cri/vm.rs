@@ -12,8 +12,8 @@ use k8s_cri::v1::{
 
 use super::common::Cri;
 use super::{
-    assert_clean, container_config, create_started, exec_and_stats, pod_config, run_pod,
-    runtime, stop_and_remove, wait_state,
+    assert_clean, container_config, create_started, exec_and_stats, pod_config, run_pod, runtime,
+    stop_and_remove, wait_state,
 };
 
 /// The VMMs running for this test (their working directory is a sandbox's, under the
@@ -94,7 +94,11 @@ async fn vm_pod(cri: &mut Cri) {
     // Through /dev/null too: the update keeps the devices every container needs.
     let read = "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes";
     let limit = exec_out(cri, &app, &["sh", "-c", read]).await;
-    assert_eq!(limit, (96u64 << 20).to_string(), "the guest's limit after Update");
+    assert_eq!(
+        limit,
+        (96u64 << 20).to_string(),
+        "the guest's limit after Update"
+    );
     let logs = |c: &str| {
         let f = cri.dir.join("logs").join(name).join(format!("{c}.log"));
         std::fs::read_to_string(f).unwrap_or_default()

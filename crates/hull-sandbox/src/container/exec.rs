@@ -240,35 +240,11 @@ pub(super) fn serve_process(
         );
     }
     let agent = shared.agent.clone();
-    let streams = agent.streams();
-    let mut fds = fds.into_iter();
-    let (input, output, error) = (
-        fds.next(),
-        fds.next(),
-        (!terminal).then(|| fds.next()).flatten(),
-    );
-    let preserved = fds
-        .zip(preserved)
-        .map(|(fd, direction)| Preserved { fd, direction })
-        .collect();
-    let (extra, mut relays) = match super::preserved::plan(&agent, preserved) {
+    let (io, mut plumbed) = match plumb(&agent, terminal, preserved, fds) {
         Ok(p) => p,
         Err(e) => return fail(&conn, e.to_string()),
     };
-    let mut outputs = std::mem::take(&mut relays.outputs);
-    if let Some(o) = output {
-        outputs.push(relay::out_of_agent(agent.subscribe(streams.stdout), o));
-    }
-    if let Some(e) = error {
-        outputs.push(relay::out_of_agent(agent.subscribe(streams.stderr), e));
-    }
-    let io = ProcessIo {
-        stdin: Some(streams.stdin),
-        stdout: Some(streams.stdout),
-        stderr: (!terminal).then_some(streams.stderr),
-        terminal,
-        extra,
-    };
+    let streams = plumbed.streams;
     let pid = match start(io) {
         Ok(pid) => pid,
         Err(e) => {
@@ -280,8 +256,8 @@ pub(super) fn serve_process(
     };
     // Stopped once the process has exited: they would hold the host's fds for as
     // long as the container runs.
-    let mut inputs = relays.start_inputs(&agent);
-    if let Some(i) = input {
+    let mut inputs = plumbed.relays.start_inputs(&agent);
+    if let Some(i) = plumbed.input.take() {
         inputs.push(relay::into_agent(agent.clone(), streams.stdin, i));
     }
     if control::send(conn.as_fd(), &ControlReply::Started { pid }, &[]).is_err() {
@@ -302,11 +278,62 @@ pub(super) fn serve_process(
     };
     exited.store(true, Ordering::SeqCst);
     drop(inputs);
-    for o in outputs {
+    for o in plumbed.outputs {
         let _ = o.join();
     }
     let _ = control::send(conn.as_fd(), &ControlReply::Exited { status }, &[]);
     Some(status)
+}
+
+/// A process's relays, set up before it exists.
+struct Plumbed {
+    streams: crate::client::Streams,
+    outputs: Vec<std::thread::JoinHandle<()>>,
+    relays: super::preserved::Relays,
+    input: Option<OwnedFd>,
+}
+
+/// Streams and relays for the fds that came with a request: stdin, stdout, stderr
+/// (a terminal: its slave twice), then the preserved ones.
+fn plumb(
+    agent: &Arc<crate::client::AgentClient>,
+    terminal: bool,
+    preserved: Vec<Direction>,
+    fds: Vec<OwnedFd>,
+) -> Result<(ProcessIo, Plumbed)> {
+    let streams = agent.streams();
+    let mut fds = fds.into_iter();
+    let (input, output, error) = (
+        fds.next(),
+        fds.next(),
+        (!terminal).then(|| fds.next()).flatten(),
+    );
+    let preserved = fds
+        .zip(preserved)
+        .map(|(fd, direction)| Preserved { fd, direction })
+        .collect();
+    let (extra, mut relays) = super::preserved::plan(agent, preserved)?;
+    let mut outputs = std::mem::take(&mut relays.outputs);
+    if let Some(o) = output {
+        outputs.push(relay::out_of_agent(agent.subscribe(streams.stdout), o));
+    }
+    if let Some(e) = error {
+        outputs.push(relay::out_of_agent(agent.subscribe(streams.stderr), e));
+    }
+    let io = ProcessIo {
+        stdin: Some(streams.stdin),
+        stdout: Some(streams.stdout),
+        stderr: (!terminal).then_some(streams.stderr),
+        terminal,
+        extra,
+    };
+    let plumbed = Plumbed {
+        streams,
+        outputs,
+        relays,
+        input,
+    };
+    Ok((io, plumbed))
 }
 
 fn process_requests(

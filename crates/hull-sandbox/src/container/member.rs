@@ -158,7 +158,8 @@ pub fn create(req: VmCreate, sandbox: Container, foreground: bool) -> Result<Pid
     let preserved = super::preserved::take(req.preserve_fds)?;
     let bundle = &req.bundle;
     let config_path = bundle.dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(io_err("cannot read", &config_path))?;
+    let text =
+        std::fs::read_to_string(&config_path).map_err(io_err("cannot read", &config_path))?;
     let mut config: Value = serde_json::from_str(&text)
         .map_err(|e| refuse(format!("{}: {e}", config_path.display())))?;
     mark_sandbox_namespaces(&mut config, &sandbox);
@@ -270,10 +271,7 @@ fn stand_in(plan: StandIn, mut parent: UnixStream) -> ! {
     // SAFETY: prctl with integer arguments: a `create` that dies before it has
     // written the state takes the stand-in (and so the member) with it.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    let tty = plan
-        .tty
-        .as_ref()
-        .and_then(|t| t.try_clone().ok());
+    let tty = plan.tty.as_ref().and_then(|t| t.try_clone().ok());
     let conn = match add(plan) {
         Ok(c) => c,
         Err(e) => {

@@ -120,16 +120,24 @@ pub(super) fn serve_member(
         }
         let mut fds = fds.into_iter();
         let (Some(payload), Some(image)) = (fds.next(), fds.next()) else {
-            return Err(SandboxError::Vm("pod member: its payload and image fds are missing".into()));
+            return Err(SandboxError::Vm(
+                "pod member: its payload and image fds are missing".into(),
+            ));
         };
         let mut payload = read_payload(payload)?;
-        join_sandbox(&mut payload.config, shared.guest_pid.load(Ordering::Relaxed));
+        join_sandbox(
+            &mut payload.config,
+            shared.guest_pid.load(Ordering::Relaxed),
+        );
         let t = Instant::now();
         let name = shared
             .pod
             .images_attached
             .attach(&shared.agent, File::from(image))?;
-        tracing::debug!("rootfs image {name} attached in {} us", t.elapsed().as_micros());
+        tracing::debug!(
+            "rootfs image {name} attached in {} us",
+            t.elapsed().as_micros()
+        );
         Ok((payload, name, fds.collect::<Vec<_>>()))
     })();
     let (payload, name, fds) = match prepared {

@@ -47,4 +47,3 @@ fn cpuset_count(set: &str) -> usize {
         })
         .sum()
 }
-

@@ -121,7 +121,7 @@ struct Buffers {
 }
 
 impl Buffers {
-    fn from_host(&mut self, f: Frame) {
+    fn host_frame(&mut self, f: Frame) {
         if let Some(b) = self.blocks.iter_mut().find(|b| b.stream == f.stream) {
             if f.payload.is_empty() {
                 b.closing = true;
@@ -154,7 +154,7 @@ impl Ends {
             Some(n) => {
                 self.from_host.push(&buf[..n]);
                 while let Some(f) = self.from_host.next_frame()? {
-                    b.from_host(f);
+                    b.host_frame(f);
                 }
                 Ok(true)
             }

@@ -32,6 +32,10 @@ use crate::sandbox::{Sandbox, SandboxConfig};
 pub(super) const CALL: Duration = Duration::from_secs(60);
 const FOREVER: Duration = Duration::from_secs(u32::MAX as u64);
 const ROOTFS_SERIAL: &str = "rootfs0";
+/// The nbd devices the guest makes at boot, so how many distinct rootfs images a pod's
+/// later containers can have (members on one tree share one). Each costs the guest
+/// memory at boot: measured 1 MiB for 4, 8.3 MiB for the kernel's default 16.
+const NBD_DEVICES: u32 = 4;
 
 pub(super) struct ProxyPlan {
     pub id: String,
@@ -385,7 +389,7 @@ fn start_sandbox(plan: &ProxyPlan, nets: Vec<crate::hypervisor::NetDevice>) -> R
             vcpus: plan.vcpus,
             memory_mib: plan.memory_mib,
             accel,
-            extra_cmdline: String::new(),
+            extra_cmdline: format!("nbd.nbds_max={NBD_DEVICES}"),
             boot_timeout: s.agent_timeout,
             nets,
             shares: plan.guest.dirs.clone(),

@@ -30,6 +30,8 @@ pub struct Sandbox {
     bundles: PathBuf,
     pub procs: HashMap<Key, Proc>,
     next_console: u64,
+    /// Images attached after boot, which later containers' rootfs come from.
+    pub images: crate::images::Images,
 }
 
 impl Sandbox {
@@ -43,6 +45,7 @@ impl Sandbox {
             bundles,
             procs: HashMap::new(),
             next_console: 0,
+            images: Default::default(),
         }
     }
 
@@ -69,7 +72,10 @@ impl Sandbox {
         let bundle = self.bundles.join(id);
         let made = (|| {
             write_config(&bundle, config, pio.terminal, files, shares)?;
-            mount_rootfs(&bundle, rootfs)?;
+            match &rootfs.image {
+                Some(name) => overlay(&bundle, &self.images.mount_of(name)?)?,
+                None => mount_rootfs(&bundle, rootfs)?,
+            }
             let spec_bundle = hull_runtime::spec::Bundle::load(&bundle)?;
             let opts = CreateOptions {
                 id: id.to_string(),
@@ -426,9 +432,7 @@ fn mount_rootfs(bundle: &Path, rootfs: &Rootfs) -> Result<()> {
         return Ok(());
     }
     let lower = bundle.join(".lower");
-    let rw = bundle.join(".rw");
     std::fs::create_dir_all(&lower)?;
-    std::fs::create_dir_all(&rw)?;
     mount(
         Some(&dev),
         &lower,
@@ -437,6 +441,15 @@ fn mount_rootfs(bundle: &Path, rootfs: &Rootfs) -> Result<()> {
         None::<&str>,
     )
     .with_context(|| format!("mount {} ({fstype})", dev.display()))?;
+    overlay(bundle, &lower)
+}
+
+/// The bundle's rootfs: the read-only image at `lower` under a tmpfs the container
+/// writes to.
+fn overlay(bundle: &Path, lower: &Path) -> Result<()> {
+    let target = bundle.join("rootfs");
+    let rw = bundle.join(".rw");
+    std::fs::create_dir_all(&rw)?;
     mount(
         Some("tmpfs"),
         &rw,

@@ -10,10 +10,12 @@ use anyhow::Context;
 
 mod boot;
 mod containers;
+mod images;
 mod io;
 mod log;
 mod network;
 mod network6;
+mod router;
 mod server;
 mod stdin;
 mod transport;

@@ -59,6 +59,8 @@ pub struct Server {
     linger: Option<Duration>,
     /// Set by Ctrl-Alt-Del: until when the containers may take to exit.
     stopping_until: Option<Instant>,
+    /// Owns the host's stream once an image is attached (router.rs).
+    router: Option<crate::router::Router>,
 }
 
 /// How long containers get between SIGTERM and SIGKILL after Ctrl-Alt-Del. Below
@@ -102,6 +104,7 @@ impl Server {
             shutdown_answered: false,
             linger: Some(SHUTDOWN_LINGER),
             stopping_until: None,
+            router: None,
         })
     }
 
@@ -391,6 +394,17 @@ impl Server {
                 self.stdins.close_where(|k| k.0 == cid);
                 done
             }
+            Request::AttachImage {
+                image,
+                stream,
+                size,
+            } => {
+                self.check_streams(std::iter::once(stream))?;
+                self.ensure_router()?;
+                let router = self.router.as_ref().context("no router")?;
+                self.sandbox.images.attach(router, &image, stream, size)?;
+                done
+            }
             Request::Shutdown => {
                 self.shutdown = true;
                 self.shutdown_answered = true;
@@ -398,6 +412,20 @@ impl Server {
             }
             other => Ok(Outcome::Reply(sandbox_request(&mut self.sandbox, other)?)),
         }
+    }
+
+    /// The router, started (and given the host's stream) on first use.
+    fn ensure_router(&mut self) -> Result<()> {
+        if self.router.is_none() {
+            let (router, ours) = crate::router::spawn(self.host.as_fd())?;
+            tracing::info!("router (pid {}) serves the host's stream", router.pid);
+            self.host = File::from(ours);
+            // Our writes now wait in the router: the shutdown reply needs the host's
+            // hang-up before the VM powers off.
+            self.linger = Some(SHUTDOWN_LINGER);
+            self.router = Some(router);
+        }
+        Ok(())
     }
 
     /// Stream numbers are the host's to pick, but two processes cannot share one.
@@ -540,48 +568,8 @@ impl Server {
     }
 }
 
-/// The requests that act on the containers alone, with none of the server's streams,
-/// waits or shutdown state.
-fn sandbox_request(sandbox: &mut Sandbox, request: Request) -> Result<Reply> {
-    match request {
-        Request::StartContainer { id } => sandbox.start(&id)?,
-        Request::Signal {
-            container,
-            exec_id,
-            signal,
-            all,
-        } => sandbox.signal(&(container, exec_id), signal, all)?,
-        Request::Stats { container } => {
-            let sample = sandbox.stats(&container)?;
-            return Ok(Reply::Stats {
-                json: sample.json,
-                oom_kills: sample.oom_kills,
-            });
-        }
-        Request::ResizeTerminal {
-            container,
-            exec_id,
-            rows,
-            cols,
-        } => sandbox.resize(&(container, exec_id), rows, cols)?,
-        Request::Pids { container } => {
-            return Ok(Reply::Pids {
-                pids: sandbox.pids(&container)?,
-            })
-        }
-        Request::Pause { container } => sandbox.pause(&container)?,
-        Request::Resume { container } => sandbox.resume(&container)?,
-        Request::Update {
-            container,
-            resources,
-        } => sandbox.update(&container, &resources)?,
-        Request::ConfigureNetwork { interfaces, routes } => {
-            crate::network::configure(&interfaces, &routes)?
-        }
-        other => bail!("{other:?} is the server's to answer"),
-    }
-    Ok(Reply::Done)
-}
+mod requests;
+use requests::sandbox_request;
 
 #[cfg(test)]
 mod tests;

@@ -1,10 +1,12 @@
 //! Kubernetes' CRI through containerd 1.6's CRI plugin, with the runtime handler
 //! `hull-ns` (hull's shim, namespaces) and `runc` (containerd's runc shim) for
-//! comparison: a pod on a CNI bridge, two containers in it (one sharing the shim of
+//! comparison, and `hull` (one VM per pod: cri/vm.rs): a pod on a CNI bridge, two containers in it (one sharing the shim of
 //! its pod), their logs in CRI format, ExecSync, stats, Update, exit codes, stop with a grace
 //! period then SIGKILL, removal; after it, no shim, mount, netns or cgroup left.
 
 mod common;
+#[path = "cri/vm.rs"]
+mod vm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use k8s_cri::v1::{
     UpdateContainerResourcesRequest, VersionRequest,
 };
 
-fn pod_config(cri: &Cri, name: &str) -> PodSandboxConfig {
+pub(crate) fn pod_config(cri: &Cri, name: &str) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.into(),
@@ -38,7 +40,7 @@ fn pod_config(cri: &Cri, name: &str) -> PodSandboxConfig {
     }
 }
 
-fn container_config(name: &str, script: &str) -> ContainerConfig {
+pub(crate) fn container_config(name: &str, script: &str) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: name.into(),
@@ -55,7 +57,7 @@ fn container_config(name: &str, script: &str) -> ContainerConfig {
 }
 
 /// Waits until the container is in `state`; its status then.
-async fn wait_state(
+pub(crate) async fn wait_state(
     cri: &mut Cri,
     id: &str,
     state: ContainerState,
@@ -84,7 +86,7 @@ async fn wait_state(
     }
 }
 
-async fn create_started(
+pub(crate) async fn create_started(
     cri: &mut Cri,
     pod: &str,
     sandbox: &PodSandboxConfig,
@@ -168,7 +170,11 @@ async fn netns_of(cri: &mut Cri, pod: &str) -> Option<String> {
 }
 
 /// RunPodSandbox on the test's CNI bridge: (pod id, its netns file).
-async fn run_pod(cri: &mut Cri, handler: &str, sandbox: &PodSandboxConfig) -> (String, String) {
+pub(crate) async fn run_pod(
+    cri: &mut Cri,
+    handler: &str,
+    sandbox: &PodSandboxConfig,
+) -> (String, String) {
     let pod = cri
         .rt
         .run_pod_sandbox(RunPodSandboxRequest {
@@ -204,7 +210,7 @@ async fn run_pod(cri: &mut Cri, handler: &str, sandbox: &PodSandboxConfig) -> (S
 }
 
 /// ExecSync's output and exit code, and ContainerStats of a running container.
-async fn exec_and_stats(cri: &mut Cri, id: &str) {
+pub(crate) async fn exec_and_stats(cri: &mut Cri, id: &str) {
     let exec = cri
         .rt
         .exec_sync(ExecSyncRequest {
@@ -242,7 +248,7 @@ async fn exec_and_stats(cri: &mut Cri, id: &str) {
 
 /// StopContainer (the app ignores SIGTERM: the grace period ends in SIGKILL), then
 /// every container and the pod removed; its netns goes with it.
-async fn stop_and_remove(cri: &mut Cri, pod: &str, containers: &[&str], netns: &str) {
+pub(crate) async fn stop_and_remove(cri: &mut Cri, pod: &str, containers: &[&str], netns: &str) {
     cri.rt
         .stop_container(StopContainerRequest {
             container_id: containers[0].into(),
@@ -311,7 +317,7 @@ async fn pod_lifecycle(cri: &mut Cri, handler: &str) {
     stop_and_remove(cri, &pod, &[&app, &short], &netns).await;
 }
 
-fn assert_clean(cri: &Cri) {
+pub(crate) fn assert_clean(cri: &Cri) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !cri.processes().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -337,7 +343,7 @@ fn assert_clean(cri: &Cri) {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -47,6 +47,9 @@ pub enum LifecycleError {
         by: &'static str,
         annotated: Isolation,
     },
+    /// A container asked to join a VM sandbox but got namespace isolation.
+    #[error("the bundle asks to join the VM of sandbox {sid} (annotation io.hull.sandbox), which only VM isolation can do: run it with --isolation vm")]
+    SandboxNeedsVm { sid: String },
     /// config.toml is malformed or asks for something impossible.
     #[error("{path}: {reason}")]
     Config { path: PathBuf, reason: String },
@@ -149,6 +152,14 @@ impl Lifecycle {
             .as_ref()
             .and_then(|a| a.get(ISOLATION_ANNOTATION).cloned());
         let isolation = choose::choose(self.asked, annotation.as_deref(), settings.isolation)?;
+        let sandbox = bundle
+            .spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(hull_sandbox::container::SANDBOX_ANNOTATION));
+        if let (Isolation::Namespace, Some(sid)) = (isolation, sandbox) {
+            return Err(LifecycleError::SandboxNeedsVm { sid: sid.clone() });
+        }
         Ok((bundle, settings, isolation))
     }
 

@@ -7,8 +7,10 @@ use crate::{ProtoError, StreamId};
 
 /// Bumped on any change an older peer would misread. 2: stdin is flow-controlled by
 /// `Consumed` (a host of version 1 would never wait for it, an agent of version 1
-/// would never send it).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// would never send it). 3: `AttachImage`/`DetachImage` and `Rootfs::image` (a pod's
+/// later containers' rootfs images over NBD; an agent of version 2 would refuse them,
+/// and a host of version 2 would never answer the block stream).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// How many bytes of one stdin stream the host may have sent that the agent has not
 /// reported `Consumed`. The agent buffers at most this much per stream, so a process
@@ -86,14 +88,18 @@ impl ProcessIo {
     }
 }
 
-/// The container's root filesystem: a block device of the VM, found by its serial.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The container's root filesystem: a block device of the VM, found by its serial, or
+/// an image the host attached after boot (`AttachImage`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rootfs {
-    /// The virtio-blk serial the host gave the disk.
+    /// The virtio-blk serial the host gave the disk (unused with `image`).
     pub serial: String,
     /// "erofs" (read-only; the agent puts a tmpfs overlay on top unless the config asks
-    /// for a read-only root) or "ext4".
+    /// for a read-only root) or "ext4". An attached image is erofs.
     pub fstype: String,
+    /// The name of an attached image (`AttachImage`), instead of a disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// The content of a host file that `mounts[mount]` of the config binds: the guest
@@ -217,6 +223,21 @@ pub enum Request {
     ConfigureNetwork {
         interfaces: Vec<NetInterface>,
         routes: Vec<NetRoute>,
+    },
+    /// Attach a read-only erofs image of `size` bytes and mount it, as `image` names
+    /// it. Its blocks travel on `stream` as the NBD protocol (the kernel's nbd client
+    /// on a socket the agent relays): the agent sends the kernel's requests as data,
+    /// the host answers with NBD replies; an empty frame either way ends it. A pod's
+    /// later containers get their rootfs so: the VM booted with one disk, and a
+    /// microvm has no disk hotplug.
+    AttachImage {
+        image: String,
+        stream: StreamId,
+        size: u64,
+    },
+    /// Unmount the image and disconnect its device (its containers are deleted).
+    DetachImage {
+        image: String,
     },
     /// Sync the disks and power the VM off.
     Shutdown,

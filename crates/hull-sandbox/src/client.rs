@@ -298,6 +298,22 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Writes `data` on `stream` as it is, outside any stdin window: a block device's
+    /// replies, which the agent's router hands straight to the kernel (block.rs).
+    pub fn send_data(&self, stream: StreamId, data: &[u8]) -> Result<()> {
+        let mut wire = Vec::with_capacity(data.len() + 16);
+        encode_frame(stream, data, &mut wire);
+        self.write(&wire)
+    }
+
+    /// Stops delivering `stream`'s data: its receiver sees the end.
+    pub fn unsubscribe(&self, stream: StreamId) {
+        self.sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&stream);
+    }
+
     /// Closes the channel both ways. After the reply to Shutdown this tells the agent
     /// that the reply arrived, so it may power off.
     pub fn hang_up(&self) {
@@ -472,6 +488,8 @@ fn op_name(r: &Request) -> &'static str {
         Request::Resume { .. } => "resume",
         Request::Update { .. } => "update",
         Request::ConfigureNetwork { .. } => "configure_network",
+        Request::AttachImage { .. } => "attach_image",
+        Request::DetachImage { .. } => "detach_image",
         Request::Shutdown => "shutdown",
     }
 }

@@ -2,6 +2,7 @@
 //! the guest's kernel and initramfs, container root filesystems as disk images, and the
 //! agent client that speaks hull-proto to the guest.
 
+pub mod block;
 pub mod check;
 pub mod client;
 pub mod clock;

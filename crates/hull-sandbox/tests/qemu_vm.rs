@@ -232,6 +232,7 @@ fn container_in_a_qemu_vm() {
         rootfs: Rootfs {
             serial: "rootfs0".into(),
             fstype: "erofs".into(),
+            ..Default::default()
         },
         io,
         files: vec![],
@@ -390,6 +391,7 @@ fn ctrl_alt_del_stops_the_containers_then_the_guest() {
         rootfs: Rootfs {
             serial: "rootfs0".into(),
             fstype: "erofs".into(),
+            ..Default::default()
         },
         io,
         files: vec![],

@@ -163,6 +163,7 @@ fn bad_requests_get_error_replies_and_the_server_goes_on() {
         rootfs: Rootfs {
             serial: "x".into(),
             fstype: "erofs".into(),
+            ..Default::default()
         },
         io: ProcessIo::default(),
         files: vec![],
@@ -176,6 +177,7 @@ fn bad_requests_get_error_replies_and_the_server_goes_on() {
         rootfs: Rootfs {
             serial: "x".into(),
             fstype: "erofs".into(),
+            ..Default::default()
         },
         io: ProcessIo {
             stdout: Some(0),

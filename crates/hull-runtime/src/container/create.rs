@@ -529,9 +529,15 @@ fn device_rule(
 /// AllowedDevices), when the config restricts devices at all.
 fn effective_resources(bundle: &Bundle) -> Option<LinuxResources> {
     let linux = bundle.spec.linux().as_ref()?;
-    let mut res = linux.resources().clone()?;
+    Some(with_default_devices(linux.resources().clone()?))
+}
+
+/// `res` with the device rules every container needs added to its own, when it has
+/// device rules at all: `update` too (containerd's CRI sends the spec's whole rule
+/// list, and a cgroup v2 device program of only those denied /dev/null after it).
+pub fn with_default_devices(mut res: LinuxResources) -> LinuxResources {
     let Some(rules) = res.devices().clone().filter(|r| !r.is_empty()) else {
-        return Some(res);
+        return res;
     };
     let mut rules = rules;
     use LinuxDeviceType::{B, C};
@@ -551,5 +557,5 @@ fn effective_resources(bundle: &Bundle) -> Option<LinuxResources> {
     // linux.devices entries get no rule of their own: creating a node does not grant
     // access to it, resources.devices does (runc and crun agree).
     res.set_devices(Some(rules));
-    Some(res)
+    res
 }

@@ -17,7 +17,8 @@ pub fn update_container(mut c: Container, resources: &LinuxResources) -> Result<
         "update",
         &[Status::Created, Status::Running, Status::Paused],
     )?;
-    c.state.cgroup.apply(resources)?;
+    let effective = super::create::with_default_devices(resources.clone());
+    c.state.cgroup.apply(&effective)?;
     remember(&mut c, resources)
 }
 

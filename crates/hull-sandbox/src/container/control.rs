@@ -22,9 +22,9 @@ use crate::error::{Result, SandboxError};
 /// already be long, and a socket path has 107 bytes).
 pub const SOCKET: &str = "ctl.sock";
 
-/// At most this many fds travel with one request (stdin, stdout, stderr).
-/// An exec's stdio and its preserved fds.
-const MAX_FDS: usize = 3 + hull_proto::MAX_EXTRA_FDS;
+/// At most this many fds travel with one request: a pod member's payload and image,
+/// then (as an exec's) its stdio and its preserved fds.
+const MAX_FDS: usize = 5 + hull_proto::MAX_EXTRA_FDS;
 /// The largest request or answer (a process JSON with a long environment).
 const MAX_PACKET: usize = 256 * 1024;
 
@@ -59,6 +59,22 @@ pub enum Control {
     Stats,
     Update {
         resources: String,
+    },
+    /// A pod member's container, into this proxy's VM (pod.rs). Fds: the payload (a
+    /// memfd holding the guest's config.json and files), the rootfs image, then as
+    /// for Exec. The connection then belongs to the member's stand-in.
+    Add {
+        id: String,
+        terminal: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        preserved: Vec<super::preserved::Direction>,
+    },
+    /// Removes a pod member from the VM (only inside `For`).
+    Delete,
+    /// `request` for the pod member `container` instead of the proxy's own.
+    For {
+        container: String,
+        request: Box<Control>,
     },
 }
 

@@ -33,10 +33,11 @@ pub struct VmCreate<'a> {
 }
 
 /// Undoes a failed create, in reverse order.
-struct Undo {
-    dir: Option<StateDir>,
-    cgroup: Option<Cgroup>,
-    proxy: Option<Pid>,
+pub(super) struct Undo {
+    pub dir: Option<StateDir>,
+    pub cgroup: Option<Cgroup>,
+    /// The proxy (or a pod member's stand-in).
+    pub proxy: Option<Pid>,
 }
 
 impl Drop for Undo {
@@ -61,6 +62,9 @@ impl Drop for Undo {
 
 /// `hull create`: returns once the container waits in the guest for `start`.
 pub fn create(req: VmCreate) -> Result<()> {
+    if let Some(sandbox) = super::member::sandbox_for(&req)? {
+        return super::member::create(req, sandbox, false).map(drop);
+    }
     create_proxy(req, false).map(drop)
 }
 
@@ -69,7 +73,10 @@ pub fn create(req: VmCreate) -> Result<()> {
 pub fn run(req: VmCreate, detach: bool) -> Result<i32> {
     let root = req.root.to_path_buf();
     let id = req.id.to_string();
-    let proxy = create_proxy(req, !detach)?;
+    let proxy = match super::member::sandbox_for(&req)? {
+        Some(sandbox) => super::member::create(req, sandbox, !detach)?,
+        None => create_proxy(req, !detach)?,
+    };
     let c = hull_runtime::container::Container::load(&root, &id)?;
     if let Err(e) = super::start(&c) {
         let _ = super::delete(&c, true);
@@ -101,8 +108,9 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
         }));
     }
     // One sizing for both sides of the sandbox: the VM, and the host cgroup around it.
-    let (vcpus, memory_mib) = proxy::sizing(&bundle.spec, req.settings);
-    let (dir, mut st, mut undo) = make_state(&req, memory_mib)?;
+    let (vcpus, memory_mib) = super::sizing::sizing(&bundle.spec, req.settings);
+    let limits = sandbox_limits(&bundle.spec, memory_mib);
+    let (dir, mut st, mut undo) = make_state(&req, limits)?;
     let tty = match (terminal, req.console_socket) {
         (true, Some(sock)) => Some(send_pty(sock)?),
         _ => None,
@@ -123,28 +131,45 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
         vcpus,
         memory_mib,
     };
-    let (pid, mut ours) = fork_proxy(plan, &mut undo, |pid| create_hooks(&st, pid))?;
+    let (pid, ours) = fork_proxy(plan, &mut undo, |pid| create_hooks(&st, pid))?;
+    commit(&dir, &mut st, pid, req.pid_file, ours, undo)?;
+    Ok(pid)
+}
+
+/// The final state (its pid: the proxy or stand-in `pid`), the pid file, and "go" to
+/// the child, which from then on no longer dies with us.
+pub(super) fn commit(
+    dir: &StateDir,
+    st: &mut ContainerState,
+    pid: Pid,
+    pid_file: Option<&Path>,
+    mut ours: UnixStream,
+    mut undo: Undo,
+) -> Result<()> {
     st.pid = pid.as_raw();
     st.start_time = state::process_start_time(st.pid).ok_or(RuntimeError::ChildGone)?;
     st.creator = None;
-    dir.save(&st)?;
-    if let Some(p) = req.pid_file {
+    dir.save(st)?;
+    if let Some(p) = pid_file {
         write_pid_file(p, st.pid)?;
     }
     ours.write_all(b"go")
         .map_err(|e| SandboxError::Vm(format!("the proxy went away: {e}")))?;
-    // Until the proxy has dropped its PDEATHSIG it dies with us: wait for its EOF,
+    // Until the child has dropped its PDEATHSIG it dies with us: wait for its EOF,
     // which it gives once it no longer depends on this process.
     let _ = ours.read(&mut [0u8; 1]);
     undo.dir = None;
     undo.cgroup = None;
     undo.proxy = None;
-    Ok(pid)
+    Ok(())
 }
 
 /// The state directory with the provisional state (saved before anything else is made,
 /// so `delete --force` finds it all should this process die), and the host cgroup.
-fn make_state(req: &VmCreate, guest_mib: u32) -> Result<(StateDir, ContainerState, Undo)> {
+pub(super) fn make_state(
+    req: &VmCreate,
+    limits: Option<oci_spec::runtime::LinuxResources>,
+) -> Result<(StateDir, ContainerState, Undo)> {
     let bundle = &req.bundle;
     let cgroups_path = bundle
         .spec
@@ -165,7 +190,6 @@ fn make_state(req: &VmCreate, guest_mib: u32) -> Result<(StateDir, ContainerStat
     undo.cgroup = Some(cgroup.clone());
     // The sandbox's cgroup holds the proxy and the VMM: the engine's accounting of the
     // container covers the whole VM. The container's own limits hold in the guest.
-    let limits = sandbox_limits(&bundle.spec, guest_mib);
     cgroup.create(limits.as_ref()).map_err(RuntimeError::from)?;
     Ok((dir, st, undo))
 }
@@ -209,7 +233,7 @@ fn sandbox_limits(
 /// prestart and createRuntime, on the host, once the proxy stands in the container's
 /// network namespace and before the VM boots: what they set up there (docker's
 /// libnetwork-setkey: the container's interface) is mirrored into the VM.
-fn create_hooks(st: &ContainerState, proxy: Pid) -> Result<()> {
+pub(super) fn create_hooks(st: &ContainerState, proxy: Pid) -> Result<()> {
     let mut st = st.clone();
     st.pid = proxy.as_raw();
     st.start_time = state::process_start_time(st.pid).unwrap_or(0);
@@ -279,7 +303,7 @@ fn fork_proxy(
 }
 
 /// The proxy's one line: "ok", or the error.
-fn read_answer(s: &mut UnixStream) -> String {
+pub(super) fn read_answer(s: &mut UnixStream) -> String {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while let Ok(1) = s.read(&mut byte) {

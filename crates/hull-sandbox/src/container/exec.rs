@@ -40,17 +40,18 @@ pub fn exec(c: &Container, req: VmExec) -> Result<i32> {
     let process = serde_json::to_string(&req.process)
         .map_err(|e| SandboxError::Vm(format!("exec: the process: {e}")))?;
     let (fds, tty, raw) = exec_stdio(terminal, &req)?;
-    let conn = control::connect(&c.dir.path)?;
-    let borrowed: Vec<BorrowedFd> = fds
-        .iter()
-        .map(|f| f.as_fd())
-        .chain(preserved.iter().map(|p| p.fd.as_fd()))
-        .collect();
     let msg = Control::Exec {
         process,
         terminal,
         preserved: preserved.iter().map(|p| p.direction).collect(),
     };
+    let (dir, msg) = super::member::route(c, msg);
+    let conn = control::connect(&dir)?;
+    let borrowed: Vec<BorrowedFd> = fds
+        .iter()
+        .map(|f| f.as_fd())
+        .chain(preserved.iter().map(|p| p.fd.as_fd()))
+        .collect();
     control::send(conn.as_fd(), &msg, &borrowed)?;
     drop(fds);
     drop(preserved);
@@ -142,7 +143,7 @@ fn exec_stdio(terminal: bool, req: &VmExec) -> Result<ExecStdio> {
 }
 
 /// Waits for the exec's exit status on `conn`; 255 if the proxy went away.
-fn wait_exec(conn: &OwnedFd, tty: Option<OwnedFd>) -> i32 {
+pub(super) fn wait_exec(conn: &OwnedFd, tty: Option<OwnedFd>) -> i32 {
     let set = relay::passed_on();
     let blocked = set.thread_block().is_ok();
     // The size the terminal has now, read once SIGWINCH is blocked (so a change after
@@ -182,32 +183,124 @@ fn wait_exec(conn: &OwnedFd, tty: Option<OwnedFd>) -> i32 {
 
 /// An exec as the client asked for it over the control socket.
 pub(super) struct ExecRequest {
+    /// The container it runs in (the proxy's own, or a pod member's).
+    pub container: String,
     pub process: String,
     pub terminal: bool,
     pub preserved: Vec<Direction>,
 }
 
-/// The proxy's side of one exec: relays, the exec's start, resizes and signals from
-/// the client, and its exit status back. A client that goes away first takes the exec
-/// with it (SIGKILL): it was the exec's stand-in on the host.
+/// The proxy's side of one exec (see `serve_process`).
 pub(super) fn serve_exec(shared: &Arc<Shared>, conn: OwnedFd, req: ExecRequest, fds: Vec<OwnedFd>) {
+    let exec_id = shared.exec_id();
+    let key = (req.container.clone(), Some(exec_id.clone()));
+    let agent = shared.agent.clone();
+    let (container, process) = (req.container, req.process);
+    let start = move |io: ProcessIo| match agent.call(
+        Request::Exec {
+            container,
+            exec_id,
+            process,
+            io,
+        },
+        CALL,
+    ) {
+        Ok(Reply::Process { pid }) => Ok(pid),
+        Ok(r) => Err(SandboxError::Vm(format!("exec: the agent answered {r:?}"))),
+        Err(e) => Err(e),
+    };
+    serve_process(shared, conn, key, req.terminal, req.preserved, fds, start);
+}
+
+/// A process in the guest as the proxy relays it for one client connection (an exec,
+/// or a pod member's init for its stand-in): the fds that came with the request
+/// relayed to its streams, `start` (which creates it), its pid back, then resizes and
+/// signals from the client, and its exit status back. A client that goes away first
+/// takes the process with it (SIGKILL): it was the process's stand-in on the host.
+/// The exit status, or None when it never started (the client got the error).
+pub(super) fn serve_process(
+    shared: &Arc<Shared>,
+    conn: OwnedFd,
+    key: (String, Option<String>),
+    terminal: bool,
+    preserved: Vec<Direction>,
+    fds: Vec<OwnedFd>,
+    start: impl FnOnce(ProcessIo) -> Result<i32>,
+) -> Option<i32> {
     let fail = |conn: &OwnedFd, message: String| {
         let _ = control::send(conn.as_fd(), &ControlReply::Error { message }, &[]);
+        None
     };
-    let terminal = req.terminal;
     let stdio = if terminal { 2 } else { 3 };
-    let wanted = stdio + req.preserved.len();
+    let wanted = stdio + preserved.len();
     if fds.len() != wanted {
         return fail(
             &conn,
-            format!(
-                "exec: {} fds came with the request, not {wanted}",
-                fds.len()
-            ),
+            format!("{} fds came with the request, not {wanted}", fds.len()),
         );
     }
     let agent = shared.agent.clone();
-    let exec_id = shared.exec_id();
+    let (io, mut plumbed) = match plumb(&agent, terminal, preserved, fds) {
+        Ok(p) => p,
+        Err(e) => return fail(&conn, e.to_string()),
+    };
+    let streams = plumbed.streams;
+    let pid = match start(io) {
+        Ok(pid) => pid,
+        Err(e) => {
+            for s in [streams.stdout, streams.stderr] {
+                agent.unsubscribe(s);
+            }
+            return fail(&conn, e.to_string());
+        }
+    };
+    // Stopped once the process has exited: they would hold the host's fds for as
+    // long as the container runs.
+    let mut inputs = plumbed.relays.start_inputs(&agent);
+    if let Some(i) = plumbed.input.take() {
+        inputs.push(relay::into_agent(agent.clone(), streams.stdin, i));
+    }
+    if control::send(conn.as_fd(), &ControlReply::Started { pid }, &[]).is_err() {
+        tracing::debug!("{key:?}: the client left before it started");
+    }
+    let exited = Arc::new(AtomicBool::new(false));
+    if let Ok(reader) = conn.try_clone() {
+        let (shared, key, exited) = (shared.clone(), key.clone(), exited.clone());
+        std::thread::spawn(move || process_requests(&shared, &key, reader, &exited));
+    }
+    let wait = Request::Wait {
+        container: key.0.clone(),
+        exec_id: key.1.clone(),
+    };
+    let status = match agent.call(wait, Duration::from_secs(u32::MAX as u64)) {
+        Ok(Reply::Exited { status }) => status,
+        _ => 255,
+    };
+    exited.store(true, Ordering::SeqCst);
+    drop(inputs);
+    for o in plumbed.outputs {
+        let _ = o.join();
+    }
+    let _ = control::send(conn.as_fd(), &ControlReply::Exited { status }, &[]);
+    Some(status)
+}
+
+/// A process's relays, set up before it exists.
+struct Plumbed {
+    streams: crate::client::Streams,
+    outputs: Vec<std::thread::JoinHandle<()>>,
+    relays: super::preserved::Relays,
+    input: Option<OwnedFd>,
+}
+
+/// Streams and relays for the fds that came with a request: stdin, stdout, stderr
+/// (a terminal: its slave twice), then the preserved ones.
+fn plumb(
+    agent: &Arc<crate::client::AgentClient>,
+    terminal: bool,
+    preserved: Vec<Direction>,
+    fds: Vec<OwnedFd>,
+) -> Result<(ProcessIo, Plumbed)> {
     let streams = agent.streams();
     let mut fds = fds.into_iter();
     let (input, output, error) = (
@@ -216,13 +309,10 @@ pub(super) fn serve_exec(shared: &Arc<Shared>, conn: OwnedFd, req: ExecRequest, 
         (!terminal).then(|| fds.next()).flatten(),
     );
     let preserved = fds
-        .zip(req.preserved)
+        .zip(preserved)
         .map(|(fd, direction)| Preserved { fd, direction })
         .collect();
-    let (extra, mut relays) = match super::preserved::plan(&agent, preserved) {
-        Ok(p) => p,
-        Err(e) => return fail(&conn, e.to_string()),
-    };
+    let (extra, mut relays) = super::preserved::plan(agent, preserved)?;
     let mut outputs = std::mem::take(&mut relays.outputs);
     if let Some(o) = output {
         outputs.push(relay::out_of_agent(agent.subscribe(streams.stdout), o));
@@ -230,65 +320,40 @@ pub(super) fn serve_exec(shared: &Arc<Shared>, conn: OwnedFd, req: ExecRequest, 
     if let Some(e) = error {
         outputs.push(relay::out_of_agent(agent.subscribe(streams.stderr), e));
     }
-    let request = Request::Exec {
-        container: shared.id.clone(),
-        exec_id: exec_id.clone(),
-        process: req.process,
-        io: ProcessIo {
-            stdin: Some(streams.stdin),
-            stdout: Some(streams.stdout),
-            stderr: (!terminal).then_some(streams.stderr),
-            terminal,
-            extra,
-        },
+    let io = ProcessIo {
+        stdin: Some(streams.stdin),
+        stdout: Some(streams.stdout),
+        stderr: (!terminal).then_some(streams.stderr),
+        terminal,
+        extra,
     };
-    let pid = match agent.call(request, CALL) {
-        Ok(Reply::Process { pid }) => pid,
-        Ok(r) => return fail(&conn, format!("exec: the agent answered {r:?}")),
-        Err(e) => return fail(&conn, e.to_string()),
+    let plumbed = Plumbed {
+        streams,
+        outputs,
+        relays,
+        input,
     };
-    // Stopped once the exec has exited: they would hold the host's fds for as long
-    // as the container runs.
-    let mut inputs = relays.start_inputs(&agent);
-    if let Some(i) = input {
-        inputs.push(relay::into_agent(agent.clone(), streams.stdin, i));
-    }
-    if control::send(conn.as_fd(), &ControlReply::Started { pid }, &[]).is_err() {
-        tracing::debug!("exec {exec_id}: the client left before it started");
-    }
-    let exited = Arc::new(AtomicBool::new(false));
-    if let Ok(reader) = conn.try_clone() {
-        let (shared, exec_id, exited) = (shared.clone(), exec_id.clone(), exited.clone());
-        std::thread::spawn(move || exec_requests(&shared, &exec_id, reader, &exited));
-    }
-    let wait = Request::Wait {
-        container: shared.id.clone(),
-        exec_id: Some(exec_id),
-    };
-    let status = match agent.call(wait, Duration::from_secs(u32::MAX as u64)) {
-        Ok(Reply::Exited { status }) => status,
-        _ => 255,
-    };
-    exited.store(true, Ordering::SeqCst);
-    drop(inputs);
-    for o in outputs {
-        let _ = o.join();
-    }
-    let _ = control::send(conn.as_fd(), &ControlReply::Exited { status }, &[]);
+    Ok((io, plumbed))
 }
 
-fn exec_requests(shared: &Shared, exec_id: &str, conn: OwnedFd, exited: &AtomicBool) {
+fn process_requests(
+    shared: &Shared,
+    key: &(String, Option<String>),
+    conn: OwnedFd,
+    exited: &AtomicBool,
+) {
+    let (container, exec_id) = (key.0.clone(), key.1.clone());
     loop {
         let request = match control::recv::<Control>(conn.as_fd()) {
             Ok(Some((Control::Resize { rows, cols }, _))) => Request::ResizeTerminal {
-                container: shared.id.clone(),
-                exec_id: Some(exec_id.into()),
+                container: container.clone(),
+                exec_id: exec_id.clone(),
                 rows,
                 cols,
             },
             Ok(Some((Control::Signal { signal }, _))) => Request::Signal {
-                container: shared.id.clone(),
-                exec_id: Some(exec_id.into()),
+                container: container.clone(),
+                exec_id: exec_id.clone(),
                 signal,
                 all: false,
             },
@@ -297,10 +362,11 @@ fn exec_requests(shared: &Shared, exec_id: &str, conn: OwnedFd, exited: &AtomicB
                 if !exited.load(Ordering::SeqCst) {
                     let _ = shared.agent.call(
                         Request::Signal {
-                            container: shared.id.clone(),
-                            exec_id: Some(exec_id.into()),
+                            container: container.clone(),
+                            exec_id: exec_id.clone(),
                             signal: libc::SIGKILL,
-                            all: false,
+                            // A pod member's init: all of its container.
+                            all: exec_id.is_none(),
                         },
                         CALL,
                     );

@@ -46,8 +46,11 @@ pub fn for_guest(config: &str, bundle: &Path) -> Result<GuestConfig> {
         .pointer_mut("/linux/namespaces")
         .and_then(Value::as_array_mut)
     {
-        namespaces.retain(|ns| !(ns["type"] == "network" && ns.get("path").is_some()));
-        if let Some(ns) = namespaces.iter().find(|ns| ns.get("path").is_some()) {
+        // A pod member's namespaces shared with its sandbox (member.rs) are the
+        // sandbox container's in the guest.
+        let host_path = |ns: &Value| ns.get("path").is_some_and(|p| p != super::pod::SANDBOX_NS);
+        namespaces.retain(|ns| !(ns["type"] == "network" && host_path(ns)));
+        if let Some(ns) = namespaces.iter().find(|ns| host_path(ns)) {
             return Err(bad(format!(
                 "the {} namespace at {} is the host's: a container in a VM cannot join it",
                 ns["type"].as_str().unwrap_or("?"),

@@ -13,10 +13,13 @@ pub mod control;
 mod create;
 mod exec;
 pub mod guest_config;
+mod member;
 mod network;
+mod pod;
 mod preserved;
 mod proxy;
 pub mod relay;
+mod sizing;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,6 +33,7 @@ use oci_spec::runtime::LinuxResources;
 pub use create::{create, run, VmCreate};
 use exec::serve_exec;
 pub use exec::{exec, VmExec};
+pub use member::{sandbox_of, SANDBOX_ANNOTATION};
 
 use crate::error::{io_err, Result, SandboxError};
 use crate::hypervisor::Accel;
@@ -111,8 +115,10 @@ impl Default for VmSettings {
     }
 }
 
+/// One request to the container's proxy (a pod member's: its sandbox's).
 fn call(c: &Container, request: &Control) -> Result<ControlReply> {
-    control::call(&c.dir.path, request)
+    let (dir, request) = member::route(c, request.clone());
+    control::call(&dir, &request)
 }
 
 pub fn start(c: &Container) -> Result<()> {
@@ -185,7 +191,22 @@ pub fn update(mut c: Container, resources: &LinuxResources) -> Result<()> {
 
 /// Removes a stopped VM container, or with `force` any: the proxy (and with it the
 /// VM), the VMM should it outlive the proxy, the host cgroup, the state directory.
+/// A pod member leaves the VM (its sandbox's proxy deletes it in the guest). A sandbox
+/// with members is refused, as its VM would take them along; `force` deletes them
+/// first, as Kata ends a sandbox's containers with its VM: a member has no life
+/// outside it, and a state directory left behind would list a container that cannot
+/// come back.
 pub fn delete(c: &Container, force: bool) -> Result<()> {
+    let root = c.dir.path.parent().unwrap_or(&c.dir.path);
+    let members = member::members_of(root, c.id());
+    if !members.is_empty() && !force {
+        let ids: Vec<&str> = members.iter().map(|m| m.id()).collect();
+        return Err(SandboxError::Vm(format!(
+            "{} is the sandbox of {}: delete those first, or delete --force to remove them with it",
+            c.id(),
+            ids.join(", ")
+        )));
+    }
     let status = c.status();
     if status != Status::Stopped && !force {
         return Err(SandboxError::Runtime(RuntimeError::NotStopped {
@@ -193,6 +214,10 @@ pub fn delete(c: &Container, force: bool) -> Result<()> {
             status,
         }));
     }
+    for m in &members {
+        delete(m, true)?;
+    }
+    member::delete_in_sandbox(c);
     let st = &c.state;
     if st.pid > 0 {
         let _ = signal_exact(st.pid, st.start_time, libc::SIGKILL);

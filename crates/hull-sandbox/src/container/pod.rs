@@ -1,0 +1,229 @@
+//! A pod in one VM, the sandbox proxy's side: a member container (member.rs makes it on
+//! the host) arrives as `Control::Add` from its stand-in, with its guest config, its
+//! rootfs image and its stdio. The proxy attaches the image to the running guest
+//! (block.rs: NBD over the agent's channel), points the namespaces the member shares
+//! with the sandbox at the sandbox container's init in the guest, has the agent create
+//! it, and relays it for the stand-in until it exits (exec.rs's `serve_process`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use hull_proto::{MountFile, Reply, Request, Rootfs};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::control::ControlReply;
+use super::preserved::Direction;
+use super::proxy::{Shared, CALL};
+use crate::error::{Result, SandboxError};
+
+/// A namespace path that names the sandbox's own (member.rs puts it there; the proxy
+/// replaces it with the sandbox container's in the guest).
+pub const SANDBOX_NS: &str = "hull-sandbox";
+
+/// What the member's `create` hands over in a memfd (too large for one packet: the
+/// copied files may be 128 KiB each).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Payload {
+    pub config: Value,
+    pub files: Vec<MountFile>,
+}
+
+/// The members of the pod in this VM: id to its image's name, and how many are still
+/// being served (their stand-ins get their exit status).
+#[derive(Default)]
+pub struct Members {
+    images: Mutex<HashMap<String, String>>,
+    served: Mutex<usize>,
+    changed: Condvar,
+    pub images_attached: crate::block::Images,
+}
+
+impl Members {
+    pub fn contains(&self, id: &str) -> bool {
+        lock(&self.images).contains_key(id)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counts one member served until dropped.
+struct Serving<'a>(&'a Members);
+
+impl<'a> Serving<'a> {
+    fn new(m: &'a Members) -> Self {
+        *lock(&m.served) += 1;
+        Serving(m)
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.served) -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
+/// `/proc/<pid>/ns/<name>` for a runtime-spec namespace type.
+fn proc_ns(pid: i32, kind: &str) -> String {
+    let name = match kind {
+        "network" => "net",
+        "mount" => "mnt",
+        k => k,
+    };
+    format!("/proc/{pid}/ns/{name}")
+}
+
+/// The namespaces marked as the sandbox's, pointed at its init in the guest.
+fn join_sandbox(config: &mut Value, guest_pid: i32) {
+    let namespaces = config
+        .pointer_mut("/linux/namespaces")
+        .and_then(Value::as_array_mut);
+    for ns in namespaces.into_iter().flatten() {
+        if ns["path"] == SANDBOX_NS {
+            let path = proc_ns(guest_pid, ns["type"].as_str().unwrap_or_default());
+            ns["path"] = path.into();
+        }
+    }
+}
+
+fn read_payload(fd: OwnedFd) -> Result<Payload> {
+    let mut f = File::from(fd);
+    let mut text = String::new();
+    f.rewind()
+        .and_then(|()| f.read_to_string(&mut text))
+        .map_err(|e| SandboxError::Vm(format!("pod member: its config: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| SandboxError::Vm(format!("pod member: {e}")))
+}
+
+/// Serves one member's stand-in connection for the member's whole life.
+pub(super) fn serve_member(
+    shared: &Arc<Shared>,
+    conn: OwnedFd,
+    id: String,
+    terminal: bool,
+    preserved: Vec<Direction>,
+    fds: Vec<OwnedFd>,
+) {
+    let _serving = Serving::new(&shared.pod);
+    let prepared = (|| {
+        hull_runtime::spec::validate_id(&id)?;
+        if id == shared.id || shared.pod.contains(&id) {
+            return Err(SandboxError::Vm(format!("{id} is in this VM already")));
+        }
+        let mut fds = fds.into_iter();
+        let (Some(payload), Some(image)) = (fds.next(), fds.next()) else {
+            return Err(SandboxError::Vm(
+                "pod member: its payload and image fds are missing".into(),
+            ));
+        };
+        let mut payload = read_payload(payload)?;
+        join_sandbox(
+            &mut payload.config,
+            shared.guest_pid.load(Ordering::Relaxed),
+        );
+        let t = Instant::now();
+        let name = shared
+            .pod
+            .images_attached
+            .attach(&shared.agent, File::from(image))?;
+        tracing::debug!(
+            "rootfs image {name} attached in {} us",
+            t.elapsed().as_micros()
+        );
+        Ok((payload, name, fds.collect::<Vec<_>>()))
+    })();
+    let (payload, name, fds) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let message = e.to_string();
+            let _ = super::control::send(
+                std::os::fd::AsFd::as_fd(&conn),
+                &ControlReply::Error { message },
+                &[],
+            );
+            return;
+        }
+    };
+    let agent = shared.agent.clone();
+    let (pod, cid, image) = (&shared.pod, id.clone(), name.clone());
+    let start = |io| {
+        let create = Request::CreateContainer {
+            id: cid.clone(),
+            config: payload.config.to_string(),
+            rootfs: Rootfs {
+                fstype: "erofs".into(),
+                image: Some(image.clone()),
+                ..Default::default()
+            },
+            io,
+            files: payload.files,
+            shares: vec![],
+        };
+        match agent.call(create, CALL)? {
+            Reply::Process { pid } => {
+                lock(&pod.images).insert(cid.clone(), image.clone());
+                Ok(pid)
+            }
+            r => Err(SandboxError::Vm(format!("the agent answered {r:?}"))),
+        }
+    };
+    let key = (id.clone(), None);
+    let served = super::exec::serve_process(shared, conn, key, terminal, preserved, fds, start);
+    if served.is_none() {
+        shared.pod.images_attached.release(&shared.agent, &name);
+    }
+}
+
+/// Removes a member from the guest (its init stopped, or is killed now) and lets its
+/// image go when no other member uses it.
+pub(super) fn delete_member(shared: &Shared, id: &str) -> Result<ControlReply> {
+    let image = lock(&shared.pod.images).remove(id);
+    let deleted = shared.agent.call(
+        Request::DeleteContainer {
+            id: id.into(),
+            force: true,
+        },
+        CALL,
+    );
+    if let Some(name) = image {
+        shared.pod.images_attached.release(&shared.agent, &name);
+    }
+    deleted.map(|_| ControlReply::Done)
+}
+
+/// The sandbox's init has exited: its members are killed, and their stand-ins get
+/// their exit status before the VM goes (at most 5 s).
+pub(super) fn end_members(shared: &Shared) {
+    let ids: Vec<String> = lock(&shared.pod.images).keys().cloned().collect();
+    for id in ids {
+        let kill = Request::Signal {
+            container: id,
+            exec_id: None,
+            signal: libc::SIGKILL,
+            all: true,
+        };
+        let _ = shared.agent.call(kill, CALL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut served = lock(&shared.pod.served);
+    while *served > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        served = shared
+            .pod
+            .changed
+            .wait_timeout(served, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}

@@ -74,6 +74,15 @@ pub fn ensure(cache: &Path, progress: &dyn Fn(&str)) -> Result<DebianKernel> {
         dir.display()
     ));
     std::fs::create_dir_all(cache).map_err(io_err("cannot create", cache))?;
+    // Tests boot test beds in parallel threads and processes: one downloads, the others
+    // wait for it and find the kernel there.
+    let lock_path = cache.join(".download.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(io_err("cannot create", &lock_path))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io_err("cannot lock", &lock_path)(std::io::Error::from(e)))?;
+    if kernel.complete() {
+        return Ok(kernel);
+    }
     let work = cache.join(format!(".{version}.tmp.{}", std::process::id()));
     let unpacked = unpack(&package, &version, &work, &dir);
     let _ = std::fs::remove_dir_all(&work);

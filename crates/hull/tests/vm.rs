@@ -203,7 +203,7 @@ fn sigterm_to_hull_vmm_lets_the_container_stop_gracefully() {
         let cmd = format!(
             "{}; HULL_HYPERVISOR=hull-vmm hull run --isolation vm --bundle /tmp/t t >/tmp/out 2>/tmp/err &
 pid=$!
-until grep -q up /tmp/out; do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+until grep -qs up /tmp/out; do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
 vmm=$(ps -o pid,args | awk '/ vmm --config/ && !/awk/ {{print $1}}')
 kill -TERM $vmm; wait $pid; echo exit $?; cat /tmp/out; hull list -q; echo ---; cat /tmp/err",
             common::nested::bundle_command("t")

@@ -81,6 +81,7 @@ class World:
             raise OSError(ctypes.get_errno(), "PR_SET_CHILD_SUBREAPER")
         self.work = tempfile.mkdtemp(prefix=f"/tmp/hull-{tag}.")
         self.root = os.path.join(self.work, "root")
+        self.roots = {self.root: bin_path}  # each --root in use, with its runtime
         self.cgroup = f"hull-{tag}-{self.me}"
         self.netns = []
         self.keep_netns = set()  # the witness's, whose taps are not leaks
@@ -92,9 +93,10 @@ class World:
             f.write(f'[vm]\nrootfs_cache = "{self.work}/cache"\n')
         self.env["HULL_CONFIG"] = cfg
         self.rootfs = os.path.join(self.work, "rootfs")
+        # config.json from `runc spec`, so that no runtime's own defaults favour it.
         subprocess.run(
             [os.path.join(REPO, "scripts/mkbundle"), os.path.join(self.work, "proto"), "sleep", "100000"],
-            check=True, env=dict(self.env, HULL=bin_path), stdout=subprocess.DEVNULL,
+            check=True, env=dict(self.env, HULL="runc"), stdout=subprocess.DEVNULL,
         )
         os.rename(os.path.join(self.work, "proto/rootfs"), self.rootfs)
         self.proto = json.load(open(os.path.join(self.work, "proto/config.json")))
@@ -224,15 +226,17 @@ class World:
                                    capture_output=True, text=True).stdout
         left["sockets"] = [line.split()[-1] for line in unix.splitlines()
                            if self.work in line and not any(f"/{k}/" in line for k in keep_ids)]
-        if os.path.isdir(self.root):
-            left["state"] = sorted(e for e in os.listdir(self.root) if e not in keep_ids)
+        for root in self.roots:
+            if os.path.isdir(root):
+                left["state"] += sorted(f"{root}/{e}" for e in os.listdir(root) if e not in keep_ids)
         return left
 
     def close(self):
         """Best effort: whatever a failed run left, then our cgroups, netns, work dir."""
-        if os.path.isdir(self.root):
-            for cid in os.listdir(self.root):
-                self.hull("delete", "--force", cid)
+        for root, bin_path in self.roots.items():
+            for cid in os.listdir(root) if os.path.isdir(root) else []:
+                subprocess.run([bin_path, "--root", root, "delete", "--force", cid], env=self.env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for pid in self.descendants():
             try:
                 os.kill(pid, signal.SIGKILL)

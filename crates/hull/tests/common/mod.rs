@@ -7,6 +7,7 @@
 
 pub mod cleanup;
 pub mod console;
+pub mod leaks;
 pub mod nested;
 pub mod vm;
 

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use hull_proto::{MountFile, MountShare, ProcessIo, Rootfs};
+use hull_proto::{MountFile, MountShare, ProcessIo, Rootfs, POD_SHM};
 use hull_runtime::container::{self, create::CreateOptions, create::StartMode};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
@@ -312,6 +312,7 @@ fn write_config(
         serde_json::from_str(config).context("config.json is not valid JSON")?;
     place_files(bundle, &mut v, files)?;
     mount_shares(bundle, &mut v, shares)?;
+    place_shm(bundle, &mut v)?;
     // As for exec: the host's streams decide whether there is a terminal.
     if let Some(p) = v.get_mut("process").and_then(|p| p.as_object_mut()) {
         p.insert("terminal".into(), terminal.into());
@@ -347,6 +348,56 @@ fn place_files(bundle: &Path, config: &mut serde_json::Value, files: &[MountFile
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode & 0o7777))
             .with_context(|| format!("chmod {}", path.display()))?;
         mount.insert("source".into(), path.display().to_string().into());
+    }
+    Ok(())
+}
+
+/// A tmpfs at /dev/shm is mounted at `<bundle>/shm`, in the agent's mount namespace,
+/// and bound from there: a pod's later containers bind the same (`POD_SHM`), which a
+/// mount inside the container's own namespace would not allow. A member's bind of its
+/// sandbox's needs the sandbox's to be here.
+fn place_shm(bundle: &Path, config: &mut serde_json::Value) -> Result<()> {
+    let Some(mounts) = config.get_mut("mounts").and_then(|m| m.as_array_mut()) else {
+        return Ok(());
+    };
+    let bind = |source: &Path| {
+        serde_json::json!({"destination": "/dev/shm", "type": "bind",
+            "source": source.display().to_string(),
+            "options": ["rbind", "nosuid", "nodev", "noexec"]})
+    };
+    for m in mounts.iter_mut() {
+        if m["destination"] != "/dev/shm" {
+            continue;
+        }
+        if m["type"] == "tmpfs" {
+            let dir = bundle.join("shm");
+            std::fs::create_dir_all(&dir).context("mkdir the bundle's shm")?;
+            let data: Vec<&str> = m["options"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o.as_str())
+                .filter(|o| o.contains('='))
+                .collect();
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            mount(
+                Some("shm"),
+                &dir,
+                Some("tmpfs"),
+                flags,
+                Some(data.join(",").as_str()),
+            )
+            .context("mount the container's /dev/shm")?;
+            *m = bind(&dir);
+        } else if let Some(sid) = m["source"].as_str().and_then(|s| s.strip_prefix(POD_SHM)) {
+            hull_runtime::spec::validate_id(sid)?;
+            let parent = bundle.parent().unwrap_or(Path::new("/"));
+            let dir = parent.join(sid).join("shm");
+            if !dir.is_dir() {
+                bail!("the /dev/shm of sandbox {sid} is not in this VM");
+            }
+            *m = bind(&dir);
+        }
     }
     Ok(())
 }
@@ -478,7 +529,7 @@ fn overlay(bundle: &Path, lower: &Path) -> Result<()> {
 }
 
 fn unmount_bundle(bundle: &Path) {
-    for m in ["rootfs", ".rw", ".lower"] {
+    for m in ["rootfs", ".rw", ".lower", "shm"] {
         let _ = umount2(&bundle.join(m), MntFlags::MNT_DETACH);
     }
     // The host's directories are mounted under shares/: removing the bundle while one

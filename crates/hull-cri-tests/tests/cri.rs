@@ -7,6 +7,8 @@
 mod common;
 #[path = "cri/vm.rs"]
 mod vm;
+#[path = "cri/vm_pods.rs"]
+mod vm_pods;
 
 use std::path::PathBuf;
 use std::time::Duration;

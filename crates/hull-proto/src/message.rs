@@ -9,8 +9,14 @@ use crate::{ProtoError, StreamId};
 /// `Consumed` (a host of version 1 would never wait for it, an agent of version 1
 /// would never send it). 3: `AttachImage`/`DetachImage` and `Rootfs::image` (a pod's
 /// later containers' rootfs images over NBD; an agent of version 2 would refuse them,
-/// and a host of version 2 would never answer the block stream).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// and a host of version 2 would never answer the block stream). 4: the agent keeps a
+/// container's /dev/shm tmpfs in its own mount namespace, and a bind from
+/// [`POD_SHM`]`<sandbox>` names the sandbox's (an agent of version 3 would fail on it).
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// A bind mount's source that names another container's /dev/shm in the same VM (a pod
+/// member's, its sandbox's): `hull-pod-shm:<container id>`.
+pub const POD_SHM: &str = "hull-pod-shm:";
 
 /// How many bytes of one stdin stream the host may have sent that the agent has not
 /// reported `Consumed`. The agent buffers at most this much per stream, so a process

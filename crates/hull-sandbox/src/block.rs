@@ -112,7 +112,12 @@ fn serve(agent: &AgentClient, stream: StreamId, rx: Receiver<Vec<u8>>, image: Fi
         buf.extend_from_slice(&chunk);
         while let Some(parsed) = parse(&mut buf) {
             let req = match parsed {
-                Parsed::Request(r) if r.kind == CMD_DISC => return agent.unsubscribe(stream),
+                // The guest's nbd waits for the server to close the connection (its
+                // DO_IT returns then): the end of the stream closes the router's socket.
+                Parsed::Request(r) if r.kind == CMD_DISC => {
+                    let _ = agent.send_data(stream, &[]);
+                    return agent.unsubscribe(stream);
+                }
                 Parsed::Request(r) => r,
                 Parsed::Bad(why) => {
                     tracing::warn!("image stream {stream}: {why}: ending it");

@@ -11,6 +11,7 @@ mod log;
 mod metrics;
 mod mounts;
 mod oom;
+mod podcgroup;
 mod publisher;
 mod reaper;
 mod serve;

@@ -33,6 +33,8 @@ pub struct Shared {
     consoles: AtomicU32,
     done: Mutex<bool>,
     done_cv: Condvar,
+    /// A VM pod's cgroup, which the shim has joined (podcgroup.rs).
+    pod_cgroup: Mutex<crate::podcgroup::Joined>,
 }
 
 fn os(s: impl AsRef<OsStr>) -> OsString {
@@ -61,6 +63,7 @@ impl Shared {
             consoles: AtomicU32::new(0),
             done: Mutex::new(false),
             done_cv: Condvar::new(),
+            pod_cgroup: Mutex::new(Default::default()),
         }
     }
 
@@ -114,6 +117,9 @@ impl Shared {
             }
         }
         let pid = init.pid;
+        if let Some(path) = self.pod_cgroup_of(&info) {
+            *lock(&self.pod_cgroup) = crate::podcgroup::join(path);
+        }
         let c = Arc::new(Container::new(id, bundle, info, config, mounted, init));
         lock(&self.containers).insert(id.to_string(), c.clone());
         let mut procs = c.lock();
@@ -136,6 +142,17 @@ impl Shared {
             self.exited(&c, &mut procs, "", &exit);
         }
         Ok(pid)
+    }
+
+    /// The host cgroup of a VM pod's sandbox, which its shim joins.
+    fn pod_cgroup_of<'a>(&self, info: &'a spec::SpecInfo) -> Option<&'a str> {
+        let sandbox = info
+            .annotations
+            .get("io.kubernetes.cri.container-type")
+            .is_some_and(|t| t == "sandbox");
+        (self.hull.isolation == Isolation::Vm && sandbox)
+            .then_some(info.cgroups_path.as_deref())
+            .flatten()
     }
 
     fn hull_create(
@@ -292,6 +309,9 @@ impl Shared {
                 nix::unistd::Pid::from_raw(w as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
+        }
+        if self.pod_cgroup_of(&c.info).is_some() {
+            lock(&self.pod_cgroup).leave();
         }
         match self.hull.run(&refs(&[os("delete"), os("--force"), os(id)])) {
             Ok(_) | Err(Error::NotFound(_)) => {}

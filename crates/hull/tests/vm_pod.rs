@@ -304,7 +304,15 @@ fn measure_adding_a_rootfs_to_a_running_pod_vm() {
     let (_, shared) = timed_create(&second);
     assert_eq!(running_nbds(&sb).lines().count(), 1, "one image for both");
     first.delete(true).ok("delete first");
+    // The last member of an image detaches it: the guest's nbd ends when the host
+    // closes the image's stream (it once waited out its 5 s timeout).
+    let t = std::time::Instant::now();
     second.delete(true).ok("delete second");
+    let detach = t.elapsed();
+    assert!(
+        detach < std::time::Duration::from_secs(2),
+        "delete of the image's last member took {detach:?}"
+    );
     assert_eq!(running_nbds(&sb), "");
     let third = same(&sb);
     let (_, again) = timed_create(&third);

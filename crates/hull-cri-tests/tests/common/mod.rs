@@ -79,7 +79,8 @@ fn config(dir: &Path) -> String {
     )
 }
 
-/// A bridge network of the test's own: no masquerade (no iptables rule to undo).
+/// A bridge network of the test's own: no masquerade; portmap's rules for a pod's
+/// hostPorts go with the pod (its shared CNI-HOSTPORT-* chains stay, as on any node).
 fn cni_config(dir: &Path, name: &str, bridge: &str, subnet: &str) -> String {
     serde_json::json!({
         "cniVersion": "0.4.0",
@@ -91,6 +92,9 @@ fn cni_config(dir: &Path, name: &str, bridge: &str, subnet: &str) -> String {
                 "ranges": [[{"subnet": subnet}]],
                 "dataDir": dir.join("cni-ipam").display().to_string()
             }
+        }, {
+            // hostPorts; its DEL (StopPodSandbox) removes the pod's rules.
+            "type": "portmap", "capabilities": {"portMappings": true}
         }]
     })
     .to_string()
@@ -305,6 +309,7 @@ impl Drop for Cri {
         for pod in &self.pods {
             let _ = fs::remove_file(socket_of(&self.dir.join("c.sock"), pod));
         }
+        remove_hostport_rules(&self.name);
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .stderr(Stdio::null())
@@ -321,5 +326,29 @@ impl Drop for Cri {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// portmap's rules for the pods of network `name` that a failed test never stopped
+/// (CNI DEL removes them on StopPodSandbox): a stale DNAT for a hostPort would catch
+/// a later test's connections.
+pub fn remove_hostport_rules(name: &str) {
+    let Ok(out) = Command::new("iptables-save").args(["-t", "nat"]).output() else {
+        return;
+    };
+    let tag = format!("dnat name: \\\"{name}\\\"");
+    for rule in String::from_utf8_lossy(&out.stdout).lines() {
+        if !(rule.starts_with("-A CNI-HOSTPORT-DNAT ") && rule.contains(&tag)) {
+            continue;
+        }
+        let delete = format!("iptables -t nat -D {}", &rule[3..]);
+        let _ = Command::new("sh").args(["-c", &delete]).status();
+        if let Some(chain) = rule.rsplit(" -j ").next() {
+            for op in ["-F", "-X"] {
+                let _ = Command::new("iptables")
+                    .args(["-t", "nat", op, chain.trim()])
+                    .status();
+            }
+        }
     }
 }

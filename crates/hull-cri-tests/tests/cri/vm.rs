@@ -18,7 +18,7 @@ use super::{
 
 /// The VMMs running for this test (their working directory is a sandbox's, under the
 /// test's directory).
-fn vmms(dir: &Path) -> Vec<i32> {
+pub(crate) fn vmms(dir: &Path) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -34,7 +34,7 @@ fn vmms(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
-async fn exec_out(cri: &mut Cri, id: &str, cmd: &[&str]) -> String {
+pub(crate) async fn exec_out(cri: &mut Cri, id: &str, cmd: &[&str]) -> String {
     let r = cri
         .rt
         .exec_sync(ExecSyncRequest {
@@ -57,7 +57,7 @@ async fn vm_pod(cri: &mut Cri) {
     let pod_time = t.elapsed();
     let app = container_config(
         "app",
-        "trap '' TERM; echo hello; while :; do echo from-app | nc -l -p 8080; done",
+        "trap '' TERM; echo pod-shm >/dev/shm/from-app; echo hello; while :; do echo from-app | nc -l -p 8080; done",
     );
     let t = Instant::now();
     let app = create_started(cri, &pod, &sandbox, app).await;
@@ -65,7 +65,7 @@ async fn vm_pod(cri: &mut Cri) {
     wait_state(cri, &app, ContainerState::ContainerRunning).await;
     let short = container_config(
         "short",
-        "cat /proc/sys/kernel/random/boot_id; for i in $(seq 100); do nc 127.0.0.1 8080 </dev/null && break; sleep 0.2; done; ip -4 addr show eth0 | grep -c 10.250.; exit 4",
+        "cat /proc/sys/kernel/random/boot_id; for i in $(seq 50); do cat /dev/shm/from-app 2>/dev/null && break; sleep 0.1; done; for i in $(seq 100); do nc 127.0.0.1 8080 </dev/null && break; sleep 0.2; done; ip -4 addr show eth0 | grep -c 10.250.; exit 4",
     );
     let t = Instant::now();
     let short = create_started(cri, &pod, &sandbox, short).await;
@@ -113,6 +113,10 @@ async fn vm_pod(cri: &mut Cri) {
     assert!(
         short_log.contains(" stdout F from-app"),
         "localhost between the pod's containers: {short_log:?}"
+    );
+    assert!(
+        short_log.contains(" stdout F pod-shm"),
+        "the pod's /dev/shm shared between its containers: {short_log:?}"
     );
     assert!(
         short_log.contains(" stdout F 1"),

@@ -108,8 +108,8 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
         }));
     }
     // One sizing for both sides of the sandbox: the VM, and the host cgroup around it.
-    let (vcpus, memory_mib) = super::sizing::sizing(&bundle.spec, req.settings);
-    let limits = sandbox_limits(&bundle.spec, memory_mib);
+    let size = super::sizing::sizing(&bundle.spec, req.settings);
+    let limits = sandbox_limits(&bundle.spec, size);
     let (dir, mut st, mut undo) = make_state(&req, limits)?;
     let tty = match (terminal, req.console_socket) {
         (true, Some(sock)) => Some(send_pty(sock)?),
@@ -128,8 +128,8 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
         cgroup: st.cgroup.clone(),
         foreground,
         preserved,
-        vcpus,
-        memory_mib,
+        vcpus: size.vcpus,
+        memory_mib: size.memory_mib,
     };
     let (pid, ours) = fork_proxy(plan, &mut undo, |pid| create_hooks(&st, pid))?;
     commit(&dir, &mut st, pid, req.pid_file, ours, undo)?;
@@ -200,31 +200,29 @@ pub(super) fn make_state(
 pub const VMM_OVERHEAD_MIB: u64 = 128;
 
 /// The host cgroup's limits (Kata's sandbox sizing): memory for the whole guest (the
-/// container's limit plus the guest's own overhead, as `sizing` gives it) plus the
-/// VMM's, and the container's CPU quota, shares and cpuset, which its vCPU threads run
-/// under. Not the pids limit (the guest's processes are not host tasks) nor device
-/// rules (the VMM needs /dev/kvm and taps); nothing where the bundle sets no limit.
+/// container's or the pod's limit plus the guest's own overhead, as `sizing` gives it)
+/// plus the VMM's, and the container's CPU quota, shares and cpuset, which its vCPU
+/// threads run under. Not the pids limit (the guest's processes are not host tasks) nor
+/// device rules (the VMM needs /dev/kvm and taps); nothing where nothing sets a limit.
 fn sandbox_limits(
     spec: &oci_spec::runtime::Spec,
-    guest_mib: u32,
+    size: super::sizing::Size,
 ) -> Option<oci_spec::runtime::LinuxResources> {
     use oci_spec::runtime::{LinuxMemoryBuilder, LinuxResourcesBuilder};
-    let res = spec.linux().as_ref()?.resources().as_ref()?;
+    let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    if res.is_none() && !size.memory_limited {
+        return None;
+    }
     let mut out = LinuxResourcesBuilder::default();
-    let limited = res
-        .memory()
-        .as_ref()
-        .and_then(|m| m.limit())
-        .is_some_and(|l| l > 0);
-    if limited {
-        let bytes = (u64::from(guest_mib) + VMM_OVERHEAD_MIB) << 20;
+    if size.memory_limited {
+        let bytes = (u64::from(size.memory_mib) + VMM_OVERHEAD_MIB) << 20;
         let memory = LinuxMemoryBuilder::default()
             .limit(bytes as i64)
             .build()
             .ok()?;
         out = out.memory(memory);
     }
-    if let Some(cpu) = res.cpu() {
+    if let Some(cpu) = res.and_then(|r| r.cpu().as_ref()) {
         out = out.cpu(cpu.clone());
     }
     out.build().ok()

@@ -157,6 +157,9 @@ struct StandIn {
 pub fn create(req: VmCreate, sandbox: Container, foreground: bool) -> Result<Pid> {
     let preserved = super::preserved::take(req.preserve_fds)?;
     let bundle = &req.bundle;
+    let vm = super::sizing::sizing(&sandbox.state.config, req.settings);
+    super::sizing::check_member(&bundle.spec, vm)
+        .map_err(|m| refuse(format!("{}: {m}", req.id)))?;
     let config_path = bundle.dir.join("config.json");
     let text =
         std::fs::read_to_string(&config_path).map_err(io_err("cannot read", &config_path))?;

@@ -81,15 +81,36 @@ fn proc_ns(pid: i32, kind: &str) -> String {
     format!("/proc/{pid}/ns/{name}")
 }
 
-/// The namespaces marked as the sandbox's, pointed at its init in the guest.
-fn join_sandbox(config: &mut Value, guest_pid: i32) {
+/// The namespaces marked as the sandbox's, pointed at its init in the guest. A member
+/// in the sandbox's IPC namespace gets its /dev/shm too (the pod's shared memory, as
+/// the CRI's bind of the sandbox's shm directory gives runc's pods): one guest kernel
+/// holds them all, so the tmpfs guest_config put there becomes a bind of the
+/// sandbox container's own, which the agent keeps in its mount namespace (a mount in
+/// another container's namespace cannot be bound: EINVAL).
+fn join_sandbox(config: &mut Value, guest_pid: i32, sandbox: &str) {
     let namespaces = config
         .pointer_mut("/linux/namespaces")
         .and_then(Value::as_array_mut);
+    let mut shares_ipc = false;
     for ns in namespaces.into_iter().flatten() {
         if ns["path"] == SANDBOX_NS {
-            let path = proc_ns(guest_pid, ns["type"].as_str().unwrap_or_default());
-            ns["path"] = path.into();
+            let kind = ns["type"].as_str().unwrap_or_default();
+            shares_ipc |= kind == "ipc";
+            ns["path"] = proc_ns(guest_pid, kind).into();
+        }
+    }
+    if !shares_ipc {
+        return;
+    }
+    let mounts = config.get_mut("mounts").and_then(Value::as_array_mut);
+    for m in mounts.into_iter().flatten() {
+        if m["destination"] == "/dev/shm" && m["type"] == "tmpfs" && m["source"] == "shm" {
+            *m = serde_json::json!({
+                "destination": "/dev/shm",
+                "type": "bind",
+                "source": format!("{}{sandbox}", hull_proto::POD_SHM),
+                "options": ["rbind", "nosuid", "nodev", "noexec"],
+            });
         }
     }
 }
@@ -128,6 +149,7 @@ pub(super) fn serve_member(
         join_sandbox(
             &mut payload.config,
             shared.guest_pid.load(Ordering::Relaxed),
+            &shared.id,
         );
         let t = Instant::now();
         let name = shared
@@ -225,5 +247,45 @@ pub(super) fn end_members(shared: &Shared) {
             .wait_timeout(served, left)
             .unwrap_or_else(|e| e.into_inner())
             .0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn member(ipc_path: &str) -> Value {
+        json!({
+            "linux": {"namespaces": [
+                {"type": "network", "path": SANDBOX_NS},
+                {"type": "ipc", "path": ipc_path},
+                {"type": "mount"},
+            ]},
+            "mounts": [
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid"]},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+            ],
+        })
+    }
+
+    #[test]
+    fn a_member_sharing_ipc_gets_the_sandbox_shm() {
+        let mut c = member(SANDBOX_NS);
+        join_sandbox(&mut c, 42, "pod");
+        assert_eq!(c["linux"]["namespaces"][0]["path"], "/proc/42/ns/net");
+        assert_eq!(c["linux"]["namespaces"][1]["path"], "/proc/42/ns/ipc");
+        assert_eq!(c["linux"]["namespaces"][2].get("path"), None);
+        assert_eq!(c["mounts"][0]["type"], "bind");
+        assert_eq!(c["mounts"][0]["source"], "hull-pod-shm:pod");
+        assert_eq!(c["mounts"][1]["type"], "tmpfs");
+    }
+
+    #[test]
+    fn a_member_with_its_own_ipc_keeps_its_shm() {
+        let mut c = member("");
+        c["linux"]["namespaces"][1] = json!({"type": "ipc"});
+        join_sandbox(&mut c, 42, "pod");
+        assert_eq!(c["mounts"][0]["type"], "tmpfs");
     }
 }

@@ -74,7 +74,7 @@ fn cgroups_of(pid: i32) -> String {
 
 const HOST_PORT: i32 = 18080;
 
-async fn remove_pod(cri: &mut Cri, pod: &str, containers: &[&str]) {
+pub(crate) async fn remove_pod(cri: &mut Cri, pod: &str, containers: &[&str]) {
     for c in containers {
         cri.rt
             .remove_container(RemoveContainerRequest {

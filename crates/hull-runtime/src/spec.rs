@@ -33,11 +33,7 @@ impl Bundle {
             path: config.clone(),
             source,
         })?;
-        let mut spec: Spec = match serde_json::from_slice(&text) {
-            Ok(s) => s,
-            Err(_) => return Err(explain_parse_error(&text, &config)),
-        };
-        validate(&spec, &config)?;
+        let mut spec = parse(&text, &config)?;
         let root = spec.root().as_ref().expect("validated").path().clone();
         let rootfs = if root.is_absolute() {
             root
@@ -58,6 +54,17 @@ impl Bundle {
         absolutize_bind_sources(&mut spec, &dir);
         Ok(Bundle { dir, rootfs, spec })
     }
+}
+
+/// config.json's bytes to a spec checked as far as it can be without side effects (a
+/// namespace path's existence is looked up). `config` names the file in errors.
+pub fn parse(text: &[u8], config: &Path) -> Result<Spec> {
+    let spec: Spec = match serde_json::from_slice(text) {
+        Ok(s) => s,
+        Err(_) => return Err(explain_parse_error(text, config)),
+    };
+    validate(&spec, config)?;
+    Ok(spec)
 }
 
 /// serde_json reports a line and column; name the field found there too (the key whose

@@ -101,7 +101,13 @@ fn key_before(text: &[u8], line: usize, column: usize) -> Option<String> {
         }
         offset += l.len();
     }
-    let before = &text[..offset.min(text.len())];
+    // serde_json's column counts bytes, so the error may point inside a multi-byte
+    // character (found by fuzzing: slicing there panicked).
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let colon = before.rfind("\":")?;
     let open = before[..colon].rfind('"')?;
     Some(before[open + 1..colon].to_string())
@@ -228,6 +234,15 @@ mod tests {
             br#"{"ociVersion": "1.0.2", "process": {"user": {"uid": -1, "gid": 0}, "cwd": "/"}}"#;
         let e = explain_parse_error(text, Path::new("config.json")).to_string();
         assert!(e.contains("\"uid\""), "{e}");
+    }
+
+    /// fuzz/regressions/config/char-boundary: an error inside a multi-byte character.
+    #[test]
+    fn a_parse_error_inside_a_multibyte_character_is_explained() {
+        for text in [&b"\xdd\x8fpata$dh"[..], "{\"a\": \"é\" é}".as_bytes()] {
+            let e = explain_parse_error(text, Path::new("config.json")).to_string();
+            assert!(e.contains("config.json") && e.len() > 20, "{e}");
+        }
     }
 
     #[test]

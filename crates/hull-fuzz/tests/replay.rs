@@ -9,13 +9,19 @@ fn inputs(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut v: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    let mut v: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
     v.sort();
     v
 }
 
 fn replay(kind: &str, min: usize) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz").join(kind);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz")
+        .join(kind);
     let mut total = 0;
     for (name, run) in hull_fuzz::TARGETS {
         let files = inputs(&root.join(name));

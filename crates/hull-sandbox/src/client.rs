@@ -509,11 +509,17 @@ pub fn fuzz_agent_bytes(bytes: &[u8]) -> std::io::Result<usize> {
     let mut chunks = Vec::new();
     for n in 0..4 {
         let (tx, rx) = channel();
-        pending.lock().unwrap_or_else(|e| e.into_inner()).insert(n, tx);
+        pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(n, tx);
         replies.push(rx);
         let (tx, rx) = channel();
         let stream = n as StreamId + 1;
-        sinks.lock().unwrap_or_else(|e| e.into_inner()).insert(stream, tx);
+        sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stream, tx);
         chunks.push(rx);
     }
     let in_flight = InFlight::new();

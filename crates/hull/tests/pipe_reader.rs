@@ -24,7 +24,10 @@ fn piped_to_head(c: &Container, args: &[&str]) -> (i32, String) {
         .env("ERR", &err)
         .output()
         .expect("run bash");
-    let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(-1);
+    let status = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(-1);
     (status, std::fs::read_to_string(&err).unwrap_or_default())
 }
 
@@ -54,7 +57,10 @@ fn every_command_ends_quietly(c: &Container) {
         } else {
             [0, 141].contains(&status) || (args == ["check"] && status == 1)
         };
-        assert!(ok, "hull {args:?} | head -c1: exit status {status}, stderr {stderr:?}");
+        assert!(
+            ok,
+            "hull {args:?} | head -c1: exit status {status}, stderr {stderr:?}"
+        );
         closed_before_the_first_write(c, args);
     }
 }
@@ -74,8 +80,16 @@ fn closed_before_the_first_write(c: &Container, args: &[&str]) {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "hull {args:?}: {:?} {stderr}", out.status);
-    assert!(stderr.is_empty(), "hull {args:?} into a closed pipe: {stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "hull {args:?}: {:?} {stderr}",
+        out.status
+    );
+    assert!(
+        stderr.is_empty(),
+        "hull {args:?} into a closed pipe: {stderr}"
+    );
 }
 
 #[test]

@@ -24,7 +24,12 @@ fn fresh_path(kind: &str) -> PathBuf {
 /// in front of a device whose queues are simple (virtio-rng).
 pub fn mmio(data: &[u8]) {
     let mut input = Input::new(data);
-    run(&mut input, Arc::new(Mutex::new(Rng::new())), &mut NoHost, true);
+    run(
+        &mut input,
+        Arc::new(Mutex::new(Rng::new())),
+        &mut NoHost,
+        true,
+    );
 }
 
 /// virtio-blk over a 64 KiB image, writable or not as the first byte says.
@@ -59,7 +64,11 @@ impl HostSide for NetHost {
                 libc::MSG_DONTWAIT,
             )
         };
-        let _ = self.dev.lock().unwrap_or_else(|e| e.into_inner()).process_host_events();
+        let _ = self
+            .dev
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .process_host_events();
         drain_fd(&self.tap);
     }
 }
@@ -94,7 +103,10 @@ pub fn net(data: &[u8]) {
         (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
     };
     let mut input = Input::new(data);
-    let mac = input.u8().map(|b| [0x02, 0, 0, 0, 0, b]).filter(|m| m[5] & 1 == 0);
+    let mac = input
+        .u8()
+        .map(|b| [0x02, 0, 0, 0, 0, b])
+        .filter(|m| m[5] & 1 == 0);
     let dev = Arc::new(Mutex::new(Net::new(dev_end, mac).expect("virtio-net")));
     let mut host = NetHost {
         dev: dev.clone(),
@@ -154,7 +166,10 @@ pub fn vsock(data: &[u8]) {
         path,
         clients: Vec::new(),
         process: Box::new(move || {
-            let _ = d.lock().unwrap_or_else(|e| e.into_inner()).process_host_events();
+            let _ = d
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .process_host_events();
         }),
     };
     run(&mut Input::new(data), dev, &mut host, false);
@@ -169,7 +184,10 @@ pub fn console(data: &[u8]) {
         path,
         clients: Vec::new(),
         process: Box::new(move || {
-            let _ = d.lock().unwrap_or_else(|e| e.into_inner()).process_host_events();
+            let _ = d
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .process_host_events();
         }),
     };
     run(&mut Input::new(data), dev, &mut host, false);

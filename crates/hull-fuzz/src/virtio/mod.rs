@@ -208,7 +208,11 @@ impl Driver {
             if k + 1 < u64::from(n) {
                 flags |= VRING_DESC_F_NEXT as u16;
             }
-            let next = if w & 2 != 0 { u16::from(w) } else { k as u16 + 1 };
+            let next = if w & 2 != 0 {
+                u16::from(w)
+            } else {
+                k as u16 + 1
+            };
             let mut d = [0u8; 16];
             d[..8].copy_from_slice(&addr.to_le_bytes());
             d[8..12].copy_from_slice(&len.to_le_bytes());
@@ -292,7 +296,12 @@ impl Driver {
 
 /// Runs the program in `input` against `device` (whose host end is `host`), after a
 /// bring-up unless `raw` (then the program starts at reset, registers untouched).
-fn run(input: &mut Input, device: Arc<Mutex<dyn VirtioDevice>>, host: &mut dyn HostSide, raw: bool) {
+fn run(
+    input: &mut Input,
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    host: &mut dyn HostSide,
+    raw: bool,
+) {
     let mut d = Driver::new(device);
     if !raw {
         d.bring_up(input);

@@ -11,8 +11,11 @@ pub mod oci;
 pub mod proto;
 pub mod virtio;
 
+/// A target's entry point.
+pub type Target = fn(&[u8]);
+
 /// Every target: its name (the directory of its corpus) and entry point.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("config", oci::config),
     ("state", oci::state),
     ("proto_host", proto::host),
@@ -25,7 +28,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// The entry point of `name`.
-pub fn target(name: &str) -> Option<fn(&[u8])> {
+pub fn target(name: &str) -> Option<Target> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 

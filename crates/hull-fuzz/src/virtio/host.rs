@@ -140,7 +140,7 @@ impl HostSide for Clients {
             2 if !self.clients.is_empty() => {
                 let i = usize::from(op >> 2) % self.clients.len();
                 let port = input.u32().unwrap_or(0) % 2048;
-                let _ = write!(self.clients[i], "CONNECT {port}\n");
+                let _ = writeln!(self.clients[i], "CONNECT {port}");
             }
             _ if !self.clients.is_empty() => {
                 let i = usize::from(op >> 2) % self.clients.len();

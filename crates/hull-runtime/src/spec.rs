@@ -33,11 +33,7 @@ impl Bundle {
             path: config.clone(),
             source,
         })?;
-        let mut spec: Spec = match serde_json::from_slice(&text) {
-            Ok(s) => s,
-            Err(_) => return Err(explain_parse_error(&text, &config)),
-        };
-        validate(&spec, &config)?;
+        let mut spec = parse(&text, &config)?;
         let root = spec.root().as_ref().expect("validated").path().clone();
         let rootfs = if root.is_absolute() {
             root
@@ -58,6 +54,17 @@ impl Bundle {
         absolutize_bind_sources(&mut spec, &dir);
         Ok(Bundle { dir, rootfs, spec })
     }
+}
+
+/// config.json's bytes to a spec checked as far as it can be without side effects (a
+/// namespace path's existence is looked up). `config` names the file in errors.
+pub fn parse(text: &[u8], config: &Path) -> Result<Spec> {
+    let spec: Spec = match serde_json::from_slice(text) {
+        Ok(s) => s,
+        Err(_) => return Err(explain_parse_error(text, config)),
+    };
+    validate(&spec, config)?;
+    Ok(spec)
 }
 
 /// serde_json reports a line and column; name the field found there too (the key whose
@@ -94,7 +101,13 @@ fn key_before(text: &[u8], line: usize, column: usize) -> Option<String> {
         }
         offset += l.len();
     }
-    let before = &text[..offset.min(text.len())];
+    // serde_json's column counts bytes, so the error may point inside a multi-byte
+    // character (found by fuzzing: slicing there panicked).
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let colon = before.rfind("\":")?;
     let open = before[..colon].rfind('"')?;
     Some(before[open + 1..colon].to_string())
@@ -221,6 +234,15 @@ mod tests {
             br#"{"ociVersion": "1.0.2", "process": {"user": {"uid": -1, "gid": 0}, "cwd": "/"}}"#;
         let e = explain_parse_error(text, Path::new("config.json")).to_string();
         assert!(e.contains("\"uid\""), "{e}");
+    }
+
+    /// fuzz/regressions/config/char-boundary: an error inside a multi-byte character.
+    #[test]
+    fn a_parse_error_inside_a_multibyte_character_is_explained() {
+        for text in [&b"\xdd\x8fpata$dh"[..], "{\"a\": \"é\" é}".as_bytes()] {
+            let e = explain_parse_error(text, Path::new("config.json")).to_string();
+            assert!(e.contains("config.json") && e.len() > 20, "{e}");
+        }
     }
 
     #[test]

@@ -162,6 +162,14 @@ impl ContainerState {
         }
     }
 
+    /// A state file's bytes; `file` names it in errors.
+    pub fn parse(bytes: &[u8], file: &Path) -> Result<ContainerState> {
+        serde_json::from_slice(bytes).map_err(|e| Error::CorruptState {
+            path: file.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
     pub fn oci(&self, status: Status) -> OciState<'_> {
         let pid = if status == Status::Stopped {
             0
@@ -263,11 +271,7 @@ impl StateDir {
         let Some((file, bytes)) = found else {
             return Err(Error::NotFound(id.to_string()));
         };
-        let mut state: ContainerState =
-            serde_json::from_slice(&bytes).map_err(|e| Error::CorruptState {
-                path: file,
-                reason: e.to_string(),
-            })?;
+        let mut state = ContainerState::parse(&bytes, &file)?;
         if !state.started && self.path.join(STARTED_MARK).exists() {
             state.started = true;
         }

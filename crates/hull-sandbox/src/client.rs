@@ -493,3 +493,60 @@ fn op_name(r: &Request) -> &'static str {
         Request::Shutdown => "shutdown",
     }
 }
+
+/// For the fuzz targets and their replay test (crates/hull-fuzz) only: `bytes` as the
+/// agent's side of the connection, read by the host's reader exactly as `connect` wires
+/// it, with four requests (ids 0 to 3) awaiting replies, four output streams (1 to 4)
+/// subscribed and stdin in flight on streams 1 and 2. Returns how many replies and
+/// stream chunks reached their receivers. Not an API: hidden, and may change.
+#[doc(hidden)]
+pub fn fuzz_agent_bytes(bytes: &[u8]) -> std::io::Result<usize> {
+    let (mut agent, host) = UnixStream::pair()?;
+    let (hello, hello_rx) = channel();
+    let pending: Pending = Arc::default();
+    let sinks: Sinks = Arc::default();
+    let mut replies = Vec::new();
+    let mut chunks = Vec::new();
+    for n in 0..4 {
+        let (tx, rx) = channel();
+        pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(n, tx);
+        replies.push(rx);
+        let (tx, rx) = channel();
+        let stream = n as StreamId + 1;
+        sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stream, tx);
+        chunks.push(rx);
+    }
+    let in_flight = InFlight::new();
+    for stream in [1, 2] {
+        in_flight
+            .reserve(stream, STDIN_WINDOW / 2)
+            .map_err(std::io::Error::other)?;
+    }
+    let routes = Routes {
+        hello,
+        pending,
+        sinks,
+        in_flight: in_flight.clone(),
+    };
+    // A writer thread: more than the socket buffer would block a write done here.
+    let bytes = bytes.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = agent.write_all(&bytes);
+    });
+    read_loop(host, routes);
+    let _ = writer.join();
+    // The connection ended: whoever waits on stdin's window must be told so.
+    if in_flight.reserve(1, 1).is_ok() {
+        return Err(std::io::Error::other("stdin window still open after EOF"));
+    }
+    let hellos = hello_rx.try_iter().count();
+    let replies: usize = replies.iter().map(|r| r.try_iter().count()).sum();
+    let chunks: usize = chunks.iter().map(|r| r.try_iter().count()).sum();
+    Ok(hellos + replies + chunks)
+}

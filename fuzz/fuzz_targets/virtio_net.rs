@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| (hull_fuzz::target("virtio_net").unwrap())(data));

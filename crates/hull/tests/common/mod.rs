@@ -8,6 +8,7 @@
 pub mod cleanup;
 pub mod console;
 pub mod nested;
+pub mod rootless;
 pub mod vm;
 
 // Not every test file checks cleanup.

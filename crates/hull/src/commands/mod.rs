@@ -118,7 +118,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
 
 /// `--root`, else /run/hull for root and, as runc has it, $XDG_RUNTIME_DIR/hull for a
 /// user without root (who cannot write /run); uid 0 of a user namespace (rootless
-/// podman) uses it too when the environment names another user.
+/// podman) uses it too unless the environment says USER=root.
 fn state_root(g: &Global) -> Result<std::path::PathBuf> {
     if let Some(root) = &g.root {
         return Ok(root.clone());
@@ -126,7 +126,7 @@ fn state_root(g: &Global) -> Result<std::path::PathBuf> {
     let euid = nix::unistd::geteuid();
     let honor_xdg = !euid.is_root()
         || (hull_runtime::rootless::in_user_namespace()
-            && std::env::var("USER").is_ok_and(|u| u != "root"));
+            && std::env::var("USER").map_or(true, |u| u != "root"));
     if !honor_xdg {
         return Ok("/run/hull".into());
     }

@@ -374,3 +374,35 @@ fn cve_2023_25809_sys_fs_cgroup_is_not_writable_rootless() {
     );
     assert_no_cgroup(&r.id);
 }
+
+#[test]
+fn vm_isolation_rootless_needs_dev_kvm_and_says_so() {
+    // Rootless VM isolation is for users who may open /dev/kvm (group kvm on Debian);
+    // anyone else gets one clear line before anything is made (hull-sandbox's
+    // rootless.rs says why there is no silent fallback to TCG).
+    let r = Rootless::new(&["true"]);
+    let mut open = r.user.command(&["sh", "-c", "exec 3<>/dev/kvm"]);
+    if open.status().unwrap().success() {
+        eprintln!(
+            "not run: {} may open /dev/kvm on this host, so there is no refusal to see",
+            r.user.name
+        );
+        return;
+    }
+    let dir = r.dir.display().to_string();
+    let out = r.hull(&["--isolation", "vm", "run", "--bundle", &dir, &r.id]);
+    out.assert_error("rootless VM without /dev/kvm", &["/dev/kvm"]);
+    assert!(
+        out.stderr
+            .contains("rootless VM isolation needs read-write access to /dev/kvm")
+            && out.stderr.contains("group kvm")
+            && out.stderr.contains(&format!("uid {}", r.user.uid)),
+        "{out:?}"
+    );
+    assert!(!r.state_dir().exists(), "state left");
+    assert_no_cgroup(&r.id);
+    assert!(
+        processes_of(r.user.uid).is_empty(),
+        "a process (VMM, proxy) was left"
+    );
+}

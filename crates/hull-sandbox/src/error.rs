@@ -31,6 +31,9 @@ pub enum SandboxError {
     /// The namespace runtime's part (state directory, cgroups, bundle) failed.
     #[error(transparent)]
     Runtime(#[from] hull_runtime::error::Error),
+    /// What an unprivileged user cannot have (rootless.rs).
+    #[error("{0}")]
+    Rootless(String),
     /// No answer in time.
     #[error("timed out after {secs} s waiting for {what}")]
     Timeout { what: String, secs: u64 },

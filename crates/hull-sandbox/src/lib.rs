@@ -17,6 +17,7 @@ pub mod image;
 pub mod initramfs;
 pub mod jail;
 pub mod qemu;
+pub mod rootless;
 pub mod sandbox;
 pub mod vmm_process;
 

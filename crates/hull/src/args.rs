@@ -127,7 +127,7 @@ fn number<T: std::str::FromStr>(v: OsString, flag: &str) -> R<T> {
 /// Global flags, accepted before the command (runc) and, for convenience, after it.
 fn global_flag(flag: &str, p: &mut Parser, g: &mut Global) -> R<bool> {
     match flag {
-        "--root" => g.root = p.value()?.into(),
+        "--root" => g.root = Some(p.value()?.into()),
         "--log" => g.log = Some(p.value()?.into()),
         "--log-format" => {
             let f = text(p.value()?, "--log-format")?;
@@ -158,7 +158,6 @@ pub fn parse_from<I: IntoIterator<Item = OsString>>(args: I) -> R<Cli> {
     let program = args.next().unwrap_or_default();
     let mut p = Parser::from_iter(std::iter::once(program.clone()).chain(args));
     let mut g = Global {
-        root: PathBuf::from("/run/hull"),
         program: std::path::Path::new(&program)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -177,7 +176,15 @@ pub fn parse_from<I: IntoIterator<Item = OsString>>(args: I) -> R<Cli> {
         match flag.as_str() {
             "--help" | "-h" => return Err(Stop::Help(usage())),
             "--version" | "-v" => return Err(Stop::Version(version())),
-            "--rootless" => g.rootless = Some(text(p.value()?, "--rootless")?),
+            "--rootless" => {
+                let v = text(p.value()?, "--rootless")?;
+                if !matches!(v.as_str(), "true" | "false" | "auto") {
+                    return Err(Stop::Usage(format!(
+                        "--rootless {v:?}: use true, false or auto"
+                    )));
+                }
+                g.rootless = Some(v);
+            }
             other => {
                 return Err(Stop::Usage(format!(
                     "hull: unknown flag {other}\n\n{}",
@@ -469,7 +476,7 @@ mod tests {
             "--pid-file=/p",
             "c1",
         ]);
-        assert_eq!(c.global.root, PathBuf::from("/r"));
+        assert_eq!(c.global.root, Some(PathBuf::from("/r")));
         assert_eq!(c.global.log_format.as_deref(), Some("json"));
         let Command::Create(a) = c.command else {
             panic!()

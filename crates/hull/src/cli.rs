@@ -13,8 +13,8 @@ pub struct Cli {
 
 #[derive(Debug, Default)]
 pub struct Global {
-    /// Directory for container state.
-    pub root: PathBuf,
+    /// Directory for container state (default /run/hull; rootless $XDG_RUNTIME_DIR/hull).
+    pub root: Option<PathBuf>,
     /// Log file (default: stderr).
     pub log: Option<PathBuf>,
     /// Log format: text or json.
@@ -23,7 +23,8 @@ pub struct Global {
     pub debug: bool,
     /// Manage cgroups through systemd (needs systemd as PID 1).
     pub systemd_cgroup: bool,
-    /// Accepted for runc compatibility (true, false or auto).
+    /// true, false or auto (runc's flag): whether to act as an unprivileged user
+    /// (cgroups only where delegated); auto detects it.
     pub rootless: Option<String>,
     /// Accepted for runc compatibility; checkpointing is not part of hull.
     pub criu: Option<String>,
@@ -116,6 +117,21 @@ pub enum Command {
         socket: String,
         console_log: String,
     },
+}
+
+impl Command {
+    /// Whether the command reads or writes the state directory (--root).
+    pub fn keeps_state(&self) -> bool {
+        !matches!(
+            self,
+            Command::Spec { .. }
+                | Command::Features
+                | Command::Check { .. }
+                | Command::GuestBuild(_)
+                | Command::Vmm { .. }
+                | Command::GuestQemuArgs { .. }
+        )
+    }
 }
 
 #[derive(Debug, Default)]

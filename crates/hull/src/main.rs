@@ -38,7 +38,11 @@ fn main() {
             if log.to_file {
                 tracing::error!("{msg}");
             }
-            eprintln!("hull: {msg}");
+            // One line per problem, each its own "hull:" line (rootless names every
+            // limit it cannot apply on a line of its own).
+            for line in msg.lines() {
+                eprintln!("hull: {line}");
+            }
             failure
         }
     };

@@ -101,6 +101,13 @@ pub enum CgroupError {
     /// The container's cgroup still has processes.
     #[error("removing cgroup {}: still in use after 1 s; kill the container's processes first (hull kill <id> KILL) and delete again", .path.display())]
     Busy { path: PathBuf },
+    /// Rootless, limits were asked for that no delegated cgroup can hold: one line each.
+    #[error("{}", .lines.join("\n"))]
+    RootlessLimits { lines: Vec<String> },
+    /// The container has no cgroup (created rootless, nothing delegated), and the
+    /// operation needs one.
+    #[error("{what} needs the container's cgroup, and it has none: it was created rootless and no cgroup was delegated to hull")]
+    NoCgroup { what: &'static str },
     /// A cgroup directory could not be removed.
     #[error("removing cgroup {}: {source}{}", .path.display(), io_hint(.source))]
     Remove {

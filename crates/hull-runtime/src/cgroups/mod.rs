@@ -14,6 +14,7 @@ mod error;
 mod fs;
 mod group;
 mod path;
+mod rootless;
 mod stats;
 mod stats_parse;
 mod unset;
@@ -34,6 +35,7 @@ pub use error::CgroupError;
 use fs::{collect_pids, mkdir_recording, remove_leaf, remove_shared};
 pub(crate) use fs::{read, read_opt, write, write_if_exists};
 pub(crate) use group::Group;
+pub use rootless::NotDelegated;
 pub use stats::{
     Blkio, BlkioEntry, Cpu, CpuSet, CpuUsage, Hugetlb, IntelRdt, Memory, MemoryEntry,
     NetworkInterface, Pids, Psi, PsiData, Stats, Throttling,
@@ -270,6 +272,11 @@ impl Cgroup {
 
     /// Every process in the container's cgroup and its descendants.
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        if self.is_empty() {
+            return Err(CgroupError::NoCgroup {
+                what: "listing its processes",
+            });
+        }
         let dir = match self.version {
             CgroupVersion::V2 => &self.unified()?.dir,
             _ => {
@@ -289,6 +296,11 @@ impl Cgroup {
 
     /// Resource usage, shaped like the "data" object of runc's `events --stats`.
     pub fn stats(&self) -> Result<Stats, CgroupError> {
+        if self.is_empty() {
+            return Err(CgroupError::NoCgroup {
+                what: "resource usage",
+            });
+        }
         let mut s = Stats::default();
         if self.version == CgroupVersion::V2 {
             stats::read_v2(&self.unified()?.dir, &mut s)?;
@@ -306,7 +318,9 @@ impl Cgroup {
     /// memory.events (v2) or memory.oom_control (v1, kernels since 4.13); 0 where
     /// neither says.
     pub fn oom_kills(&self) -> Result<u64, CgroupError> {
-        let file = if self.version == CgroupVersion::V2 {
+        let file = if self.is_empty() {
+            return Ok(0);
+        } else if self.version == CgroupVersion::V2 {
             self.unified()?.dir.join("memory.events")
         } else {
             match self.v1.iter().find(|h| h.has("memory")) {
@@ -382,6 +396,11 @@ impl Cgroup {
     }
 
     fn freezer(&self) -> Result<Freezer<'_>, CgroupError> {
+        if self.is_empty() {
+            return Err(CgroupError::NoCgroup {
+                what: "pause and resume (the freezer)",
+            });
+        }
         if let Some(h) = self.v1.iter().find(|h| h.has("freezer")) {
             return Ok(Freezer::V1(&h.dir));
         }

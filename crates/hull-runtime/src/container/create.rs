@@ -14,7 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{self, ForkResult, Pid};
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxIdMapping, LinuxResources};
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
 
 use super::Container;
 use crate::cgroups::{Cgroup, CgroupVersion};
@@ -136,7 +136,15 @@ pub fn create_from(
     let cgroups_path = linux
         .and_then(|l| l.cgroups_path().as_ref())
         .and_then(|p| p.to_str());
-    let cgroup = Cgroup::resolve(cgroups_path, &opts.id)?;
+    let mut cgroup = Cgroup::resolve(cgroups_path, &opts.id)?;
+    let resources = effective_resources(&bundle);
+    // Rootless: only delegated hierarchies, checked before anything is made.
+    let rootless = init::Rootless::detect();
+    let resources = if rootless.active {
+        cgroup.prepare_rootless(resources)?
+    } else {
+        resources
+    };
 
     let dir = StateDir::create(&opts.root, &opts.id)?;
     let mut undo = Undo {
@@ -152,12 +160,10 @@ pub fn create_from(
     );
     // One save before anything else is made, naming the cgroup directories about to
     // be created: `delete --force` finds everything even if this process dies now.
-    let mut cgroup = cgroup;
     cgroup.plan_dirs();
     st.cgroup = cgroup.clone();
     dir.save_provisional(&st)?;
     undo.cgroup = Some(cgroup.clone());
-    let resources = effective_resources(&bundle);
     cgroup.create(resources.as_ref())?;
     tracing::debug!(path = cgroup.path(), "cgroup created");
     let cgroup_dirs: Vec<(String, PathBuf)> = cgroup
@@ -233,6 +239,7 @@ pub fn create_from(
                 no_new_keyring: opts.no_new_keyring,
                 preserve_fds: opts.preserve_fds,
                 id: &opts.id,
+                rootless,
             };
             if direct {
                 direct_init_main(args, &child)
@@ -285,7 +292,12 @@ fn drive(
         })?;
         match msg {
             Msg::MapRequest => {
-                write_id_maps(stage1.as_raw(), bundle)?;
+                let linux = bundle.spec.linux().as_ref();
+                crate::idmap::write(
+                    stage1.as_raw(),
+                    linux.and_then(|l| l.uid_mappings().as_ref()),
+                    linux.and_then(|l| l.gid_mappings().as_ref()),
+                )?;
                 chan.send(&Msg::MapsDone)?;
             }
             Msg::Pid(pid) => {
@@ -411,8 +423,12 @@ fn stage1_main(args: InitArgs, chan: &Channel) -> ! {
         if plan.new_user {
             sched::unshare(CloneFlags::CLONE_NEWUSER)
                 .map_err(|e| Error::Setup(format!("unshare user namespace: {e}")))?;
-            chan.send(&Msg::MapRequest)?;
-            chan.expect(Msg::MapsDone)?;
+            // An unprivileged parent (or its newuidmap) can open our /proc/<pid>/*_map
+            // only while we are dumpable: undumpable, they belong to the host's root.
+            procfs::dumpable_for(!unistd::geteuid().is_root(), || {
+                chan.send(&Msg::MapRequest)?;
+                chan.expect(Msg::MapsDone)
+            })?;
             become_root()?;
         }
         sched::unshare(plan.new).map_err(|e| Error::Setup(format!("unshare namespaces: {e}")))?;
@@ -459,42 +475,6 @@ fn write_time_offsets(
     }
     proc.write_self("timens_offsets", text.as_bytes())
         .map_err(|e| Error::Setup(format!("linux.timeOffsets: {e}")))
-}
-
-fn write_id_maps(pid: i32, bundle: &Bundle) -> Result<()> {
-    let linux = bundle.spec.linux().as_ref();
-    let fmt = |m: Option<&Vec<LinuxIdMapping>>| {
-        m.into_iter()
-            .flatten()
-            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
-            .collect::<String>()
-    };
-    for (file, maps) in [
-        (
-            "uid_map",
-            fmt(linux.and_then(|l| l.uid_mappings().as_ref())),
-        ),
-        (
-            "gid_map",
-            fmt(linux.and_then(|l| l.gid_mappings().as_ref())),
-        ),
-    ] {
-        if maps.is_empty() {
-            continue;
-        }
-        let path = format!("/proc/{pid}/{file}");
-        std::fs::write(&path, &maps).map_err(|e| {
-            Error::Setup(format!(
-                "linux.{}: writing {path}: {e}",
-                if file == "uid_map" {
-                    "uidMappings"
-                } else {
-                    "gidMappings"
-                }
-            ))
-        })?;
-    }
-    Ok(())
 }
 
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {

@@ -51,7 +51,7 @@ pub(crate) fn signal_all(c: &Container, signal: i32, paused: bool) -> Result<()>
     if !paused {
         let _ = cg.freeze();
     }
-    let pids = cg.pids();
+    let pids = super::procs::of(c);
     if let Ok(pids) = &pids {
         for &p in pids {
             // SAFETY: kill(2) with a raw signal number (real-time signals have no Signal).
@@ -62,7 +62,7 @@ pub(crate) fn signal_all(c: &Container, signal: i32, paused: bool) -> Result<()>
     if !paused || signal == Signal::SIGKILL as i32 {
         let _ = cg.thaw();
     }
-    pids.map(drop).map_err(Error::from)
+    pids.map(drop)
 }
 
 /// SIGKILL everything and wait (bounded) until the init is gone.

@@ -7,6 +7,7 @@ pub mod exec;
 pub mod kill;
 pub mod list;
 pub mod pause;
+pub mod procs;
 pub mod ps;
 pub mod run;
 pub mod start;

@@ -12,7 +12,7 @@ pub fn pids(root: &Path, id: &str) -> Result<Vec<i32>> {
 
 pub fn pids_of(c: &Container) -> Result<Vec<i32>> {
     c.require("ps", &[Status::Created, Status::Running, Status::Paused])?;
-    let mut p = c.state.cgroup.pids()?;
+    let mut p = super::procs::of(c)?;
     p.sort_unstable();
     Ok(p)
 }

@@ -17,7 +17,14 @@ pub fn update_container(mut c: Container, resources: &LinuxResources) -> Result<
         "update",
         &[Status::Created, Status::Running, Status::Paused],
     )?;
-    let effective = super::create::with_default_devices(resources.clone());
+    let effective = if crate::rootless::active() {
+        c.state
+            .cgroup
+            .rootless_resources(Some(resources.clone()), &[])?
+            .unwrap_or_default()
+    } else {
+        super::create::with_default_devices(resources.clone())
+    };
     c.state.cgroup.apply(&effective)?;
     remember(&mut c, resources)
 }

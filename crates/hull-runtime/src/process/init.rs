@@ -37,6 +37,24 @@ pub struct InitArgs<'a> {
     pub no_new_keyring: bool,
     pub preserve_fds: i32,
     pub id: &'a str,
+    /// Decided by the parent before the fork (rootless.rs).
+    pub rootless: Rootless,
+}
+
+/// What the parent found about its own privileges, for the init.
+#[derive(Debug, Clone, Copy)]
+pub struct Rootless {
+    pub active: bool,
+    pub in_userns: bool,
+}
+
+impl Rootless {
+    pub fn detect() -> Rootless {
+        Rootless {
+            active: crate::rootless::active(),
+            in_userns: crate::rootless::in_user_namespace(),
+        }
+    }
 }
 
 /// Runs the init; returns only on error (the caller reports it and exits).
@@ -62,7 +80,11 @@ pub fn run(args: InitArgs, chan: &Channel) -> Result<std::convert::Infallible> {
             &args.bundle.rootfs,
             spec,
             args.cgroup_dirs,
-            args.plan.userns(),
+            rootfs::Privilege {
+                // Where mknod and new sysfs/mqueue mounts are refused.
+                userns: args.plan.userns() || args.rootless.in_userns,
+                rootless: args.rootless.active,
+            },
         )?;
     }
     chan.send(&Msg::MountsReady)?;

@@ -24,12 +24,22 @@ fn setup(what: &str, e: nix::Error) -> Error {
 
 /// Everything up to pivot_root: detach from the host's propagation, make the rootfs a
 /// mount point, then the config's mounts and /dev.
+/// What the init may do, decided by the parent.
+#[derive(Debug, Clone, Copy)]
+pub struct Privilege {
+    /// In a user namespace (the container's or hull's own): no mknod, no new sysfs.
+    pub userns: bool,
+    /// hull runs rootless (rootless.rs).
+    pub rootless: bool,
+}
+
 pub fn prepare(
     rootfs: &Path,
     spec: &Spec,
     cgroup_dirs: &[(String, PathBuf)],
-    userns: bool,
+    privilege: Privilege,
 ) -> Result<()> {
+    let userns = privilege.userns;
     let linux = spec.linux().as_ref();
     let prop = linux.and_then(|l| l.rootfs_propagation().as_deref());
     let flags = options::rootfs_propagation(prop).ok_or_else(|| {
@@ -63,6 +73,7 @@ pub fn prepare(
         rootfd: &rootfd,
         cgroup_dirs,
         userns,
+        rootless: privilege.rootless,
     };
     let mut dev_is_bound = false;
     for m in spec.mounts().iter().flatten() {

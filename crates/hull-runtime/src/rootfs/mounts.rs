@@ -22,6 +22,8 @@ pub struct MountContext<'a> {
     pub cgroup_dirs: &'a [(String, PathBuf)],
     /// Whether the container has a new user namespace (mknod and some fs types fail).
     pub userns: bool,
+    /// hull runs rootless.
+    pub rootless: bool,
 }
 
 fn fail(dest: &Path, what: &str, e: Errno) -> Error {
@@ -43,6 +45,13 @@ pub fn mount_entry(ctx: &MountContext, m: &Mount) -> Result<()> {
     let mut opts = options::parse(m.options().as_deref().unwrap_or_default());
     if typ == "bind" {
         opts.flags |= MsFlags::MS_BIND;
+    }
+    // Rootless, a read-only rbind is read-only all the way down: `hull spec --rootless`
+    // binds the host's /sys so, and the host's cgroup hierarchies under it may belong
+    // to the user (CVE-2023-25809). Root keeps runc's meaning (the top mount only).
+    let rbind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    if opts.flags.contains(rbind | MsFlags::MS_RDONLY) && ctx.rootless {
+        opts.recursive_set |= options::attr::RDONLY;
     }
     if typ == "cgroup" || typ == "cgroup2" {
         return mount_cgroup(ctx, dest, &opts);
@@ -439,7 +448,14 @@ fn bind_cgroup_dir(
 /// with the container's directory of each hierarchy under it, as runc lays it out. Bind
 /// mounts rather than new cgroup mounts, so it works in user namespaces too.
 fn mount_cgroup(ctx: &MountContext, dest: &Path, opts: &MountOptions) -> Result<()> {
-    let ro = opts.flags & MsFlags::MS_RDONLY;
+    // No cgroup at all (rootless, nothing delegated): an empty read-only tmpfs masks
+    // whatever a `/sys` rbind brought along, the host's hierarchies, some of which the
+    // user may own (CVE-2023-25809, runc masks it too).
+    let ro = if ctx.cgroup_dirs.is_empty() {
+        MsFlags::MS_RDONLY
+    } else {
+        opts.flags & MsFlags::MS_RDONLY
+    };
     let keep = opts.flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
     let spot = mkdir_all_in_root(ctx.rootfd, dest, Mode::from_bits_truncate(0o755))
         .map_err(|e| fail(dest, "cannot create the destination inside the root", e))?;

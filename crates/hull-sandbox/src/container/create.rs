@@ -62,6 +62,7 @@ impl Drop for Undo {
 
 /// `hull create`: returns once the container waits in the guest for `start`.
 pub fn create(req: VmCreate) -> Result<()> {
+    crate::rootless::check_kvm_access(std::path::Path::new(crate::rootless::KVM))?;
     if let Some(sandbox) = super::member::sandbox_for(&req)? {
         return super::member::create(req, sandbox, false).map(drop);
     }
@@ -71,6 +72,7 @@ pub fn create(req: VmCreate) -> Result<()> {
 /// `hull run`: create, start, and unless `detach` wait for the container's exit and
 /// delete it; the exit status.
 pub fn run(req: VmCreate, detach: bool) -> Result<i32> {
+    crate::rootless::check_kvm_access(std::path::Path::new(crate::rootless::KVM))?;
     let root = req.root.to_path_buf();
     let id = req.id.to_string();
     let proxy = match super::member::sandbox_for(&req)? {
@@ -178,6 +180,14 @@ pub(super) fn make_state(
         .and_then(|l| l.cgroups_path().as_ref())
         .and_then(|p| p.to_str());
     let mut cgroup = Cgroup::resolve(cgroups_path, req.id).map_err(RuntimeError::from)?;
+    // Rootless: only a delegated cgroup, or none (hull_runtime::rootless).
+    let limits = if hull_runtime::rootless::active() {
+        cgroup
+            .prepare_rootless(limits)
+            .map_err(RuntimeError::from)?
+    } else {
+        limits
+    };
     let dir = StateDir::create(req.root, req.id)?;
     let mut undo = Undo {
         dir: Some(dir.clone()),

@@ -30,7 +30,18 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     if g.systemd_cgroup {
         check_systemd()?;
     }
-    let lc = Lifecycle::new(g.root.clone(), asked(g)?);
+    match g.rootless.as_deref() {
+        Some("true") => hull_runtime::rootless::force(true),
+        Some("false") => hull_runtime::rootless::force(false),
+        _ => {}
+    }
+    let root = match state_root(g) {
+        Ok(root) => root,
+        // `spec`, `check` and the like keep no state: no reason to refuse them.
+        Err(e) if cli.command.keeps_state() => return Err(e),
+        Err(_) => "/run/hull".into(),
+    };
+    let lc = Lifecycle::new(root, asked(g)?);
     match cli.command {
         Command::Create(a) => {
             hull_runtime::selfexe::ensure_sealed()?;
@@ -102,6 +113,29 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             ))?;
             Ok(0)
         }
+    }
+}
+
+/// `--root`, else /run/hull for root and, as runc has it, $XDG_RUNTIME_DIR/hull for a
+/// user without root (who cannot write /run); uid 0 of a user namespace (rootless
+/// podman) uses it too unless the environment says USER=root.
+fn state_root(g: &Global) -> Result<std::path::PathBuf> {
+    if let Some(root) = &g.root {
+        return Ok(root.clone());
+    }
+    let euid = nix::unistd::geteuid();
+    let honor_xdg = !euid.is_root()
+        || (hull_runtime::rootless::in_user_namespace()
+            && std::env::var("USER").map_or(true, |u| u != "root"));
+    if !honor_xdg {
+        return Ok("/run/hull".into());
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => Ok(Path::new(&dir).join("hull")),
+        None if euid.is_root() => Ok("/run/hull".into()),
+        None => bail!(
+            "rootless (uid {euid}): XDG_RUNTIME_DIR is not set, so there is no state directory of yours; set it (e.g. /run/user/{euid}) or pass --root DIR, a directory you own"
+        ),
     }
 }
 

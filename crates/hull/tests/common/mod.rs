@@ -9,6 +9,7 @@ pub mod cleanup;
 pub mod console;
 pub mod leaks;
 pub mod nested;
+pub mod rootless;
 pub mod vm;
 
 // Not every test file checks cleanup.

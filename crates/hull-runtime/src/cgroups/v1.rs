@@ -53,23 +53,39 @@ pub(crate) fn pids_max(limit: i64) -> String {
 
 /// A new cpuset cgroup starts with empty cpus and mems, and no task can join it until
 /// both are set: copy them from the parent into every directory hull made, top down.
+/// A parent that another create made a moment ago may still be empty (containers
+/// created at once under one new parent): it is filled the same way first, from the
+/// nearest ancestor that has values, as runc's cpuset does; the writes are idempotent.
 pub(crate) fn inherit_cpuset(h: &Hierarchy) -> Result<(), CgroupError> {
     for dir in &h.created {
         let Some(parent) = dir.parent() else { continue };
         for file in ["cpuset.cpus", "cpuset.mems"] {
-            let value = read(parent, file)?;
-            let value = value.trim();
-            if value.is_empty() {
-                return Err(CgroupError::Parse {
-                    path: parent.join(file),
-                    content: String::new(),
-                    reason: "the parent cpuset is empty, so the new cgroup cannot inherit it; set it there first",
-                });
-            }
-            write(dir, file, value)?;
+            let value = cpuset_value(&h.mount, parent, file)?;
+            write(dir, file, &value)?;
         }
     }
     Ok(())
+}
+
+/// `dir`'s value of `file`, set from its ancestors' first if it is empty.
+fn cpuset_value(mount: &Path, dir: &Path, file: &str) -> Result<String, CgroupError> {
+    let value = read(dir, file)?.trim().to_string();
+    if !value.is_empty() {
+        return Ok(value);
+    }
+    let parent = match dir.parent() {
+        Some(p) if dir != mount && p.starts_with(mount) => p,
+        _ => {
+            return Err(CgroupError::Parse {
+                path: dir.join(file),
+                content: String::new(),
+                reason: "the hierarchy's root cpuset is empty, so no cgroup can inherit it",
+            })
+        }
+    };
+    let inherited = cpuset_value(mount, parent, file)?;
+    write(dir, file, &inherited)?;
+    Ok(inherited)
 }
 
 fn set_devices(
@@ -344,4 +360,44 @@ pub(crate) fn set_frozen(dir: &Path, frozen: bool) -> Result<(), CgroupError> {
 
 pub(crate) fn is_frozen(dir: &Path) -> Result<bool, CgroupError> {
     Ok(read(dir, "freezer.state")?.trim() == "FROZEN")
+}
+
+#[cfg(test)]
+mod cpuset_tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_parent_made_by_another_create_is_filled_first() {
+        let mount = std::env::temp_dir().join(format!("hull-cpuset-{}", std::process::id()));
+        let parent = mount.join("pods");
+        let leaf = parent.join("c1");
+        std::fs::create_dir_all(&leaf).unwrap();
+        for (dir, cpus) in [(&mount, "0-1"), (&parent, ""), (&leaf, "")] {
+            std::fs::write(dir.join("cpuset.cpus"), cpus).unwrap();
+            std::fs::write(
+                dir.join("cpuset.mems"),
+                if cpus.is_empty() { "" } else { "0" },
+            )
+            .unwrap();
+        }
+        let h = Hierarchy {
+            controllers: "cpuset".into(),
+            mount: mount.clone(),
+            dir: leaf.clone(),
+            path: "/pods/c1".into(),
+            created: vec![leaf.clone()],
+        };
+        inherit_cpuset(&h).unwrap();
+        for dir in [&parent, &leaf] {
+            assert_eq!(read(dir, "cpuset.cpus").unwrap().trim(), "0-1");
+            assert_eq!(read(dir, "cpuset.mems").unwrap().trim(), "0");
+        }
+        std::fs::write(mount.join("cpuset.cpus"), "").unwrap();
+        std::fs::write(parent.join("cpuset.cpus"), "").unwrap();
+        assert!(
+            inherit_cpuset(&h).is_err(),
+            "an empty root has nothing to give"
+        );
+        std::fs::remove_dir_all(&mount).unwrap();
+    }
 }

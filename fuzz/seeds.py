@@ -64,23 +64,23 @@ put("proto_agent", "too-large", b"\x00" + struct.pack(">II", 0, 0xffffffff))
 # addr (mode, u16), len (mode, u16), flags; 6 = notify queue; 10 = host event.
 def buf(off, length, write):
     return bytes([0]) + struct.pack("<H", off) + bytes([0]) + struct.pack("<H", length) + bytes([write])
-up = struct.pack("<Q", 2**64 - 1 >> 1) + bytes([4, 4, 4, 4])
+up = lambda queues: struct.pack("<Q", 2**64 - 1 >> 1) + bytes([4] * queues)  # one size per queue
 blk_out = buf(0, 16, 0) + buf(8, 512, 0) + buf(200, 1, 1)   # header, data, status
 blk_in = buf(0, 16, 0) + buf(8, 512, 1) + buf(200, 1, 1)
 blk_hdr = bytes([8]) + struct.pack("<H", 0) + bytes([16]) + struct.pack("<IIQ", 1, 0, 2)  # OUT, sector 2
-put("virtio_blk", "write-read", b"\x00" + up + blk_hdr + bytes([0, 0, 2]) + blk_out + bytes([6, 0])
+put("virtio_blk", "write-read", b"\x00" + up(1) + blk_hdr + bytes([0, 0, 2]) + blk_out + bytes([6, 0])
     + bytes([0, 0, 2]) + blk_in + bytes([6, 0]))
 put("virtio_mmio", "handshake", bytes([9, 0]) + struct.pack("<H", 0x70) + bytes([9, 5]) + struct.pack("<HQ", 0x70, 3)
     + bytes([9, 0]) + struct.pack("<H", 0x10) + bytes([9, 5]) + struct.pack("<HQ", 0x30, 0)
     + bytes([9, 5]) + struct.pack("<HQ", 0x38, 16) + bytes([9, 5]) + struct.pack("<HQ", 0x44, 1) + bytes([6, 0]))
 rx = bytes([0, 0, 0]) + buf(0, 1600, 1)
 tx = bytes([0, 1, 0]) + buf(1024, 12 + 60, 0)
-put("virtio_net", "rx-tx", b"\x02" + up + rx + bytes([6, 0]) + tx + bytes([6, 1]) + bytes([10]) + struct.pack("<H", 60) + b"\xff" * 60)
+put("virtio_net", "rx-tx", b"\x02" + up(2) + rx + bytes([6, 0]) + tx + bytes([6, 1]) + bytes([10]) + struct.pack("<H", 60) + b"\xff" * 60)
 vs_hdr = struct.pack("<QQIIIHHIII", 3, 2, 1025, 1024, 0, 1, 1, 0, 65536, 0)  # REQUEST to host port 1024
-put("virtio_vsock", "connect", up + bytes([0, 0, 0]) + buf(0, 4096, 1) + bytes([6, 0])
+put("virtio_vsock", "connect", up(3) + bytes([0, 0, 0]) + buf(0, 4096, 1) + bytes([6, 0])
     + bytes([8]) + struct.pack("<H", 1024) + bytes([len(vs_hdr)]) + vs_hdr
     + bytes([0, 1, 0]) + buf(8192, 44, 0) + bytes([6, 1])
     + bytes([10, 0, 10, 2]) + struct.pack("<I", 52) + bytes([10, 3]) + struct.pack("<H", 5) + b"hello")
-put("virtio_console", "echo", up + bytes([0, 0, 0]) + buf(0, 256, 1) + bytes([6, 0])
+put("virtio_console", "echo", up(2) + bytes([0, 0, 0]) + buf(0, 256, 1) + bytes([6, 0])
     + bytes([8]) + struct.pack("<H", 1024) + bytes([5]) + b"hello" + bytes([0, 1, 0]) + buf(8192, 5, 0) + bytes([6, 1])
     + bytes([10, 0, 10, 3]) + struct.pack("<H", 3) + b"abc")

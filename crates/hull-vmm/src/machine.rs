@@ -261,8 +261,12 @@ impl Machine {
             cpu_ms = process_cpu_ms(),
             "CPU time of the process before the first KVM_RUN"
         );
+        // No guest code runs before every thread is under its allowlist: each installs
+        // its filter, then all wait here (the calling thread too, once filtered).
+        let filtered = std::sync::Arc::new(std::sync::Barrier::new(self.vcpus.len() + 2));
         let mut threads = Vec::new();
         for (id, mut vcpu) in self.vcpus.into_iter().enumerate() {
+            let filtered = filtered.clone();
             let (buses, memory, tx) = (self.buses.clone(), self.vm.memory.clone(), tx.clone());
             let done = done
                 .try_clone()
@@ -275,6 +279,7 @@ impl Machine {
                     } else {
                         Ok(())
                     };
+                    filtered.wait();
                     let r = r.and_then(|()| vcpu.run(&buses, &memory));
                     let _ = done.write(1);
                     // Closing fds is not on the vCPU allowlist: the vCPU and the eventfd
@@ -289,6 +294,7 @@ impl Machine {
         let done_fd = done.as_raw_fd();
         let (queues, mut hosts) = (self.queues, self.hosts);
         let shutdown = (self.keyboard, self.shutdown_grace);
+        let vmm_filtered = filtered.clone();
         let vmm = std::thread::Builder::new()
             .name("vmm".into())
             .spawn(move || {
@@ -297,6 +303,7 @@ impl Machine {
                 } else {
                     Ok(())
                 };
+                vmm_filtered.wait();
                 let end = end.and_then(|()| {
                     event_loop::run(signal_fd, done_fd, &queues, &mut hosts, &shutdown)
                 });
@@ -319,6 +326,7 @@ impl Machine {
                 unsafe { libc::_exit(1) };
             }
         }
+        filtered.wait();
         let (end, _queues, _hosts) = vmm
             .join()
             .map_err(|_| VmmError::Device("the VMM thread panicked".into()))?;

@@ -140,7 +140,8 @@ fn cgroupfs_is_read_only_and_holds_only_the_containers_cgroup() {
     // CVE-2023-25809 (rootless runc mounted /sys/fs/cgroup writable when cgroups were not
     // delegated). Its root-mode analogue: with the cgroup mount "ro", nothing the
     // container does changes a cgroup file, makes a cgroup, or moves a process, its own
-    // cgroup's or any parent's.
+    // cgroup's or any parent's. The rootless half is in rootless.rs
+    // (cve_2023_25809_sys_fs_cgroup_is_not_writable_rootless).
     let script = "for f in memory/cgroup.procs memory/memory.limit_in_bytes pids/pids.max \
                   memory/../cgroup.procs memory/../../cgroup.procs; do \
                     { echo 1 > /sys/fs/cgroup/$f; } 2>/dev/null && echo wrote-$f; done; \

@@ -74,6 +74,18 @@ fn assert_jailed(pid: u32, uid: u32, expected: &[&str], bounding_may_keep: &str)
     }
 }
 
+/// A failed assertion must not leave the VMM it checked running.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: kill(2) on the test's own child's pid, not yet reaped.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 #[test]
 fn hull_vmm_confines_itself_before_the_guest_runs() {
     hull_only!();
@@ -96,6 +108,7 @@ fn hull_vmm_confines_itself_before_the_guest_runs() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _reap = KillOnPanic(child.id());
     let start = Instant::now();
     while std::fs::read_to_string(dir.join("serial")).unwrap_or_default() != "K" {
         assert!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_cri::v1::{
     ContainerFilter, ContainerState, LinuxContainerConfig, LinuxContainerResources,
-    ListContainersRequest, ReopenContainerLogRequest, StopPodSandboxRequest,
+    ListContainersRequest, ReopenContainerLogRequest,
 };
 
 use super::common::Cri;
@@ -110,12 +110,6 @@ async fn verbs(cri: &mut Cri, handler: &str) {
     want.sort_unstable();
     assert_eq!(ids, want, "{handler}: the pod's containers");
 
-    cri.rt
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .expect("StopPodSandbox");
     super::vm_pods::remove_pod(cri, &pod, &[&tty, &ticker, &hog]).await;
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{
     ContainerState, CreateContainerRequest, LinuxContainerResources, PodSandboxState,
-    PodSandboxStatusRequest, PortMapping, Protocol, RemoveContainerRequest,
+    PodSandboxStatus, PodSandboxStatusRequest, PortMapping, Protocol, RemoveContainerRequest,
     RemovePodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 
@@ -17,8 +17,8 @@ use super::common::Cri;
 use super::vm::{exec_out, vmms};
 use super::{assert_clean, container_config, create_started, pod_config, run_pod, wait_state};
 
-/// The pod's CNI address.
-async fn pod_ip(cri: &mut Cri, pod: &str) -> String {
+/// The pod's status (state, CNI address).
+async fn pod_status(cri: &mut Cri, pod: &str) -> PodSandboxStatus {
     cri.rt
         .pod_sandbox_status(PodSandboxStatusRequest {
             pod_sandbox_id: pod.into(),
@@ -28,9 +28,7 @@ async fn pod_ip(cri: &mut Cri, pod: &str) -> String {
         .expect("PodSandboxStatus")
         .into_inner()
         .status
-        .and_then(|s| s.network)
-        .map(|n| n.ip)
-        .expect("the pod's address")
+        .expect("a pod status")
 }
 
 /// The bridge's own address (the pods' gateway): a local address of this host.
@@ -74,7 +72,14 @@ fn cgroups_of(pid: i32) -> String {
 
 const HOST_PORT: i32 = 18080;
 
+/// StopPodSandbox (it kills the containers), then every container and the pod removed.
 pub(crate) async fn remove_pod(cri: &mut Cri, pod: &str, containers: &[&str]) {
+    cri.rt
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.into(),
+        })
+        .await
+        .expect("StopPodSandbox");
     for c in containers {
         cri.rt
             .remove_container(RemoveContainerRequest {
@@ -83,12 +88,6 @@ pub(crate) async fn remove_pod(cri: &mut Cri, pod: &str, containers: &[&str]) {
             .await
             .unwrap_or_else(|e| panic!("RemoveContainer {c}: {e}"));
     }
-    cri.rt
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.into(),
-        })
-        .await
-        .expect("StopPodSandbox");
     cri.rt
         .remove_pod_sandbox(RemovePodSandboxRequest {
             pod_sandbox_id: pod.into(),
@@ -179,7 +178,11 @@ async fn network_and_sizing(cri: &mut Cri) {
 
     let b = pod_config(cri, "net-b");
     let (pod_b, _) = run_pod(cri, "hull", &b).await;
-    let ip_a = pod_ip(cri, &pod_a).await;
+    let ip_a = pod_status(cri, &pod_a)
+        .await
+        .network
+        .map(|n| n.ip)
+        .expect("the pod's address");
     let client = container_config("client", "trap '' TERM; while :; do sleep 1; done");
     let client = create_started(cri, &pod_b, &b, client).await;
     wait_state(cri, &client, ContainerState::ContainerRunning).await;
@@ -201,8 +204,8 @@ async fn network_and_sizing(cri: &mut Cri) {
     let hostport = tcp_answer(&format!("{}:{HOST_PORT}", gateway(cri)));
     assert_eq!(hostport.trim(), "from-a", "hostPort {HOST_PORT}");
 
-    remove_pod_running(cri, &pod_a, &[&server]).await;
-    remove_pod_running(cri, &pod_b, &[&client]).await;
+    remove_pod(cri, &pod_a, &[&server]).await;
+    remove_pod(cri, &pod_b, &[&client]).await;
     let rules = std::process::Command::new("iptables-save")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
@@ -212,31 +215,6 @@ async fn network_and_sizing(cri: &mut Cri) {
         "portmap's rules for pod a stayed after its removal"
     );
     assert!(vmms(&cri.dir).is_empty(), "a VMM outlived its pod");
-}
-
-/// StopPodSandbox first (it kills the containers), then removal.
-async fn remove_pod_running(cri: &mut Cri, pod: &str, containers: &[&str]) {
-    cri.rt
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.into(),
-        })
-        .await
-        .expect("StopPodSandbox");
-    remove_pod(cri, pod, containers).await;
-}
-
-async fn pod_state(cri: &mut Cri, pod: &str) -> i32 {
-    cri.rt
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.into(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .map(|s| s.state)
-        .unwrap_or(-1)
 }
 
 /// A pod whose VMM (or shim) `victim` picks is SIGKILLed under it.
@@ -255,7 +233,7 @@ async fn killed_under_a_pod(cri: &mut Cri, name: &str, victim: impl Fn(&Cri) -> 
     let st = wait_state(cri, &app, ContainerState::ContainerExited).await;
     assert_ne!(st.exit_code, 0, "{name}: {st:?}");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while pod_state(cri, &pod).await != PodSandboxState::SandboxNotready as i32 {
+    while pod_status(cri, &pod).await.state != PodSandboxState::SandboxNotready as i32 {
         assert!(Instant::now() < deadline, "{name}: the pod stayed ready");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

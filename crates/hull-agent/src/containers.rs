@@ -7,11 +7,15 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use hull_proto::{MountFile, MountShare, ProcessIo, Rootfs, POD_SHM};
+use hull_proto::{Layer, MountFile, MountShare, ProcessIo, Rootfs, POD_SHM};
 use hull_runtime::container::{self, create::CreateOptions, create::StartMode};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use crate::images::Images;
 use crate::io::{self, NearEnds};
+
+/// overlayfs stacks at most this many lower layers (OVL_MAX_STACK).
+const MAX_LAYERS: usize = 500;
 
 /// A process the agent started: a container's init (`exec_id: None`) or an exec.
 pub type Key = (String, Option<String>);
@@ -72,10 +76,7 @@ impl Sandbox {
         let bundle = self.bundles.join(id);
         let made = (|| {
             write_config(&bundle, config, pio.terminal, files, shares)?;
-            match &rootfs.image {
-                Some(name) => overlay(&bundle, &self.images.mount_of(name)?)?,
-                None => mount_rootfs(&bundle, rootfs)?,
-            }
+            mount_rootfs(&bundle, rootfs, &self.images)?;
             let spec_bundle = hull_runtime::spec::Bundle::load(&bundle)?;
             let opts = CreateOptions {
                 id: id.to_string(),
@@ -459,45 +460,62 @@ fn find_disk(serial: &str) -> Result<PathBuf> {
     bail!("no disk with serial {serial:?} in this VM")
 }
 
-/// A read-only image gets a tmpfs overlay on top, so the container can write, unless it
-/// asked for a read-only root.
-fn mount_rootfs(bundle: &Path, rootfs: &Rootfs) -> Result<()> {
-    let dev = find_disk(&rootfs.serial)?;
-    let fstype = match rootfs.fstype.as_str() {
-        t @ ("erofs" | "ext4") => t,
+/// Read-only layers get a tmpfs overlay on top, so the container can write, even when it
+/// asked for a read-only root: the runtime creates the mount points first and makes the
+/// root read-only after, as it does on a host (a file volume's mount point may not
+/// exist in the image). An ext4 disk is mounted writable as it is.
+fn mount_rootfs(bundle: &Path, rootfs: &Rootfs, images: &Images) -> Result<()> {
+    match rootfs.fstype.as_str() {
+        "erofs" => {}
+        "ext4" => {
+            let [Layer::Disk { serial }] = rootfs.layers.as_slice() else {
+                bail!("an ext4 rootfs is one disk of the VM");
+            };
+            let dev = find_disk(serial)?;
+            let target = bundle.join("rootfs");
+            return mount(
+                Some(&dev),
+                &target,
+                Some("ext4"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .with_context(|| format!("mount {} (ext4)", dev.display()));
+        }
         t => bail!("rootfs type {t:?} is not supported: use erofs or ext4"),
-    };
-    let target = bundle.join("rootfs");
-    // Always writable here, even for a read-only root: the runtime creates the mount
-    // points first and makes the root read-only after, as it does on a host (a file
-    // volume's mount point may not exist in the image).
-    if fstype != "erofs" {
-        mount(
-            Some(&dev),
-            &target,
-            Some(fstype),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .with_context(|| format!("mount {} ({fstype})", dev.display()))?;
-        return Ok(());
     }
-    let lower = bundle.join(".lower");
-    std::fs::create_dir_all(&lower)?;
-    mount(
-        Some(&dev),
-        &lower,
-        Some(fstype),
-        MsFlags::MS_RDONLY,
-        None::<&str>,
-    )
-    .with_context(|| format!("mount {} ({fstype})", dev.display()))?;
-    overlay(bundle, &lower)
+    if rootfs.layers.is_empty() || rootfs.layers.len() > MAX_LAYERS {
+        bail!(
+            "a rootfs of {} layers: overlayfs stacks 1 to {MAX_LAYERS}",
+            rootfs.layers.len()
+        );
+    }
+    let mut lowers = Vec::with_capacity(rootfs.layers.len());
+    for (i, layer) in rootfs.layers.iter().enumerate() {
+        match layer {
+            Layer::Image { name } => lowers.push(images.mount_of(name)?),
+            Layer::Disk { serial } => {
+                let dev = find_disk(serial)?;
+                let dir = bundle.join(".lower").join(i.to_string());
+                std::fs::create_dir_all(&dir)?;
+                mount(
+                    Some(&dev),
+                    &dir,
+                    Some("erofs"),
+                    MsFlags::MS_RDONLY,
+                    None::<&str>,
+                )
+                .with_context(|| format!("mount {} (erofs)", dev.display()))?;
+                lowers.push(dir);
+            }
+        }
+    }
+    overlay(bundle, &lowers)
 }
 
-/// The bundle's rootfs: the read-only image at `lower` under a tmpfs the container
+/// The bundle's rootfs: the read-only layers (top first) under a tmpfs the container
 /// writes to.
-fn overlay(bundle: &Path, lower: &Path) -> Result<()> {
+fn overlay(bundle: &Path, lowers: &[PathBuf]) -> Result<()> {
     let target = bundle.join("rootfs");
     let rw = bundle.join(".rw");
     std::fs::create_dir_all(&rw)?;
@@ -513,7 +531,11 @@ fn overlay(bundle: &Path, lower: &Path) -> Result<()> {
     std::fs::create_dir_all(rw.join("work"))?;
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
+        lowers
+            .iter()
+            .map(|l| l.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":"),
         rw.join("upper").display(),
         rw.join("work").display()
     );
@@ -529,8 +551,15 @@ fn overlay(bundle: &Path, lower: &Path) -> Result<()> {
 }
 
 fn unmount_bundle(bundle: &Path) {
-    for m in ["rootfs", ".rw", ".lower", "shm"] {
+    for m in ["rootfs", ".rw", "shm"] {
         let _ = umount2(&bundle.join(m), MntFlags::MNT_DETACH);
+    }
+    for e in std::fs::read_dir(bundle.join(".lower"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = umount2(&e.path(), MntFlags::MNT_DETACH);
     }
     // The host's directories are mounted under shares/: removing the bundle while one
     // is still there would delete the host's files. Each must be unmounted and empty.

@@ -13,6 +13,7 @@ mod containers;
 mod images;
 mod io;
 mod log;
+mod nbd;
 mod network;
 mod network6;
 mod router;

@@ -5,6 +5,8 @@
 //! period then SIGKILL, removal; after it, no shim, mount, netns or cgroup left.
 
 mod common;
+#[path = "cri/layers.rs"]
+mod layers;
 #[path = "cri/verbs.rs"]
 mod verbs;
 #[path = "cri/vm.rs"]

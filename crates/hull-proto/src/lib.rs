@@ -16,8 +16,9 @@ mod message;
 
 pub use frame::{encode_frame, Frame, FrameDecoder, StreamId, CONTROL, HEADER_LEN, MAX_PAYLOAD};
 pub use message::{
-    check_version, ErrorReply, ExtraFd, Message, MountFile, MountShare, NetInterface, NetRoute,
-    ProcessIo, Reply, Request, Rootfs, MAX_EXTRA_FDS, POD_SHM, PROTOCOL_VERSION, STDIN_WINDOW,
+    check_version, ErrorReply, ExtraFd, Layer, Message, MountFile, MountShare, NetInterface,
+    NetRoute, ProcessIo, Reply, Request, Rootfs, MAX_EXTRA_FDS, POD_SHM, PROTOCOL_VERSION,
+    STDIN_WINDOW,
 };
 
 /// Why bytes from the peer were refused.

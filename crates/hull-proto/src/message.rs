@@ -12,7 +12,9 @@ use crate::{ProtoError, StreamId};
 /// and a host of version 2 would never answer the block stream). 4: the agent keeps a
 /// container's /dev/shm tmpfs in its own mount namespace, and a bind from
 /// [`POD_SHM`]`<sandbox>` names the sandbox's (an agent of version 3 would fail on it).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: `Rootfs::layers` (an image's layers stacked in the guest) replaces `serial` and
+/// `image`, and images are attached on nbd devices the agent creates on demand.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A bind mount's source that names another container's /dev/shm in the same VM (a pod
 /// member's, its sandbox's): `hull-pod-shm:<container id>`.
@@ -94,18 +96,37 @@ impl ProcessIo {
     }
 }
 
-/// The container's root filesystem: a block device of the VM, found by its serial, or
-/// an image the host attached after boot (`AttachImage`).
+/// The container's root filesystem: read-only erofs layers stacked with overlayfs under
+/// a tmpfs the container writes to (the top layer first, as overlayfs's `lowerdir`
+/// lists them), or one writable ext4 disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rootfs {
-    /// The virtio-blk serial the host gave the disk (unused with `image`).
-    pub serial: String,
-    /// "erofs" (read-only; the agent puts a tmpfs overlay on top unless the config asks
-    /// for a read-only root) or "ext4". An attached image is erofs.
+    pub layers: Vec<Layer>,
+    /// "erofs" (the agent puts a tmpfs overlay on top unless the config asks for a
+    /// read-only root) or "ext4" (one disk, mounted writable). An attached image is erofs.
     pub fstype: String,
-    /// The name of an attached image (`AttachImage`), instead of a disk.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
+}
+
+impl Rootfs {
+    /// One erofs disk of the VM.
+    pub fn disk(serial: &str) -> Self {
+        Rootfs {
+            layers: vec![Layer::Disk {
+                serial: serial.into(),
+            }],
+            fstype: "erofs".into(),
+        }
+    }
+}
+
+/// Where one layer of a rootfs is in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Layer {
+    /// A block device of the VM, found by the virtio-blk serial the host gave it.
+    Disk { serial: String },
+    /// An image the host attached after boot (`AttachImage`), by its name.
+    Image { name: String },
 }
 
 /// The content of a host file that `mounts[mount]` of the config binds: the guest

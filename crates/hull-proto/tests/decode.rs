@@ -53,7 +53,7 @@ proptest! {
             request: Request::CreateContainer {
                 id: name.clone(),
                 config: cfg,
-                rootfs: hull_proto::Rootfs { serial: name, fstype: "erofs".into(), image: None },
+                rootfs: hull_proto::Rootfs::disk(&name),
                 io: ProcessIo { stdin, stdout: Some(200), stderr: None, terminal, extra: vec![] },
                 files: vec![],
                 shares: vec![],

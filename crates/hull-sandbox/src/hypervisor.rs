@@ -187,6 +187,9 @@ pub trait Hypervisor {
         Transport::detect(dir)
     }
     fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>>;
+    /// The virtio devices a VM can have for disks, network interfaces and shared
+    /// directories (beside the agent's channel and what the backend always adds).
+    fn device_slots(&self) -> usize;
 }
 
 #[cfg(test)]

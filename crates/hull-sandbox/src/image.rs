@@ -51,12 +51,17 @@ pub fn erofs_from_dir(dir: &Path, image: &Path) -> Result<()> {
 
 /// The image of `dir` in `cache`, made on a miss; whether it was there.
 pub fn cached_erofs(dir: &Path, cache: &Path) -> Result<(PathBuf, bool)> {
+    cached(dir, cache, &tree_key(dir)?)
+}
+
+/// The image of `dir` under `key` in `cache`, made on a miss; whether it was there.
+pub fn cached(dir: &Path, cache: &Path, key: &str) -> Result<(PathBuf, bool)> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(cache)
         .map_err(io_err("cannot create the rootfs image cache", cache))?;
-    let image = cache.join(format!("{}.erofs", tree_key(dir)?));
+    let image = cache.join(format!("{key}.erofs"));
     if let Ok(f) = std::fs::File::options().write(true).open(&image) {
         // Recently used: the last to be evicted.
         let _ = f.set_modified(SystemTime::now());

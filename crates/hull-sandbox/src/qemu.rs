@@ -246,6 +246,11 @@ impl Hypervisor for Qemu {
         "qemu"
     }
 
+    fn device_slots(&self) -> usize {
+        // Less the agent's channel and the balloon.
+        MICROVM_VIRTIO_SLOTS - 2
+    }
+
     fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>> {
         if let Transport::HybridVsock { .. } = config.transport {
             return Err(SandboxError::Vm(

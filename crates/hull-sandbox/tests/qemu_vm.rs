@@ -229,11 +229,7 @@ fn container_in_a_qemu_vm() {
     let create = Request::CreateContainer {
         id: "c1".into(),
         config: config(&["sh", "-c", "echo init up; exec sleep 1000"]),
-        rootfs: Rootfs {
-            serial: "rootfs0".into(),
-            fstype: "erofs".into(),
-            ..Default::default()
-        },
+        rootfs: Rootfs::disk("rootfs0"),
         io,
         files: vec![],
         shares: vec![],
@@ -388,11 +384,7 @@ fn ctrl_alt_del_stops_the_containers_then_the_guest() {
     let create = Request::CreateContainer {
         id: "c1".into(),
         config: config(&["sh", "-c", init]),
-        rootfs: Rootfs {
-            serial: "rootfs0".into(),
-            fstype: "erofs".into(),
-            ..Default::default()
-        },
+        rootfs: Rootfs::disk("rootfs0"),
         io,
         files: vec![],
         shares: vec![],

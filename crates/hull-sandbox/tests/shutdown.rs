@@ -73,6 +73,9 @@ impl Hypervisor for FakeHypervisor {
             port: 1024,
         }
     }
+    fn device_slots(&self) -> usize {
+        1
+    }
     fn start(&self, config: &VmConfig) -> hull_sandbox::Result<Box<dyn Vm>> {
         let Transport::HybridVsock { socket, .. } = &config.transport else {
             unreachable!("the fake's transport is hybrid vsock");

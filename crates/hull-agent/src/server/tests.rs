@@ -160,11 +160,7 @@ fn bad_requests_get_error_replies_and_the_server_goes_on() {
     let create = Request::CreateContainer {
         id: "../escape".into(),
         config: "{}".into(),
-        rootfs: Rootfs {
-            serial: "x".into(),
-            fstype: "erofs".into(),
-            ..Default::default()
-        },
+        rootfs: Rootfs::disk("x"),
         io: ProcessIo::default(),
         files: vec![],
         shares: vec![],
@@ -174,11 +170,7 @@ fn bad_requests_get_error_replies_and_the_server_goes_on() {
     let create = Request::CreateContainer {
         id: "c1".into(),
         config: "[1, 2".into(),
-        rootfs: Rootfs {
-            serial: "x".into(),
-            fstype: "erofs".into(),
-            ..Default::default()
-        },
+        rootfs: Rootfs::disk("x"),
         io: ProcessIo {
             stdout: Some(0),
             ..Default::default()

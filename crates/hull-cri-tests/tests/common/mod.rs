@@ -21,6 +21,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub const PAUSE: &str = "hull.test/pause:1";
 pub const BUSYBOX: &str = "hull.test/busybox:1";
+/// busybox's layer and one more on top: `/etc/layered` added, `/etc/group` deleted.
+pub const LAYERED: &str = "hull.test/layered:1";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -190,6 +192,14 @@ impl Cri {
             let out = self.ctr(&["images", "import", &tar.display().to_string()]);
             assert!(out.status.success(), "import {name}: {out:?}");
         }
+        let top = self.dir.join("top");
+        fs::create_dir_all(top.join("etc")).unwrap();
+        fs::write(top.join("etc/layered"), "from the second layer\n").unwrap();
+        fs::write(top.join("etc/.wh.group"), "").unwrap();
+        let tar = self.dir.join("layered.tar");
+        image::build_layers(&[&rootfs, &top], LAYERED, &["sh"], &tar);
+        let out = self.ctr(&["images", "import", &tar.display().to_string()]);
+        assert!(out.status.success(), "import {LAYERED}: {out:?}");
     }
 
     /// Processes whose command line names this test's directory (shims, proxies, VMMs).

@@ -22,9 +22,9 @@ use crate::error::{Result, SandboxError};
 /// already be long, and a socket path has 107 bytes).
 pub const SOCKET: &str = "ctl.sock";
 
-/// At most this many fds travel with one request: a pod member's payload and image,
-/// then (as an exec's) its stdio and its preserved fds.
-const MAX_FDS: usize = 5 + hull_proto::MAX_EXTRA_FDS;
+/// At most this many fds travel with one request: a pod member's payload and its
+/// rootfs's images, then (as an exec's) its stdio and its preserved fds.
+const MAX_FDS: usize = 4 + crate::layers::MAX_LAYERS + hull_proto::MAX_EXTRA_FDS;
 /// The largest request or answer (a process JSON with a long environment).
 const MAX_PACKET: usize = 256 * 1024;
 
@@ -66,6 +66,8 @@ pub enum Control {
     Add {
         id: String,
         terminal: bool,
+        /// How many of the fds after the payload are rootfs images (top layer first).
+        layers: usize,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         preserved: Vec<super::preserved::Direction>,
     },

@@ -143,7 +143,8 @@ struct StandIn {
     sandbox_dir: PathBuf,
     id: String,
     payload: OwnedFd,
-    image: OwnedFd,
+    /// The rootfs's layers' images, top first.
+    images: Vec<OwnedFd>,
     /// stdin, stdout, stderr (a terminal: its slave twice).
     stdio: Vec<OwnedFd>,
     preserved: Vec<Preserved>,
@@ -182,13 +183,21 @@ pub fn create(req: VmCreate, sandbox: Container, foreground: bool) -> Result<Pid
         }));
     }
     let t = std::time::Instant::now();
-    let (image, hit) = crate::image::cached_erofs(&bundle.rootfs, &req.settings.rootfs_cache)?;
+    let images = crate::layers::rootfs_images(&bundle.rootfs, &req.settings.rootfs_cache)?;
     tracing::debug!(
-        "rootfs image {} in {} us",
-        if hit { "found" } else { "made" },
+        "rootfs: {} images ({} made) in {} us",
+        images.len(),
+        images.iter().filter(|i| !i.hit).count(),
         t.elapsed().as_micros()
     );
-    let image = std::fs::File::open(&image).map_err(io_err("cannot open", &image))?;
+    let images = images
+        .iter()
+        .map(|i| {
+            std::fs::File::open(&i.path)
+                .map(OwnedFd::from)
+                .map_err(io_err("cannot open", &i.path))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let payload = payload_fd(&Payload {
         config: guest.config,
         files: guest.files,
@@ -206,7 +215,7 @@ pub fn create(req: VmCreate, sandbox: Container, foreground: bool) -> Result<Pid
         sandbox_dir: sandbox.dir.path.clone(),
         id: req.id.to_string(),
         payload,
-        image: image.into(),
+        images,
         stdio,
         preserved,
         terminal,
@@ -308,10 +317,11 @@ fn add(plan: StandIn) -> Result<OwnedFd> {
     let msg = Control::Add {
         id: plan.id.clone(),
         terminal: plan.terminal,
+        layers: plan.images.len(),
         preserved: plan.preserved.iter().map(|p| p.direction).collect(),
     };
-    let fds: Vec<BorrowedFd> = [plan.payload.as_fd(), plan.image.as_fd()]
-        .into_iter()
+    let fds: Vec<BorrowedFd> = std::iter::once(plan.payload.as_fd())
+        .chain(plan.images.iter().map(|f| f.as_fd()))
         .chain(plan.stdio.iter().map(|f| f.as_fd()))
         .chain(plan.preserved.iter().map(|p| p.fd.as_fd()))
         .collect();

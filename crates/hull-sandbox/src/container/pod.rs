@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use hull_proto::{MountFile, Reply, Request, Rootfs};
+use hull_proto::{Layer, MountFile, Reply, Request, Rootfs};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -34,11 +34,11 @@ pub struct Payload {
     pub files: Vec<MountFile>,
 }
 
-/// The members of the pod in this VM: id to its image's name, and how many are still
+/// The members of the pod in this VM: id to its images' names, and how many are still
 /// being served (their stand-ins get their exit status).
 #[derive(Default)]
 pub struct Members {
-    images: Mutex<HashMap<String, String>>,
+    images: Mutex<HashMap<String, Vec<String>>>,
     served: Mutex<usize>,
     changed: Condvar,
     pub images_attached: crate::block::Images,
@@ -124,47 +124,30 @@ fn read_payload(fd: OwnedFd) -> Result<Payload> {
     serde_json::from_str(&text).map_err(|e| SandboxError::Vm(format!("pod member: {e}")))
 }
 
+/// A member as its stand-in announced it (`Control::Add`).
+pub(super) struct Member {
+    pub id: String,
+    pub terminal: bool,
+    /// How many rootfs images follow the payload among the fds.
+    pub layers: usize,
+    pub preserved: Vec<Direction>,
+}
+
 /// Serves one member's stand-in connection for the member's whole life.
-pub(super) fn serve_member(
-    shared: &Arc<Shared>,
-    conn: OwnedFd,
-    id: String,
-    terminal: bool,
-    preserved: Vec<Direction>,
-    fds: Vec<OwnedFd>,
-) {
+pub(super) fn serve_member(shared: &Arc<Shared>, conn: OwnedFd, member: Member, fds: Vec<OwnedFd>) {
     let _serving = Serving::new(&shared.pod);
-    let prepared = (|| {
-        hull_runtime::spec::validate_id(&id)?;
-        if id == shared.id || shared.pod.contains(&id) {
-            return Err(SandboxError::Vm(format!("{id} is in this VM already")));
-        }
-        let mut fds = fds.into_iter();
-        let (Some(payload), Some(image)) = (fds.next(), fds.next()) else {
-            return Err(SandboxError::Vm(
-                "pod member: its payload and image fds are missing".into(),
-            ));
-        };
-        let mut payload = read_payload(payload)?;
-        join_sandbox(
-            &mut payload.config,
-            shared.guest_pid.load(Ordering::Relaxed),
-            &shared.id,
-        );
-        let t = Instant::now();
-        let name = shared
-            .pod
-            .images_attached
-            .attach(&shared.agent, File::from(image))?;
-        tracing::debug!(
-            "rootfs image {name} attached in {} us",
-            t.elapsed().as_micros()
-        );
-        Ok((payload, name, fds.collect::<Vec<_>>()))
-    })();
-    let (payload, name, fds) = match prepared {
+    let Member {
+        id,
+        terminal,
+        layers,
+        preserved,
+    } = member;
+    let mut attached = Vec::new();
+    let prepared = prepare(shared, &id, layers, fds, &mut attached);
+    let (payload, fds) = match prepared {
         Ok(p) => p,
         Err(e) => {
+            release_all(shared, &attached);
             let message = e.to_string();
             let _ = super::control::send(
                 std::os::fd::AsFd::as_fd(&conn),
@@ -175,15 +158,17 @@ pub(super) fn serve_member(
         }
     };
     let agent = shared.agent.clone();
-    let (pod, cid, image) = (&shared.pod, id.clone(), name.clone());
+    let (pod, cid, names) = (&shared.pod, id.clone(), attached.clone());
     let start = |io| {
         let create = Request::CreateContainer {
             id: cid.clone(),
             config: payload.config.to_string(),
             rootfs: Rootfs {
+                layers: names
+                    .iter()
+                    .map(|name| Layer::Image { name: name.clone() })
+                    .collect(),
                 fstype: "erofs".into(),
-                image: Some(image.clone()),
-                ..Default::default()
             },
             io,
             files: payload.files,
@@ -191,7 +176,7 @@ pub(super) fn serve_member(
         };
         match agent.call(create, CALL)? {
             Reply::Process { pid } => {
-                lock(&pod.images).insert(cid.clone(), image.clone());
+                lock(&pod.images).insert(cid.clone(), names.clone());
                 Ok(pid)
             }
             r => Err(SandboxError::Vm(format!("the agent answered {r:?}"))),
@@ -200,14 +185,61 @@ pub(super) fn serve_member(
     let key = (id.clone(), None);
     let served = super::exec::serve_process(shared, conn, key, terminal, preserved, fds, start);
     if served.is_none() {
-        shared.pod.images_attached.release(&shared.agent, &name);
+        release_all(shared, &attached);
+    }
+}
+
+/// The member's payload, its images attached (their names pushed on `attached` as they
+/// are, for the caller to release on failure), and the fds left for its process.
+fn prepare(
+    shared: &Shared,
+    id: &str,
+    layers: usize,
+    fds: Vec<OwnedFd>,
+    attached: &mut Vec<String>,
+) -> Result<(Payload, Vec<OwnedFd>)> {
+    hull_runtime::spec::validate_id(id)?;
+    if id == shared.id || shared.pod.contains(id) {
+        return Err(SandboxError::Vm(format!("{id} is in this VM already")));
+    }
+    if layers == 0 || layers > crate::layers::MAX_LAYERS || fds.len() < 1 + layers {
+        return Err(SandboxError::Vm(format!(
+            "pod member: {} fds for a payload and {layers} rootfs images",
+            fds.len()
+        )));
+    }
+    let mut fds = fds.into_iter();
+    let mut payload = read_payload(fds.next().expect("counted above"))?;
+    join_sandbox(
+        &mut payload.config,
+        shared.guest_pid.load(Ordering::Relaxed),
+        &shared.id,
+    );
+    let t = Instant::now();
+    for image in fds.by_ref().take(layers) {
+        let name = shared
+            .pod
+            .images_attached
+            .attach(&shared.agent, File::from(image))?;
+        attached.push(name);
+    }
+    tracing::debug!(
+        "rootfs images {attached:?} attached in {} us",
+        t.elapsed().as_micros()
+    );
+    Ok((payload, fds.collect()))
+}
+
+fn release_all(shared: &Shared, names: &[String]) {
+    for name in names {
+        shared.pod.images_attached.release(&shared.agent, name);
     }
 }
 
 /// Removes a member from the guest (its init stopped, or is killed now) and lets its
 /// image go when no other member uses it.
 pub(super) fn delete_member(shared: &Shared, id: &str) -> Result<ControlReply> {
-    let image = lock(&shared.pod.images).remove(id);
+    let images = lock(&shared.pod.images).remove(id);
     let deleted = shared.agent.call(
         Request::DeleteContainer {
             id: id.into(),
@@ -215,9 +247,7 @@ pub(super) fn delete_member(shared: &Shared, id: &str) -> Result<ControlReply> {
         },
         CALL,
     );
-    if let Some(name) = image {
-        shared.pod.images_attached.release(&shared.agent, &name);
-    }
+    release_all(shared, &images.unwrap_or_default());
     deleted.map(|_| ControlReply::Done)
 }
 

@@ -6,13 +6,13 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hull_proto::{ProcessIo, Reply, Request, Rootfs};
+use hull_proto::{Layer, ProcessIo, Reply, Request, Rootfs};
 use hull_runtime::cgroups::Cgroup;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -31,11 +31,8 @@ use crate::sandbox::{Sandbox, SandboxConfig};
 
 pub(super) const CALL: Duration = Duration::from_secs(60);
 const FOREVER: Duration = Duration::from_secs(u32::MAX as u64);
-const ROOTFS_SERIAL: &str = "rootfs0";
-/// The nbd devices the guest makes at boot, so how many distinct rootfs images a pod's
-/// later containers can have (members on one tree share one). Each costs the guest
-/// memory at boot: measured 1 MiB for 4, 8.3 MiB for the kernel's default 16.
-const NBD_DEVICES: u32 = 4;
+/// The rootfs's disks are `rootfs0`, `rootfs1`, ... (top layer first).
+const ROOTFS_SERIAL: &str = "rootfs";
 
 pub(super) struct ProxyPlan {
     pub id: String,
@@ -149,7 +146,7 @@ fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
     if !mirrored.is_empty() {
         super::guest_config::share_guest_network(&mut plan.guest);
     }
-    let sandbox = start_sandbox(&plan, nets)?;
+    let (sandbox, rootfs) = start_sandbox(&plan, nets)?;
     tracing::debug!(
         "guest up (agent's hello) in {} us",
         sandbox.boot_time.as_micros()
@@ -189,11 +186,7 @@ fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
     let create = Request::CreateContainer {
         id: plan.id.clone(),
         config: plan.guest.config.to_string(),
-        rootfs: Rootfs {
-            serial: ROOTFS_SERIAL.into(),
-            fstype: "erofs".into(),
-            ..Default::default()
-        },
+        rootfs,
         io,
         files: std::mem::take(&mut plan.guest.files),
         shares: std::mem::take(&mut plan.guest.shares),
@@ -339,7 +332,10 @@ fn stdio(plan: &mut ProxyPlan) -> Result<(Stdio, Option<OwnedFd>, Option<RawTerm
     Ok((io, tty, raw))
 }
 
-fn start_sandbox(plan: &ProxyPlan, nets: Vec<crate::hypervisor::NetDevice>) -> Result<Sandbox> {
+fn start_sandbox(
+    plan: &ProxyPlan,
+    nets: Vec<crate::hypervisor::NetDevice>,
+) -> Result<(Sandbox, Rootfs)> {
     let s = &plan.settings;
     let assets = match &s.guest_files {
         Some((kernel, initramfs)) => GuestAssets {
@@ -359,14 +355,6 @@ fn start_sandbox(plan: &ProxyPlan, nets: Vec<crate::hypervisor::NetDevice>) -> R
     // single-threaded here, so changing the process's directory affects nobody else.
     std::env::set_current_dir(&abs).map_err(io_err("cannot enter", &abs))?;
     let dir = PathBuf::from(".");
-    let t = std::time::Instant::now();
-    let (image, hit) = crate::image::cached_erofs(&plan.rootfs, &s.rootfs_cache)?;
-    tracing::debug!(
-        "rootfs image {} in {} us: {}",
-        if hit { "found" } else { "made" },
-        t.elapsed().as_micros(),
-        image.display()
-    );
     let accel = Accel::detect();
     let hypervisor: Box<dyn Hypervisor> =
         match s.hypervisor.pick(accel, !plan.guest.dirs.is_empty()) {
@@ -376,25 +364,64 @@ fn start_sandbox(plan: &ProxyPlan, nets: Vec<crate::hypervisor::NetDevice>) -> R
             }),
             _ => Box::new(Qemu::default()),
         };
-    Sandbox::start(
+    let free = hypervisor
+        .device_slots()
+        .saturating_sub(nets.len() + plan.guest.dirs.len());
+    let (disks, rootfs) = boot_disks(&plan.rootfs, &s.rootfs_cache, free)?;
+    let sandbox = Sandbox::start(
         hypervisor.as_ref(),
         SandboxConfig {
             assets,
             dir,
-            disks: vec![Disk {
-                path: image,
-                readonly: true,
-                serial: ROOTFS_SERIAL.into(),
-            }],
+            disks,
             vcpus: plan.vcpus,
             memory_mib: plan.memory_mib,
             accel,
-            extra_cmdline: format!("nbd.nbds_max={NBD_DEVICES}"),
+            // The guest makes nbd devices as images are attached (a pod's members).
+            extra_cmdline: "nbd.nbds_max=0".into(),
             boot_timeout: s.agent_timeout,
             nets,
             shares: plan.guest.dirs.clone(),
         },
-    )
+    )?;
+    Ok((sandbox, rootfs))
+}
+
+/// The rootfs's layers as read-only disks, while they fit in the VM's `free` device
+/// slots; one image of the whole tree otherwise.
+fn boot_disks(rootfs: &Path, cache: &Path, free: usize) -> Result<(Vec<Disk>, Rootfs)> {
+    let t = std::time::Instant::now();
+    let mut images = crate::layers::rootfs_images(rootfs, cache)?;
+    if images.len() > free.max(1) {
+        let (path, hit) = crate::image::cached_erofs(rootfs, cache)?;
+        images = vec![crate::layers::LayerImage { path, hit }];
+    }
+    tracing::debug!(
+        "rootfs: {} images ({} made) in {} us",
+        images.len(),
+        images.iter().filter(|i| !i.hit).count(),
+        t.elapsed().as_micros()
+    );
+    let disks: Vec<Disk> = images
+        .into_iter()
+        .enumerate()
+        .map(|(i, image)| Disk {
+            path: image.path,
+            readonly: true,
+            serial: format!("{ROOTFS_SERIAL}{i}"),
+        })
+        .collect();
+    let layers = disks
+        .iter()
+        .map(|d| Layer::Disk {
+            serial: d.serial.clone(),
+        })
+        .collect();
+    let rootfs = Rootfs {
+        layers,
+        fstype: "erofs".into(),
+    };
+    Ok((disks, rootfs))
 }
 
 /// Tells the guest the terminal's size on the host.
@@ -516,8 +543,17 @@ fn serve_connection(shared: &Arc<Shared>, conn: OwnedFd) {
             Control::Add {
                 id,
                 terminal,
+                layers,
                 preserved,
-            } => return super::pod::serve_member(shared, conn, id, terminal, preserved, fds),
+            } => {
+                let member = super::pod::Member {
+                    id,
+                    terminal,
+                    layers,
+                    preserved,
+                };
+                return super::pod::serve_member(shared, conn, member, fds);
+            }
             request => {
                 let reply = match answer(shared, container, request) {
                     Ok(r) => r,

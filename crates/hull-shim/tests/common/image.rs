@@ -20,31 +20,43 @@ fn blob(dir: &Path, data: &[u8]) -> (String, usize) {
 
 /// Writes an OCI image archive of `rootfs` named `name`, running `cmd`, to `out`.
 pub fn build(rootfs: &Path, name: &str, cmd: &[&str], out: &Path) {
+    build_layers(&[rootfs], name, cmd, out)
+}
+
+/// The same with one layer per directory, bottom first (a layer's `.wh.NAME` file
+/// deletes NAME of the layers below, as in any image).
+pub fn build_layers(layers: &[&Path], name: &str, cmd: &[&str], out: &Path) {
     let layout = out.with_extension("d");
     fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     let layer_tar = out.with_extension("layer");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(rootfs)
-        .arg("-cf")
-        .arg(&layer_tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success(), "tar the rootfs");
-    let (layer, layer_size) = blob(&layout, &fs::read(&layer_tar).unwrap());
-    fs::remove_file(&layer_tar).unwrap();
+    let mut diff_ids = Vec::new();
+    let mut descriptors = Vec::new();
+    for dir in layers {
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(dir)
+            .arg("-cf")
+            .arg(&layer_tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success(), "tar the layer {}", dir.display());
+        let (layer, layer_size) = blob(&layout, &fs::read(&layer_tar).unwrap());
+        fs::remove_file(&layer_tar).unwrap();
+        descriptors.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_size}));
+        diff_ids.push(layer);
+    }
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Env": ["PATH=/bin"], "Cmd": cmd},
-        "rootfs": {"type": "layers", "diff_ids": [layer]}
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}
     });
     let (config, config_size) = blob(&layout, config.to_string().as_bytes());
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_size}]
+        "layers": descriptors
     });
     let (manifest, manifest_size) = blob(&layout, manifest.to_string().as_bytes());
     let index = serde_json::json!({

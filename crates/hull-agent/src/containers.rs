@@ -221,8 +221,22 @@ impl Sandbox {
         }
     }
 
+    /// A stopped container's has no stats line, only the OOM kills its cgroup (kept
+    /// until the delete) counted: the host asks for them when its init has exited.
     pub fn stats(&self, id: &str) -> Result<container::events::Sample> {
-        Ok(container::events::sample(&self.state_root, id)?)
+        let c = container::Container::load(&self.state_root, id)?;
+        if c.status() == hull_runtime::state::Status::Stopped {
+            let oom_kills = c
+                .state
+                .cgroup
+                .oom_kills()
+                .map_err(hull_runtime::error::Error::from)?;
+            return Ok(container::events::Sample {
+                json: String::new(),
+                oom_kills,
+            });
+        }
+        Ok(container::events::sample_of(&c)?)
     }
 
     pub fn pids(&self, id: &str) -> Result<Vec<i32>> {

@@ -116,6 +116,9 @@ pub trait Backend {
     fn resume(&self, c: &Container) -> Result<()>;
     /// One `events --stats` line, and the OOM kills so far.
     fn stats(&self, c: &Container) -> Result<Sample>;
+    /// The OOM kills a stopped container's cgroup counted (a VM's as its init exited:
+    /// the guest may be gone), if they can be known.
+    fn oom_kills_at_exit(&self, c: &Container) -> Option<u64>;
     fn update(&self, c: Container, resources: &LinuxResources) -> Result<()>;
 }
 
@@ -225,7 +228,9 @@ impl Lifecycle {
     }
 
     /// One stats line per `interval` until the container stops, and an "oom" line
-    /// whenever the OOM killer has struck since the last look (runc's events).
+    /// whenever the OOM killer has struck since the last look (runc's events), the
+    /// last one for a kill that stopped it. It ends within [`EVENTS_STOP_CHECK`] of the
+    /// stop, so a caller that waits for it has the kill before it reports the exit.
     pub fn events(&self, id: &str, interval: Duration, mut out: impl FnMut(&str)) -> Result<()> {
         let c = self.load(id)?;
         c.require(
@@ -236,6 +241,10 @@ impl Lifecycle {
         let mut oom_kills = None;
         loop {
             if c.status() == Status::Stopped {
+                let last = b.oom_kills_at_exit(&c);
+                if last.is_some_and(|l| l > oom_kills.unwrap_or(0)) {
+                    out(&hull_runtime::container::events::oom_event(c.id()));
+                }
                 return Ok(());
             }
             match b.stats(&c) {
@@ -246,11 +255,14 @@ impl Lifecycle {
                     oom_kills = Some(sample.oom_kills);
                     out(&sample.json);
                 }
-                // The container went away under us.
-                Err(_) if c.status() == Status::Stopped => return Ok(()),
+                // The container went away under us: the next turn reports its end.
+                Err(_) if c.status() == Status::Stopped => continue,
                 Err(e) => return Err(e),
             }
-            std::thread::sleep(interval);
+            let next = std::time::Instant::now() + interval;
+            while std::time::Instant::now() < next && c.status() != Status::Stopped {
+                std::thread::sleep(EVENTS_STOP_CHECK.min(interval));
+            }
         }
     }
 
@@ -259,6 +271,9 @@ impl Lifecycle {
         Self::backend_of(&c).update(c, resources)
     }
 }
+
+/// How often `events` looks whether its container has stopped between samples.
+pub const EVENTS_STOP_CHECK: Duration = Duration::from_millis(50);
 
 /// The isolations this host can give, each with why not where it cannot: a VM needs
 /// the built guest and a VMM to boot it (QEMU, or hull-vmm on hardware KVM).

@@ -86,6 +86,11 @@ impl Backend for Namespaces {
         Ok(container::events::sample_of(c)?)
     }
 
+    fn oom_kills_at_exit(&self, c: &Container) -> Option<u64> {
+        // The host cgroup stays until the delete.
+        c.state.cgroup.oom_kills().ok()
+    }
+
     fn update(&self, c: Container, resources: &LinuxResources) -> Result<()> {
         Ok(container::update::update_container(c, resources)?)
     }

@@ -85,6 +85,10 @@ impl Backend for Vms {
         Ok(vm::stats(c)?)
     }
 
+    fn oom_kills_at_exit(&self, c: &Container) -> Option<u64> {
+        vm::oom_kills_at_exit(c)
+    }
+
     fn update(&self, c: Container, resources: &LinuxResources) -> Result<()> {
         Ok(vm::update(c, resources)?)
     }

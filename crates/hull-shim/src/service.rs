@@ -19,9 +19,13 @@ use crate::error::{Error, Result};
 use crate::hull::{Hull, Isolation};
 use crate::publisher::Publisher;
 use crate::reaper::{lock, Exit};
-use crate::state::{Container, Pids, Process, Procs};
+use crate::state::{Container, OomWatcher, Pids, Process, Procs};
 use crate::stdio::{IoPaths, Live, Prepared};
 use crate::{mounts, oom, spec};
+
+/// How long an exit waits for a VM container's `hull events` to end (it looks every
+/// 50 ms whether the container has stopped).
+const OOM_WATCHER_END: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct Shared {
     pub hull: Hull,
@@ -306,7 +310,7 @@ impl Shared {
         }
         if let Some(w) = procs.oom_watcher.take() {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(w as i32),
+                nix::unistd::Pid::from_raw(w.pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
@@ -356,8 +360,13 @@ impl Shared {
 
     fn exited(&self, c: &Container, procs: &mut Procs, exec_id: &str, exit: &Exit) {
         if exec_id.is_empty() {
-            // Before TaskExit: CRI's OOMKilled reason is set from the OOM event.
+            // Before TaskExit: CRI's OOMKilled reason is set from the OOM event. A VM
+            // container's watcher ends right after the stop, with a last "oom" line for
+            // a kill that stopped it.
             self.check_oom(c, procs);
+            if let Some(w) = &procs.oom_watcher {
+                let _ = w.done.recv_timeout(OOM_WATCHER_END);
+            }
         }
         let Ok(p) = procs.get_mut(exec_id) else {
             return;
@@ -402,13 +411,14 @@ impl Shared {
     }
 
     /// A VM container's OOM kills, from `hull events` in the background.
-    fn watch_oom(self: &Arc<Self>, id: &str) -> Option<u32> {
+    fn watch_oom(self: &Arc<Self>, id: &str) -> Option<OomWatcher> {
         let args = [os("events"), os("--interval"), os("2s"), os(id)];
         let mut child = self.hull.spawn_reader(&refs(&args)).ok()?;
         let out = child.stdout.take()?;
         let pid = child.id();
         let me = self.clone();
         let id = id.to_string();
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name("oom".into())
             .spawn(move || {
@@ -420,12 +430,14 @@ impl Shared {
                         me.events.publish(ev);
                     }
                 }
+                // Before the reaper's wait: the reaper may be the one waiting for this.
+                drop(done_tx);
                 me.hull.reaper.wait(pid);
             });
         if spawned.is_err() {
             self.hull.reaper.forget(pid);
         }
-        Some(pid)
+        Some(OomWatcher { pid, done })
     }
 
     /// Shutdown with no container left: the daemon may end.

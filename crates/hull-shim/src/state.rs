@@ -88,6 +88,13 @@ impl Process {
     }
 }
 
+/// `hull events` of a VM container, read by a thread that publishes TaskOOM.
+pub struct OomWatcher {
+    pub pid: u32,
+    /// Closed when the watcher's output ends (after its last "oom" line).
+    pub done: std::sync::mpsc::Receiver<()>,
+}
+
 pub struct Procs {
     pub init: Process,
     pub execs: HashMap<String, Process>,
@@ -95,7 +102,7 @@ pub struct Procs {
     /// OOM kills already reported.
     pub oom_seen: u64,
     /// A VM container's `hull events` watcher.
-    pub oom_watcher: Option<u32>,
+    pub oom_watcher: Option<OomWatcher>,
     /// Deleted: Wait and State find nothing.
     pub deleted: bool,
 }

@@ -101,6 +101,42 @@ fn events_report_the_oom_killer_in_both_isolations() {
     }
 }
 
+/// An OOM kill that ends the container's init is reported too, although no sample
+/// came between the kill and the stop: `events` ends right after the stop with the
+/// kill as its last line (the shim waits for it to publish TaskOOM before TaskExit).
+#[test]
+fn events_report_an_oom_kill_that_stopped_the_container() {
+    hull_only!();
+    for iso in ["namespace", "vm"] {
+        let hog = "sleep 2; x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived";
+        let c = Bundle::new(&["sh", "-c", hog])
+            .config(|v| {
+                v["linux"]["resources"] =
+                    serde_json::json!({"memory": {"limit": 32 * MIB, "swap": 32 * MIB}})
+            })
+            .container();
+        c.run_detached(iso).ok("run -d");
+        let started = std::time::Instant::now();
+        let events = std::process::Command::new(&c.bin)
+            .arg("--root")
+            .arg(&c.root)
+            .args(["events", "--interval", "60s", &c.id])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&events.stdout);
+        assert!(events.status.success(), "{iso}: {events:?}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{iso}: events outlived the container by far: {:?}",
+            started.elapsed()
+        );
+        let oom = format!(r#"{{"type":"oom","id":"{}"}}"#, c.id);
+        assert_eq!(out.lines().last(), Some(oom.as_str()), "{iso}: {out}");
+        c.delete(true).ok("delete --force");
+        assert_clean(&c);
+    }
+}
+
 /// Memory the guest frees goes back to the host (virtio-balloon free page reporting,
 /// QEMU): 80 MB written to a tmpfs in the container and removed leave the VMM's RSS
 /// where it was, not 80 MB higher, within seconds.

@@ -90,6 +90,9 @@ pub enum ControlReply {
     },
     Exited {
         status: i32,
+        /// A container init's: the OOM kills its guest cgroup counted by then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        oom_kills: Option<u64>,
     },
     Pids {
         pids: Vec<i32>,

@@ -74,7 +74,7 @@ pub fn exec(c: &Container, req: VmExec) -> Result<i32> {
                 let _ = relay::take_controlling_terminal(t.as_fd());
             }
         }
-        let status = wait_exec(&conn, tty);
+        let status = wait_exec(&conn, tty).status;
         drop(raw);
         return Ok(status);
     }
@@ -86,7 +86,7 @@ pub fn exec(c: &Container, req: VmExec) -> Result<i32> {
                 let _ = relay::take_controlling_terminal(t.as_fd());
             }
             let _ = relay::stdio_to_null();
-            std::process::exit(wait_exec(&conn, tty))
+            std::process::exit(wait_exec(&conn, tty).status)
         }
         ForkResult::Parent { child } => {
             if let Some(p) = req.pid_file {
@@ -143,7 +143,13 @@ fn exec_stdio(terminal: bool, req: &VmExec) -> Result<ExecStdio> {
 }
 
 /// Waits for the exec's exit status on `conn`; 255 if the proxy went away.
-pub(super) fn wait_exec(conn: &OwnedFd, tty: Option<OwnedFd>) -> i32 {
+/// How a process in the guest ended.
+pub(super) struct Exit {
+    pub status: i32,
+    pub oom_kills: Option<u64>,
+}
+
+pub(super) fn wait_exec(conn: &OwnedFd, tty: Option<OwnedFd>) -> Exit {
     let set = relay::passed_on();
     let blocked = set.thread_block().is_ok();
     // The size the terminal has now, read once SIGWINCH is blocked (so a change after
@@ -174,9 +180,16 @@ pub(super) fn wait_exec(conn: &OwnedFd, tty: Option<OwnedFd>) -> i32 {
     }
     loop {
         match control::recv::<ControlReply>(conn.as_fd()) {
-            Ok(Some((ControlReply::Exited { status }, _))) => return status,
+            Ok(Some((ControlReply::Exited { status, oom_kills }, _))) => {
+                return Exit { status, oom_kills }
+            }
             Ok(Some(_)) => continue,
-            _ => return 255,
+            _ => {
+                return Exit {
+                    status: 255,
+                    oom_kills: None,
+                }
+            }
         }
     }
 }
@@ -277,12 +290,29 @@ pub(super) fn serve_process(
         _ => 255,
     };
     exited.store(true, Ordering::SeqCst);
+    // A container's init: its cgroup in the guest stays until the container is deleted.
+    let oom_kills = match &key.1 {
+        None => guest_oom_kills(&agent, &key.0),
+        Some(_) => None,
+    };
     drop(inputs);
     for o in plumbed.outputs {
         let _ = o.join();
     }
-    let _ = control::send(conn.as_fd(), &ControlReply::Exited { status }, &[]);
+    let reply = ControlReply::Exited { status, oom_kills };
+    let _ = control::send(conn.as_fd(), &reply, &[]);
     Some(status)
+}
+
+/// The OOM kills the guest's cgroup of `container` has counted.
+pub(super) fn guest_oom_kills(agent: &crate::client::AgentClient, container: &str) -> Option<u64> {
+    let stats = Request::Stats {
+        container: container.into(),
+    };
+    match agent.call(stats, Duration::from_secs(10)) {
+        Ok(Reply::Stats { oom_kills, .. }) => Some(oom_kills),
+        _ => None,
+    }
 }
 
 /// A process's relays, set up before it exists.

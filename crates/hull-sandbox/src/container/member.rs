@@ -141,6 +141,8 @@ fn mark_sandbox_namespaces(config: &mut Value, sandbox: &Container) {
 /// What the stand-in takes along into its fork.
 struct StandIn {
     sandbox_dir: PathBuf,
+    /// The member's own state directory.
+    state_dir: PathBuf,
     id: String,
     payload: OwnedFd,
     /// The rootfs's layers' images, top first.
@@ -213,6 +215,7 @@ pub fn create(req: VmCreate, sandbox: Container, foreground: bool) -> Result<Pid
     };
     let plan = StandIn {
         sandbox_dir: sandbox.dir.path.clone(),
+        state_dir: dir.path.clone(),
         id: req.id.to_string(),
         payload,
         images,
@@ -284,6 +287,7 @@ fn stand_in(plan: StandIn, mut parent: UnixStream) -> ! {
     // written the state takes the stand-in (and so the member) with it.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let tty = plan.tty.as_ref().and_then(|t| t.try_clone().ok());
+    let state_dir = plan.state_dir.clone();
     let conn = match add(plan) {
         Ok(c) => c,
         Err(e) => {
@@ -299,7 +303,11 @@ fn stand_in(plan: StandIn, mut parent: UnixStream) -> ! {
     // SAFETY: as above; from now on the stand-in outlives `create`.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
     drop(parent);
-    std::process::exit(super::exec::wait_exec(&conn, tty))
+    let exit = super::exec::wait_exec(&conn, tty);
+    if let Some(kills) = exit.oom_kills {
+        super::record_oom_kills(&state_dir, kills);
+    }
+    std::process::exit(exit.status)
 }
 
 /// Sends the member to the sandbox's proxy; the connection once it is created.

@@ -158,6 +158,23 @@ pub fn resume(c: &Container) -> Result<()> {
     std::fs::remove_file(&mark).map_err(io_err("cannot remove", &mark))
 }
 
+/// Where a VM container's exit leaves the OOM kills its guest cgroup counted: the cgroup
+/// is gone with the container (or the VM), and `events` reports a kill that ended it.
+const OOM_KILLS: &str = "oom-kills";
+
+pub(super) fn record_oom_kills(state_dir: &std::path::Path, kills: u64) {
+    let path = state_dir.join(OOM_KILLS);
+    if let Err(e) = std::fs::write(&path, kills.to_string()) {
+        tracing::warn!("{}: {e}", path.display());
+    }
+}
+
+/// The OOM kills a stopped VM container's cgroup had counted when its init exited.
+pub fn oom_kills_at_exit(c: &Container) -> Option<u64> {
+    let text = std::fs::read_to_string(c.dir.path.join(OOM_KILLS)).ok()?;
+    text.trim().parse().ok()
+}
+
 /// One `events --stats` line and the OOM kills, from the guest's cgroup of the
 /// container.
 pub fn stats(c: &Container) -> Result<hull_runtime::container::events::Sample> {

@@ -75,6 +75,8 @@ impl Shared {
 
 struct Proxy {
     sandbox: Sandbox,
+    /// The container's state directory.
+    state_dir: PathBuf,
     shared: Arc<Shared>,
     listener: OwnedFd,
     outputs: Vec<JoinHandle<()>>,
@@ -206,6 +208,7 @@ fn boot(mut plan: ProxyPlan, parent: &mut UnixStream) -> Result<Proxy> {
     }
     let listener = control::listen(&plan.state_dir)?;
     Ok(Proxy {
+        state_dir: plan.state_dir.clone(),
         sandbox,
         shared,
         listener,
@@ -465,6 +468,9 @@ impl Proxy {
                 255
             }
         };
+        if let Some(kills) = super::exec::guest_oom_kills(&self.shared.agent, &self.shared.id) {
+            super::record_oom_kills(&self.state_dir, kills);
+        }
         // A pod's members end with its sandbox, each with a status of its own.
         super::pod::end_members(&self.shared);
         for o in self.outputs {

@@ -14,6 +14,9 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use crate::images::Images;
 use crate::io::{self, NearEnds};
 
+/// Where the pod's shares are mounted, once for the VM.
+const POD_SHARES: &str = "/run/hull-shares";
+
 /// overlayfs stacks at most this many lower layers (OVL_MAX_STACK).
 const MAX_LAYERS: usize = 500;
 
@@ -438,15 +441,49 @@ fn mount_shares(
                     s.mount
                 )
             })?;
-        // A virtio-9p channel mounts once: mounts of one directory bind one mount.
-        let dir = bundle.join("shares").join(&s.tag);
-        if !dir.exists() {
-            std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-            mount_9p(&s.tag, &dir)?;
-        }
-        mount.insert("source".into(), dir.display().to_string().into());
+        let source = match &s.subdir {
+            Some(sub) => pod_share(&s.tag)?.join(relative(sub)?),
+            None => {
+                // A virtio-9p channel mounts once: mounts of one directory bind one mount.
+                let dir = bundle.join("shares").join(&s.tag);
+                if !dir.exists() {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("mkdir {}", dir.display()))?;
+                    mount_9p(&s.tag, &dir)?;
+                }
+                dir
+            }
+        };
+        mount.insert("source".into(), source.display().to_string().into());
     }
     Ok(())
+}
+
+/// The pod's share, mounted once for the VM's life under /run/hull-shares (its members
+/// come and go; a virtio-9p channel mounts once).
+fn pod_share(tag: &str) -> Result<PathBuf> {
+    let dir = Path::new(POD_SHARES).join(tag);
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == dir.to_str());
+    if !mounted {
+        std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        mount_9p(tag, &dir)?;
+    }
+    Ok(dir)
+}
+
+/// A path the host named inside a share: plain names only.
+fn relative(sub: &str) -> Result<&Path> {
+    let p = Path::new(sub);
+    let plain = p
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if sub.is_empty() || !plain {
+        bail!("{sub:?} is not a plain relative path in a share");
+    }
+    Ok(p)
 }
 
 fn mount_9p(tag: &str, dir: &Path) -> Result<()> {

@@ -13,6 +13,8 @@ mod verbs;
 mod vm;
 #[path = "cri/vm_pods.rs"]
 mod vm_pods;
+#[path = "cri/volumes.rs"]
+mod volumes;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -13,7 +13,9 @@ use crate::{ProtoError, StreamId};
 /// container's /dev/shm tmpfs in its own mount namespace, and a bind from
 /// [`POD_SHM`]`<sandbox>` names the sandbox's (an agent of version 3 would fail on it).
 /// 5: `Rootfs::layers` (an image's layers stacked in the guest) replaces `serial` and
-/// `image`, and images are attached on nbd devices the agent creates on demand.
+/// `image`, images are attached on nbd devices the agent creates on demand, and
+/// `MountShare::subdir` names a directory in the pod's share (an agent of version 4
+/// would bind the whole share).
 pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A bind mount's source that names another container's /dev/shm in the same VM (a pod
@@ -140,11 +142,16 @@ pub struct MountFile {
 }
 
 /// A host directory that `mounts[mount]` of the config binds, exported to the guest as
-/// the virtio-9p device with `tag`: the agent mounts it and binds that instead.
+/// the virtio-9p device with `tag`: the agent mounts it and binds that instead. With
+/// `subdir`, the device is the pod's, shared by its members: the agent mounts it once
+/// for the VM and binds `subdir` of it (a relative path, no `..`), where the host has
+/// bound the member's directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountShare {
     pub mount: usize,
     pub tag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdir: Option<String>,
 }
 
 /// A network interface of the guest, found by its MAC (the host gave the virtio-net

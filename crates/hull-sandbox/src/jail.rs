@@ -58,7 +58,8 @@ impl JailId {
 
 /// What the QEMU child does between fork and exec, on top of hull's usual: new mount,
 /// IPC, UTS and network namespaces (QEMU gets its taps as fds and talks over Unix
-/// sockets, which need none of the host's), a private mount tree, and limits on open
+/// sockets, which need none of the host's), a private mount tree (a slave one with
+/// shared directories), and limits on open
 /// files, processes and (without shared directories, whose files the guest writes
 /// through QEMU) file size. Only async-signal-safe system calls.
 pub fn confine_qemu(limit_file_size: bool) -> std::io::Result<()> {
@@ -72,11 +73,18 @@ pub fn confine_qemu(limit_file_size: bool) -> std::io::Result<()> {
             return last();
         }
         let none = std::ptr::null();
+        // With shared directories a slave: a pod's volumes are bound under its share
+        // on the host after the VM booted, and must reach QEMU's view of it.
+        let propagation = if limit_file_size {
+            libc::MS_PRIVATE
+        } else {
+            libc::MS_SLAVE
+        };
         if libc::mount(
             none,
             c"/".as_ptr(),
             none,
-            libc::MS_REC | libc::MS_PRIVATE,
+            libc::MS_REC | propagation,
             none.cast(),
         ) != 0
         {

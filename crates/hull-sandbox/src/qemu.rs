@@ -173,7 +173,7 @@ fn device_args(c: &VmConfig) -> Vec<String> {
         // would show them.
         a.push("-fsdev".into());
         a.push(format!(
-            "local,id=fs{i},path={},security_model=passthrough{}",
+            "local,id=fs{i},path={},security_model=passthrough,multidevs=remap{}",
             d.path.display(),
             if d.readonly { ",readonly=on" } else { "" }
         ));

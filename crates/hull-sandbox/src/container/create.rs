@@ -38,6 +38,9 @@ pub(super) struct Undo {
     pub cgroup: Option<Cgroup>,
     /// The proxy (or a pod member's stand-in).
     pub proxy: Option<Pid>,
+    /// A pod member's directories bound into its sandbox's pod directory:
+    /// (the sandbox's state directory, the member's id).
+    pub member_binds: Option<(std::path::PathBuf, String)>,
 }
 
 impl Drop for Undo {
@@ -54,7 +57,12 @@ impl Drop for Undo {
             }
             let _ = cg.destroy();
         }
+        if let Some((sandbox, id)) = &self.member_binds {
+            super::volumes::unbind_member(sandbox, id);
+        }
         if let Some(dir) = &self.dir {
+            // Before the directory goes: a pod directory's binds are unmounted first.
+            super::volumes::remove(&dir.path);
             let _ = dir.remove();
         }
     }
@@ -113,6 +121,10 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
     let size = super::sizing::sizing(&bundle.spec, req.settings);
     let limits = sandbox_limits(&bundle.spec, size);
     let (dir, mut st, mut undo) = make_state(&req, limits)?;
+    let mut guest = guest;
+    if super::sizing::is_cri_sandbox(&bundle.spec) {
+        guest.dirs.push(super::volumes::prepare(&dir.path, req.id)?);
+    }
     let tty = match (terminal, req.console_socket) {
         (true, Some(sock)) => Some(send_pty(sock)?),
         _ => None,
@@ -163,6 +175,7 @@ pub(super) fn commit(
     undo.dir = None;
     undo.cgroup = None;
     undo.proxy = None;
+    undo.member_binds = None;
     Ok(())
 }
 
@@ -193,6 +206,7 @@ pub(super) fn make_state(
         dir: Some(dir.clone()),
         cgroup: None,
         proxy: None,
+        member_binds: None,
     };
     cgroup.plan_dirs();
     let st = ContainerState::creating(req.id, bundle, cgroup.clone(), Isolation::Vm);

@@ -107,7 +107,11 @@ pub fn for_guest(config: &str, bundle: &Path) -> Result<GuestConfig> {
                         tag
                     }
                 };
-                out.shares.push(MountShare { mount: i, tag });
+                out.shares.push(MountShare {
+                    mount: i,
+                    tag,
+                    subdir: None,
+                });
                 continue;
             }
             if !meta.is_file() {

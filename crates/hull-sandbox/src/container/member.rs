@@ -170,13 +170,6 @@ pub fn create(req: VmCreate, sandbox: Container, foreground: bool) -> Result<Pid
         .map_err(|e| refuse(format!("{}: {e}", config_path.display())))?;
     mark_sandbox_namespaces(&mut config, &sandbox);
     let guest = super::guest_config::for_guest(&config.to_string(), &bundle.dir)?;
-    if let Some(d) = guest.dirs.first() {
-        return Err(refuse(format!(
-            "{}: the directory {} would be shared over virtio-9p, whose device a running VM cannot add: a pod member in a VM can bind files, not directories",
-            config_path.display(),
-            d.path.display()
-        )));
-    }
     let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
     if terminal && req.console_socket.is_none() {
         return Err(SandboxError::Runtime(RuntimeError::InvalidConfig {
@@ -200,11 +193,18 @@ pub fn create(req: VmCreate, sandbox: Container, foreground: bool) -> Result<Pid
                 .map_err(io_err("cannot open", &i.path))
         })
         .collect::<Result<Vec<_>>>()?;
+    let (dir, mut st, mut undo) = create::make_state(&req, None)?;
+    // A running VM cannot get a 9p device: directories go through the pod's share.
+    if !guest.dirs.is_empty() {
+        undo.member_binds = Some((sandbox.dir.path.clone(), req.id.to_string()));
+    }
+    let shares = super::volumes::bind_member(&sandbox.dir.path, req.id, &guest.dirs, &guest.shares)
+        .map_err(|e| refuse(format!("{}: {e}", config_path.display())))?;
     let payload = payload_fd(&Payload {
         config: guest.config,
         files: guest.files,
+        shares,
     })?;
-    let (dir, mut st, mut undo) = create::make_state(&req, None)?;
     let (stdio, tty) = match req.console_socket {
         Some(sock) if terminal => {
             let slave = create::send_pty(sock)?;
@@ -350,12 +350,14 @@ fn add(plan: StandIn) -> Result<OwnedFd> {
     }
 }
 
-/// Removes the member from its sandbox's VM, if the VM is still there.
+/// Removes the member from its sandbox's VM, if the VM is still there, and its
+/// directories from the pod's share.
 pub fn delete_in_sandbox(c: &Container) {
     let (dir, request) = route(c, Control::Delete);
     if dir != c.dir.path {
         if let Err(e) = control::call(&dir, &request) {
             tracing::debug!("{}: not in its sandbox's VM any more: {e}", c.id());
         }
+        super::volumes::unbind_member(&dir, c.id());
     }
 }

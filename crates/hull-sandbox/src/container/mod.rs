@@ -20,6 +20,7 @@ mod preserved;
 mod proxy;
 pub mod relay;
 mod sizing;
+mod volumes;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -253,6 +254,8 @@ pub fn delete(c: &Container, force: bool) -> Result<()> {
         }
     }
     let cg = st.cgroup.destroy();
+    // Before the state directory goes: a pod's volumes are unmounted, never walked.
+    volumes::remove(&c.dir.path);
     c.dir.remove()?;
     // runtime-spec: a failing poststop hook is a warning; deletion goes on.
     let json = c.oci_json(Status::Stopped);

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use hull_proto::{Layer, MountFile, Reply, Request, Rootfs};
+use hull_proto::{Layer, MountFile, MountShare, Reply, Request, Rootfs};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -32,6 +32,8 @@ pub const SANDBOX_NS: &str = "hull-sandbox";
 pub struct Payload {
     pub config: Value,
     pub files: Vec<MountFile>,
+    /// Its directories, in the pod's share.
+    pub shares: Vec<MountShare>,
 }
 
 /// The members of the pod in this VM: id to its images' names, and how many are still
@@ -172,7 +174,7 @@ pub(super) fn serve_member(shared: &Arc<Shared>, conn: OwnedFd, member: Member, 
             },
             io,
             files: payload.files,
-            shares: vec![],
+            shares: payload.shares,
         };
         match agent.call(create, CALL)? {
             Reply::Process { pid } => {

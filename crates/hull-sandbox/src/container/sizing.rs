@@ -29,12 +29,20 @@ pub struct Size {
     pub memory_limited: bool,
 }
 
+/// A CRI pod sandbox's container (its VM takes the pod's members).
+pub fn is_cri_sandbox(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(CRI_TYPE))
+        .is_some_and(|t| t == "sandbox")
+}
+
 /// The pod's resources from a CRI sandbox's annotations: (cpu quota, period, memory).
 fn pod_resources(spec: &Spec) -> Option<(Option<i64>, Option<u64>, Option<i64>)> {
-    let a = spec.annotations().as_ref()?;
-    if a.get(CRI_TYPE).map(String::as_str) != Some("sandbox") {
+    if !is_cri_sandbox(spec) {
         return None;
     }
+    let a = spec.annotations().as_ref()?;
     let num = |k: &str| a.get(k).and_then(|v| v.trim().parse::<i64>().ok());
     Some((
         num(POD_CPU_QUOTA),

@@ -62,7 +62,10 @@ impl JailId {
 /// shared directories), and limits on open
 /// files, processes and (without shared directories, whose files the guest writes
 /// through QEMU) file size. Only async-signal-safe system calls.
-pub fn confine_qemu(limit_file_size: bool) -> std::io::Result<()> {
+pub fn confine_qemu(
+    limit_file_size: bool,
+    root: Option<&crate::jail_root::JailRoot>,
+) -> std::io::Result<()> {
     let last = || Err(std::io::Error::last_os_error());
     // SAFETY: plain system calls on the child between fork and exec; the pointers are
     // static C strings or null.
@@ -90,6 +93,9 @@ pub fn confine_qemu(limit_file_size: bool) -> std::io::Result<()> {
         {
             return last();
         }
+        if let Some(root) = root {
+            root.enter()?;
+        }
         // No allocation here: a fixed table, the file size only where it is limited.
         let limits = [
             Some((libc::RLIMIT_NOFILE, 4096)),
@@ -109,7 +115,7 @@ pub fn confine_qemu(limit_file_size: bool) -> std::io::Result<()> {
             }
         }
         // The bounding set limits what QEMU, exec'd as root, starts with: what its
-        // -chroot and -runas need, and with shared directories what virtio-9p's
+        // -chroot and -runas need, or with shared directories what virtio-9p's
         // passthrough needs to give files the guest's owners and modes.
         let keep: &[u32] = if limit_file_size {
             &KEEP_CAPS
@@ -128,11 +134,12 @@ pub fn confine_qemu(limit_file_size: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-/// CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT.
+/// CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT: for -runas and -chroot.
 const KEEP_CAPS: [u32; 3] = [6, 7, 18];
-/// And CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID,
-/// CAP_MKNOD.
-const KEEP_CAPS_9P: [u32; 9] = [0, 1, 2, 3, 4, 6, 7, 18, 27];
+/// With shared directories (no -runas or -chroot: jail_root.rs pivots it) what
+/// virtio-9p's passthrough needs: CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH,
+/// CAP_FOWNER, CAP_FSETID, CAP_MKNOD.
+const KEEP_CAPS_9P: [u32; 6] = [0, 1, 2, 3, 4, 27];
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@ pub mod hypervisor;
 pub mod image;
 pub mod initramfs;
 pub mod jail;
+pub mod jail_root;
 pub mod layers;
 pub mod qemu;
 pub mod rootless;

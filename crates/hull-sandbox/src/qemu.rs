@@ -224,6 +224,68 @@ fn jail_args(c: &VmConfig, jail: &crate::jail::JailId) -> Result<Vec<String>> {
     Ok(a)
 }
 
+/// The root a QEMU that shares directories is pivoted into (jail_root.rs): the files
+/// it opens, each at its own path, and nothing else of the host's.
+fn jail_root(c: &VmConfig, binary: &Path) -> Result<crate::jail_root::JailRoot> {
+    use crate::jail_root::{Access, JailRoot};
+    let cwd = std::env::current_dir().map_err(crate::error::io_err("cannot resolve", "."))?;
+    let vm_dir = match c.console_log.parent() {
+        Some(p) if !p.as_os_str().is_empty() => cwd.join(p),
+        _ => cwd.clone(),
+    };
+    let mut entries: Vec<(PathBuf, Access)> = vec![(PathBuf::from("/usr"), Access::ReadOnlyExec)];
+    for link in ["/lib", "/lib64", "/bin", "/sbin"] {
+        if Path::new(link).symlink_metadata().is_ok() {
+            entries.push((link.into(), Access::ReadOnlyExec));
+        }
+    }
+    if let Some(found) = find_binary(binary).filter(|b| !b.starts_with("/usr/")) {
+        entries.push((found, Access::ReadOnlyExec));
+    }
+    let mut devices = vec!["/dev/null", "/dev/zero", "/dev/urandom"];
+    if c.accel == Accel::Kvm {
+        devices.push("/dev/kvm");
+    }
+    if matches!(c.transport, Transport::Vsock { .. }) {
+        devices.push("/dev/vhost-vsock");
+    }
+    entries.extend(devices.into_iter().map(|d| (d.into(), Access::Device)));
+    // 9p's passthrough sets a new file's mode through /proc/self/fd (fchmodat does not
+    // take AT_SYMLINK_NOFOLLOW): the proxy's /proc, which shows the sandbox's pid
+    // namespace only.
+    entries.push(("/proc".into(), Access::ReadOnly));
+    if Path::new("/etc/ld.so.cache").exists() {
+        entries.push(("/etc/ld.so.cache".into(), Access::ReadOnly));
+    }
+    entries.push((vm_dir.clone(), Access::ReadWrite));
+    entries.push((cwd.join(&c.kernel), Access::ReadOnly));
+    entries.push((cwd.join(&c.initramfs), Access::ReadOnly));
+    for d in &c.disks {
+        let access = if d.readonly {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        };
+        entries.push((cwd.join(&d.path), access));
+    }
+    for s in &c.shares {
+        let readonly = s.readonly;
+        entries.push((cwd.join(&s.path), Access::Share { readonly }));
+    }
+    JailRoot::plan(&vm_dir.join("jail"), &cwd, &entries)
+}
+
+/// `binary` as exec would find it on PATH.
+fn find_binary(binary: &Path) -> Option<PathBuf> {
+    if binary.components().count() > 1 {
+        return std::path::absolute(binary).ok();
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
+}
+
 /// The name the agent looks for among the guest's virtio-serial ports.
 pub const AGENT_PORT_NAME: &str = "hull.agent";
 
@@ -275,9 +337,14 @@ impl Hypervisor for Qemu {
         let mut cmd = Command::new(&self.binary);
         cmd.args(&args);
         let limit_file_size = config.shares.is_empty();
+        let root = if limit_file_size {
+            None
+        } else {
+            Some(jail_root(config, &self.binary)?)
+        };
         // SAFETY: confine_qemu makes only async-signal-safe system calls.
         unsafe {
-            cmd.pre_exec(move || crate::jail::confine_qemu(limit_file_size));
+            cmd.pre_exec(move || crate::jail::confine_qemu(limit_file_size, root.as_ref()));
         }
         VmmProcess::spawn(
             cmd,

@@ -182,3 +182,90 @@ fn qemu_runs_jailed_under_a_vm_container() {
     let out = c.hull(&["delete", "--force", &c.id]);
     assert_eq!(out.code, 0, "{out:?}");
 }
+
+/// A QEMU that shares a directory keeps uid 0 (virtio-9p's passthrough gives the guest's
+/// files the host's owners), so instead of -chroot, which root leaves again, it is
+/// pivoted into a root of its own files: /usr read-only, three device nodes, the VM's
+/// directory, kernel, initramfs, disk and the share; the rest of the host is gone, and
+/// the bounding set holds only what 9p needs.
+#[test]
+fn qemu_that_shares_a_directory_is_pivoted_into_a_root_of_its_files() {
+    hull_only!();
+    let c = Bundle::new(&["sleep", "30"])
+        .config(|v| {
+            let vol = v["root"]["path"].as_str().unwrap().replace("rootfs", "vol");
+            v["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({"destination": "/vol", "type": "bind", "source": vol, "options": ["rbind"]}));
+        })
+        .container();
+    let vol = c.bundle.dir.join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    let secret = c.bundle.dir.join("secret");
+    std::fs::write(&secret, "not for the VMM\n").unwrap();
+    let dir = c.dir();
+    let out = c.hull_with(
+        &["run", "-d", "--isolation", "vm", "--bundle", &dir, &c.id],
+        |cmd| {
+            cmd.env("HULL_HYPERVISOR", "qemu");
+        },
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let state: serde_json::Value = serde_json::from_str(&c.hull(&["state", &c.id]).stdout).unwrap();
+    let proxy = state["pid"].as_u64().unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{proxy}/task/{proxy}/children")).unwrap();
+    let qemu: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let _kill = KillOnPanic(qemu);
+    let root = format!("/proc/{qemu}/root");
+    let list = |p: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(format!("{root}{p}"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(list("/etc"), ["ld.so.cache"], "its /etc");
+    assert_eq!(list("/dev"), ["null", "urandom", "zero"], "its /dev");
+    // Its /proc is the proxy's: the sandbox's pid namespace.
+    let mut pids: Vec<String> = list("/proc");
+    pids.retain(|p| p.parse::<u32>().is_ok());
+    assert_eq!(pids.len(), 2, "the proxy and QEMU: {pids:?}");
+    for gone in ["sys", "root", "home", "boot"] {
+        assert!(
+            !list("/").contains(&gone.to_string()),
+            "its root has /{gone}: {:?}",
+            list("/")
+        );
+    }
+    assert!(
+        !std::path::Path::new(&format!("{root}{}", secret.display())).exists(),
+        "the VMM sees a host file beside its share"
+    );
+    assert!(std::path::Path::new(&format!("{root}{}", vol.display())).is_dir());
+    let mine = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{qemu}/ns/mnt")).unwrap(),
+        mine
+    );
+    // CAP_CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, MKNOD.
+    assert_eq!(status(qemu, "CapBnd"), "000000000800001f");
+    assert_eq!(status(qemu, "NoNewPrivs"), "1");
+    assert_eq!(status(qemu, "Seccomp"), "2");
+    // The share still works both ways.
+    let out = c.hull(&[
+        "exec",
+        &c.id,
+        "sh",
+        "-c",
+        "echo from the guest > /vol/f; ls /vol",
+    ]);
+    assert_eq!(out.stdout, "f\n", "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("f")).unwrap(),
+        "from the guest\n"
+    );
+    let out = c.hull(&["delete", "--force", &c.id]);
+    assert_eq!(out.code, 0, "{out:?}");
+}

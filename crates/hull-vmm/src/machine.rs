@@ -7,10 +7,12 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicBool;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Barrier, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_ioctls::IoEventAddress;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot::{self, layout, mptable, BootSource, Loaded};
@@ -263,60 +265,27 @@ impl Machine {
         );
         // No guest code runs before every thread is under its allowlist: each installs
         // its filter, then all wait here (the calling thread too, once filtered).
-        let filtered = std::sync::Arc::new(std::sync::Barrier::new(self.vcpus.len() + 2));
-        let mut threads = Vec::new();
-        for (id, mut vcpu) in self.vcpus.into_iter().enumerate() {
-            let filtered = filtered.clone();
-            let (buses, memory, tx) = (self.buses.clone(), self.vm.memory.clone(), tx.clone());
-            let done = done
-                .try_clone()
-                .map_err(|e| VmmError::Device(format!("vCPU exit eventfd: {e}")))?;
-            let thread = std::thread::Builder::new()
-                .name(format!("vcpu{id}"))
-                .spawn(move || {
-                    let r = if seccomp {
-                        seccomp::install_vcpu()
-                    } else {
-                        Ok(())
-                    };
-                    filtered.wait();
-                    let r = r.and_then(|()| vcpu.run(&buses, &memory));
-                    let _ = done.write(1);
-                    // Closing fds is not on the vCPU allowlist: the vCPU and the eventfd
-                    // go back to the calling thread, which drops them.
-                    let _ = tx.send((r, vcpu, done));
-                })
-                .map_err(|e| VmmError::Device(format!("cannot start a vCPU thread: {e}")))?;
-            threads.push(thread);
+        let filtered = Arc::new(Barrier::new(self.vcpus.len() + 2));
+        let vcpus = VcpuThreads {
+            buses: self.buses.clone(),
+            memory: self.vm.memory.clone(),
+            tx,
+            seccomp,
+            filtered: filtered.clone(),
+        };
+        let threads = vcpus.spawn(self.vcpus, &done)?;
+        let vmm = VmmThread {
+            signal_fd: signals.fd.as_raw_fd(),
+            done_fd: done.as_raw_fd(),
+            queues: self.queues,
+            hosts: self.hosts,
+            shutdown: (self.keyboard, self.shutdown_grace),
+            kickers,
+            threads,
+            seccomp,
+            filtered: filtered.clone(),
         }
-        drop(tx);
-        let signal_fd = signals.fd.as_raw_fd();
-        let done_fd = done.as_raw_fd();
-        let (queues, mut hosts) = (self.queues, self.hosts);
-        let shutdown = (self.keyboard, self.shutdown_grace);
-        let vmm_filtered = filtered.clone();
-        let vmm = std::thread::Builder::new()
-            .name("vmm".into())
-            .spawn(move || {
-                let end = if seccomp {
-                    seccomp::install_vmm()
-                } else {
-                    Ok(())
-                };
-                vmm_filtered.wait();
-                let end = end.and_then(|()| {
-                    event_loop::run(signal_fd, done_fd, &queues, &mut hosts, &shutdown)
-                });
-                for k in &kickers {
-                    k.kick();
-                }
-                for t in threads {
-                    let _ = t.join();
-                }
-                // The fds go back to be closed outside the filter, as the vCPUs' do.
-                (end, queues, hosts)
-            })
-            .map_err(|e| VmmError::Device(format!("cannot start the VMM thread: {e}")))?;
+        .spawn()?;
         // No thread without an allowlist: this one's, now that it starts no more
         // threads. Unconfined it may not go on.
         if seccomp && self.confine_caller {
@@ -342,30 +311,139 @@ impl Machine {
         // Every vCPU thread has sent its result and handed back its fds.
         let stopped: Vec<_> = rx.iter().collect();
         if self.defer_teardown {
-            let mut keep = vec![self.vm.fd.as_raw_fd()];
-            keep.extend(stopped.iter().map(|(_, vcpu, _)| vcpu.fd.as_raw_fd()));
-            match crate::teardown::defer(&keep) {
-                // The mapping is shared with the helper: unmapping it here would do
-                // the work here. The process is about to exit.
-                Ok(()) => std::mem::forget(self.vm.memory.clone()),
-                Err(e) => tracing::debug!("VM teardown not deferred: {e}"),
-            }
+            defer_teardown(&self.vm, &stopped);
         }
         if let Some(sig) = signal {
             return Ok(Outcome::Signal(sig));
         }
-        let mut outcome = None;
-        for (r, _vcpu, _done) in stopped {
-            match r {
-                Err(e) => return Err(e),
-                Ok(Stopped::Reset) => outcome = Some(Outcome::Reset),
-                Ok(Stopped::Halted) => outcome = outcome.or(Some(Outcome::Halted)),
-                Ok(Stopped::Kicked) => {}
-            }
-        }
-        outcome
-            .ok_or_else(|| VmmError::UnexpectedExit("every vCPU was stopped from outside".into()))
+        outcome_of(stopped)
     }
+}
+
+/// What a vCPU thread hands back: its result, and the fds it may not close.
+type VcpuEnd = (Result<Stopped>, Vcpu, EventFd);
+
+/// What every vCPU thread shares.
+struct VcpuThreads {
+    buses: Arc<Buses>,
+    memory: GuestMemoryMmap,
+    tx: mpsc::Sender<VcpuEnd>,
+    seccomp: bool,
+    filtered: Arc<Barrier>,
+}
+
+impl VcpuThreads {
+    /// One thread per vCPU: filtered, then past the barrier, then running the guest;
+    /// each writes `done` when its vCPU stops.
+    fn spawn(self, vcpus: Vec<Vcpu>, done: &EventFd) -> Result<Vec<JoinHandle<()>>> {
+        let mut threads = Vec::new();
+        for (id, mut vcpu) in vcpus.into_iter().enumerate() {
+            let filtered = self.filtered.clone();
+            let (buses, memory, tx) = (self.buses.clone(), self.memory.clone(), self.tx.clone());
+            let seccomp = self.seccomp;
+            let done = done
+                .try_clone()
+                .map_err(|e| VmmError::Device(format!("vCPU exit eventfd: {e}")))?;
+            let thread = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    let r = if seccomp {
+                        seccomp::install_vcpu()
+                    } else {
+                        Ok(())
+                    };
+                    filtered.wait();
+                    let r = r.and_then(|()| vcpu.run(&buses, &memory));
+                    let _ = done.write(1);
+                    // Closing fds is not on the vCPU allowlist: the vCPU and the eventfd
+                    // go back to the calling thread, which drops them.
+                    let _ = tx.send((r, vcpu, done));
+                })
+                .map_err(|e| VmmError::Device(format!("cannot start a vCPU thread: {e}")))?;
+            threads.push(thread);
+        }
+        Ok(threads)
+    }
+}
+
+/// The VMM thread's share: the event loop's sources, and the vCPUs to stop at the end.
+struct VmmThread {
+    signal_fd: std::os::fd::RawFd,
+    done_fd: std::os::fd::RawFd,
+    queues: Vec<QueueNotifier>,
+    hosts: Vec<HostSource>,
+    shutdown: (Keyboard, Duration),
+    kickers: Vec<crate::vstate::vcpu::Kicker>,
+    threads: Vec<JoinHandle<()>>,
+    seccomp: bool,
+    filtered: Arc<Barrier>,
+}
+
+type VmmEnd = (Result<End>, Vec<QueueNotifier>, Vec<HostSource>);
+
+impl VmmThread {
+    /// Runs the event loop until the end, then stops and joins the vCPU threads.
+    fn spawn(self) -> Result<JoinHandle<VmmEnd>> {
+        std::thread::Builder::new()
+            .name("vmm".into())
+            .spawn(move || {
+                let VmmThread {
+                    signal_fd,
+                    done_fd,
+                    queues,
+                    mut hosts,
+                    shutdown,
+                    kickers,
+                    threads,
+                    seccomp,
+                    filtered,
+                } = self;
+                let end = if seccomp {
+                    seccomp::install_vmm()
+                } else {
+                    Ok(())
+                };
+                filtered.wait();
+                let end = end.and_then(|()| {
+                    event_loop::run(signal_fd, done_fd, &queues, &mut hosts, &shutdown)
+                });
+                for k in &kickers {
+                    k.kick();
+                }
+                for t in threads {
+                    let _ = t.join();
+                }
+                // The fds go back to be closed outside the filter, as the vCPUs' do.
+                (end, queues, hosts)
+            })
+            .map_err(|e| VmmError::Device(format!("cannot start the VMM thread: {e}")))
+    }
+}
+
+fn defer_teardown(vm: &Vm, stopped: &[VcpuEnd]) {
+    let mut keep = vec![vm.fd.as_raw_fd()];
+    keep.extend(stopped.iter().map(|(_, vcpu, _)| vcpu.fd.as_raw_fd()));
+    match crate::teardown::defer(&keep) {
+        // The mapping is shared with the helper: unmapping it here would do the work
+        // here. The process is about to exit.
+        Ok(()) => std::mem::forget(vm.memory.clone()),
+        Err(e) => tracing::debug!("VM teardown not deferred: {e}"),
+    }
+}
+
+/// The first error a vCPU stopped with (the cause: the others only saw the stop), else
+/// how the guest ended.
+fn outcome_of(stopped: Vec<VcpuEnd>) -> Result<Outcome> {
+    let mut outcome = None;
+    for (r, _vcpu, _done) in stopped {
+        match r {
+            Err(e) => return Err(e),
+            Ok(Stopped::Reset) => outcome = Some(Outcome::Reset),
+            Ok(Stopped::Halted) => outcome = outcome.or(Some(Outcome::Halted)),
+            Ok(Stopped::Kicked) => {}
+        }
+    }
+    outcome.ok_or_else(|| VmmError::UnexpectedExit("every vCPU was stopped from outside".into()))
 }
 
 /// CPU time this process has used so far, in milliseconds.

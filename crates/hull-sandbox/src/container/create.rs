@@ -122,7 +122,15 @@ fn create_proxy(req: VmCreate, foreground: bool) -> Result<Pid> {
     let limits = sandbox_limits(&bundle.spec, size);
     let (dir, mut st, mut undo) = make_state(&req, limits)?;
     let mut guest = guest;
-    if super::sizing::is_cri_sandbox(&bundle.spec) {
+    // A CRI pod's members may bring directory volumes: its VM boots with the pod's
+    // share, unless the VMM it gets has no 9p (hull-vmm chosen explicitly: its members
+    // are then refused directories by name). `auto` picks QEMU for it.
+    let shares_ok = req
+        .settings
+        .hypervisor
+        .pick(crate::hypervisor::Accel::detect(), true)
+        != super::HypervisorChoice::HullVmm;
+    if super::sizing::is_cri_sandbox(&bundle.spec) && shares_ok {
         guest.dirs.push(super::volumes::prepare(&dir.path, req.id)?);
     }
     let tty = match (terminal, req.console_socket) {

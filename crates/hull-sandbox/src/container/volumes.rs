@@ -127,7 +127,7 @@ pub fn bind_member(
     }
     let Some(pod) = pod_dir(sandbox_state) else {
         return Err(SandboxError::Vm(format!(
-            "{member}: its sandbox's VM has no pod share (only a CRI pod sandbox's has one): a member of it can bind files, not directories"
+            "{member}: its sandbox's VM has no pod share (a CRI pod sandbox's VM has one, unless hull-vmm, which has no virtio-9p, boots it): a member of it can bind files, not directories"
         )));
     };
     let made = (|| {

@@ -144,7 +144,7 @@ impl Hypervisor for HullVmm {
     }
 
     fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>> {
-        let jail = crate::jail::JailId::claim()?;
+        let jail = crate::jail::JailId::own_uid_for("hull-vmm")?;
         let json = self.config_jailed(config, Some(&jail))?;
         let dir = config
             .console_log

@@ -20,12 +20,43 @@ const SLOT_DIR: &str = "/run/hull-vm/jail-ids";
 pub struct JailId {
     pub uid: u32,
     pub gid: u32,
-    _claim: File,
+    _claim: Option<File>,
 }
 
 impl JailId {
     pub fn claim() -> Result<JailId> {
         Self::claim_in(Path::new(SLOT_DIR))
+    }
+
+    /// The ids a VMM runs as: a claimed slot as root. Rootless, the user itself, root
+    /// of the proxy's user namespace (rootless_proxy.rs), where no other id is mapped:
+    /// the VMM keeps the namespaces, the chroot or pivot, the limits and the filters,
+    /// and holds no privilege on the host.
+    pub fn for_vmm() -> Result<JailId> {
+        if hull_runtime::rootless::active() {
+            return Ok(JailId {
+                uid: 0,
+                gid: 0,
+                _claim: None,
+            });
+        }
+        Self::claim()
+    }
+
+    /// A claimed slot for a VMM that jails itself as an id of its own (`name`), which
+    /// a rootless sandbox cannot give.
+    pub fn own_uid_for(name: &str) -> Result<JailId> {
+        if hull_runtime::rootless::active() {
+            return Err(SandboxError::Rootless(format!(
+                "{name} jails itself as a uid of its own, which a rootless user's sandbox does not have: use hypervisor = \"qemu\" (or \"auto\") for rootless VMs"
+            )));
+        }
+        Self::claim()
+    }
+
+    /// Whether the VMM keeps the caller's ids (rootless).
+    pub fn is_own(&self) -> bool {
+        self._claim.is_none()
     }
 
     fn claim_in(dir: &Path) -> Result<JailId> {
@@ -45,7 +76,7 @@ impl JailId {
                 return Ok(JailId {
                     uid: id,
                     gid: id,
-                    _claim: file,
+                    _claim: Some(file),
                 });
             }
         }
@@ -64,6 +95,7 @@ impl JailId {
 /// through QEMU) file size. Only async-signal-safe system calls.
 pub fn confine_qemu(
     limit_file_size: bool,
+    own_ids: bool,
     root: Option<&crate::jail_root::JailRoot>,
 ) -> std::io::Result<()> {
     let last = || Err(std::io::Error::last_os_error());
@@ -117,10 +149,10 @@ pub fn confine_qemu(
         // The bounding set limits what QEMU, exec'd as root, starts with: what its
         // -chroot and -runas need, or with shared directories what virtio-9p's
         // passthrough needs to give files the guest's owners and modes.
-        let keep: &[u32] = if limit_file_size {
-            &KEEP_CAPS
-        } else {
-            &KEEP_CAPS_9P
+        let keep: &[u32] = match (limit_file_size, own_ids) {
+            (true, false) => &KEEP_CAPS,
+            (true, true) => &KEEP_CAPS_ROOTLESS,
+            (false, _) => &KEEP_CAPS_9P,
         };
         for cap in 0..64u32 {
             if !keep.contains(&cap) && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
@@ -136,6 +168,8 @@ pub fn confine_qemu(
 
 /// CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT: for -runas and -chroot.
 const KEEP_CAPS: [u32; 3] = [6, 7, 18];
+/// Rootless, no -runas (no other id exists in the proxy's user namespace): CAP_SYS_CHROOT.
+const KEEP_CAPS_ROOTLESS: [u32; 1] = [18];
 /// With shared directories (no -runas or -chroot: jail_root.rs pivots it) what
 /// virtio-9p's passthrough needs: CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH,
 /// CAP_FOWNER, CAP_FSETID, CAP_MKNOD.

@@ -214,12 +214,11 @@ fn jail_args(c: &VmConfig, jail: &crate::jail::JailId) -> Result<Vec<String>> {
         "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny".into(),
     ];
     if c.shares.is_empty() {
-        a.extend([
-            "-chroot".into(),
-            dir.display().to_string(),
-            "-runas".into(),
-            format!("{}:{}", jail.uid, jail.gid),
-        ]);
+        a.extend(["-chroot".into(), dir.display().to_string()]);
+        // Rootless, no other id exists in the proxy's user namespace.
+        if !jail.is_own() {
+            a.extend(["-runas".into(), format!("{}:{}", jail.uid, jail.gid)]);
+        }
     }
     Ok(a)
 }
@@ -330,7 +329,7 @@ impl Hypervisor for Qemu {
                 config.shares.len()
             )));
         }
-        let jail = crate::jail::JailId::claim()?;
+        let jail = crate::jail::JailId::for_vmm()?;
         let mut args = self.args(config);
         args.extend(jail_args(config, &jail)?);
         tracing::debug!("{} {}", self.binary.display(), args.join(" "));
@@ -342,9 +341,12 @@ impl Hypervisor for Qemu {
         } else {
             Some(jail_root(config, &self.binary)?)
         };
+        let own_ids = jail.is_own();
         // SAFETY: confine_qemu makes only async-signal-safe system calls.
         unsafe {
-            cmd.pre_exec(move || crate::jail::confine_qemu(limit_file_size, root.as_ref()));
+            cmd.pre_exec(move || {
+                crate::jail::confine_qemu(limit_file_size, own_ids, root.as_ref())
+            });
         }
         VmmProcess::spawn(
             cmd,

@@ -7,6 +7,7 @@
 //!   /etc/hostname, /run/.containerenv, a file volume) travels as a copy made at create,
 //!   up to 128 KiB each: later changes on either side are not seen by the other;
 //! - a bind at /dev/shm becomes a tmpfs: shared memory cannot cross the VM boundary;
+//! - a bind of the host's /sys (rootless specs) binds the guest's;
 //! - hooks go: prestart, createRuntime, poststart and poststop run on the host;
 //!   createContainer and startContainer, which would run in the container's
 //!   namespaces with the host's programs, are refused;
@@ -82,6 +83,12 @@ pub fn for_guest(config: &str, bundle: &Path) -> Result<GuestConfig> {
             } else {
                 bundle.join(source)
             };
+            // The host's sysfs bound in (a rootless spec's: sysfs cannot be mounted in a
+            // user namespace) is the guest's own in the VM: the host's devices are no
+            // business of the guest's, and need no share.
+            if source == Path::new("/sys") {
+                continue;
+            }
             if dest == "/dev/shm" {
                 *m = json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
                             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]});

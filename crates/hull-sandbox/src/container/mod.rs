@@ -19,6 +19,7 @@ mod pod;
 mod preserved;
 mod proxy;
 pub mod relay;
+mod rootless_proxy;
 mod sizing;
 mod volumes;
 
@@ -60,7 +61,11 @@ impl HypervisorChoice {
     /// refuses the volumes by name).
     pub fn pick(self, accel: Accel, shares_directories: bool) -> HypervisorChoice {
         match (self, accel) {
-            (HypervisorChoice::Auto, Accel::Kvm) if !shares_directories => {
+            // Rootless: QEMU, whose jail works in the proxy's user namespace of one id;
+            // hull-vmm's takes a uid of its own (an explicit choice fails there by name).
+            (HypervisorChoice::Auto, Accel::Kvm)
+                if !shares_directories && !hull_runtime::rootless::active() =>
+            {
                 HypervisorChoice::HullVmm
             }
             (HypervisorChoice::Auto, _) => HypervisorChoice::Qemu,
@@ -110,9 +115,25 @@ impl Default for VmSettings {
             vcpus: 1,
             memory_mib: 256,
             agent_timeout: Duration::from_secs(120),
-            rootfs_cache: PathBuf::from(ROOTFS_CACHE),
+            rootfs_cache: default_rootfs_cache(),
             huge_pages: false,
         }
+    }
+}
+
+/// Root's cache, or a rootless user's own: $XDG_CACHE_HOME/hull/rootfs-cache, else
+/// ~/.cache/hull/rootfs-cache (the images hold the user's files).
+fn default_rootfs_cache() -> PathBuf {
+    if !hull_runtime::rootless::active() {
+        return PathBuf::from(ROOTFS_CACHE);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    match base {
+        Some(b) => b.join("hull/rootfs-cache"),
+        None => PathBuf::from(ROOTFS_CACHE),
     }
 }
 

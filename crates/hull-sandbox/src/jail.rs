@@ -29,7 +29,7 @@ impl JailId {
     }
 
     /// The ids a VMM runs as: a claimed slot as root. Rootless, the user itself, root
-    /// of the proxy's user namespace (rootless_proxy.rs), where no other id is mapped:
+    /// of the proxy's user namespace (proxy_ns.rs), where no other id is mapped:
     /// the VMM keeps the namespaces, the chroot or pivot, the limits and the filters,
     /// and holds no privilege on the host.
     pub fn for_vmm() -> Result<JailId> {

@@ -18,15 +18,27 @@ use std::process::Output;
 struct RootlessPodman {
     user: TestUser,
     dir: PathBuf,
+    /// A /dev/kvm node of the user's own, bound over /dev/kvm for its podman (this
+    /// host's is root's only): for VM isolation.
+    kvm: Option<PathBuf>,
+    /// The runtime podman runs: bin/hull, or bin/hull-vm.
+    runtime: &'static str,
 }
 
 impl RootlessPodman {
     fn new() -> RootlessPodman {
+        Self::with(false)
+    }
+
+    /// With `kvm`, the user's podman sees a /dev/kvm node of its own from its first
+    /// call on (podman's pause process keeps the mount namespace it was started in).
+    fn with(kvm: bool) -> RootlessPodman {
         let name = unique_name();
         let user = TestUser::new(&format!("hpd{}", &name["hull-test-".len()..]), &[]);
         let dir = PathBuf::from("/tmp").join(&name);
         fs::create_dir_all(dir.join("bin")).unwrap();
         std::os::unix::fs::symlink(common::hull_bin(), dir.join("bin/hull")).unwrap();
+        std::os::unix::fs::symlink(common::hull_bin(), dir.join("bin/hull-vm")).unwrap();
         fs::write(
             dir.join("containers.conf"),
             "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
@@ -45,7 +57,28 @@ impl RootlessPodman {
             .status()
             .unwrap();
         assert!(ok.success());
-        let p = RootlessPodman { user, dir };
+        let kvm = kvm.then(|| {
+            let node = dir.join("kvm");
+            let c = std::ffi::CString::new(node.to_str().unwrap()).unwrap();
+            // SAFETY: mknod(2)/chown(2) with a NUL-terminated path; 10:232 is /dev/kvm's
+            // device, the node the user's group's.
+            unsafe {
+                assert_eq!(
+                    libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o660, libc::makedev(10, 232)),
+                    0
+                );
+                assert_eq!(libc::chown(c.as_ptr(), 0, user.gid), 0);
+                // Past the umask.
+                assert_eq!(libc::chmod(c.as_ptr(), 0o660), 0);
+            }
+            node
+        });
+        let p = RootlessPodman {
+            user,
+            dir,
+            kvm,
+            runtime: "hull",
+        };
         let out = p.podman(&[
             "import",
             &tar.display().to_string(),
@@ -58,7 +91,12 @@ impl RootlessPodman {
     fn podman(&self, args: &[&str]) -> Output {
         let home = self.user.home.display().to_string();
         let run = self.user.runtime_dir.display().to_string();
-        let runtime = self.dir.join("bin/hull").display().to_string();
+        let runtime = self
+            .dir
+            .join("bin")
+            .join(self.runtime)
+            .display()
+            .to_string();
         let mut all = vec![
             "podman".to_string(),
             "--root".into(),
@@ -74,6 +112,23 @@ impl RootlessPodman {
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         let mut cmd = self.user.command(&all);
         cmd.env("CONTAINERS_CONF", self.dir.join("containers.conf"));
+        if let Some(node) = &self.kvm {
+            let mut wrapped = std::process::Command::new("unshare");
+            wrapped
+                .args(["-m", "--propagation", "private", "sh", "-c"])
+                .arg("mount --bind \"$0\" /dev/kvm && exec \"$@\"")
+                .arg(node)
+                .arg(cmd.get_program())
+                .args(cmd.get_args())
+                .env_clear()
+                .current_dir(&self.user.home);
+            for (k, v) in cmd.get_envs() {
+                if let Some(v) = v {
+                    wrapped.env(k, v);
+                }
+            }
+            cmd = wrapped;
+        }
         cmd.output()
             .unwrap_or_else(|e| panic!("podman: {e} (scripts/install-deps installs it)"))
     }
@@ -203,4 +258,44 @@ fn rootless_podman_everyday_flow() {
         processes_of(sub.0 + 999).is_empty(),
         "a process of container uid 1000 survived"
     );
+}
+
+/// Rootless podman with `--runtime hull-vm`, for a user who may open /dev/kvm: podman
+/// runs hull as root of its user namespace, whose proxy needs no namespace of its own
+/// beyond a pid namespace; QEMU keeps the user's ids.
+#[test]
+fn rootless_podman_runs_containers_in_vms() {
+    let mut p = RootlessPodman::with(true);
+    p.runtime = "hull-vm";
+    let host = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let out = p.run(&[], &["sh", "-c", "uname -r; id -u; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert_ne!(lines[0], host.trim(), "the guest's kernel: {out:?}");
+    assert_eq!(lines[1], "0", "{out:?}");
+    let out = p.podman(&[
+        "run",
+        "-d",
+        "--name",
+        "vm",
+        "--network",
+        "none",
+        "localhost/busybox:hull",
+        "sleep",
+        "60",
+    ]);
+    assert!(out.status.success(), "run -d: {out:?}");
+    let out = p.podman(&["exec", "vm", "sh", "-c", "echo in-vm; uname -r"]);
+    assert_eq!(stdout(&out).lines().next(), Some("in-vm"), "{out:?}");
+    let out = p.podman(&["rm", "-f", "-t", "0", "vm"]);
+    assert!(out.status.success(), "rm -f: {out:?}");
+    let left: Vec<i32> = processes_of(p.user.uid)
+        .into_iter()
+        .filter(|pid| {
+            let cmd = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmd.contains("qemu") || cmd.contains("hull")
+        })
+        .collect();
+    assert!(left.is_empty(), "a proxy or VMM was left: {left:?}");
 }

@@ -35,6 +35,8 @@ impl KvmUser {
         assert_eq!(made, 0, "mknod {}", node.display());
         // SAFETY: chown(2) with the same path: the node's group is the user's.
         assert_eq!(unsafe { libc::chown(c.as_ptr(), 0, user.gid) }, 0);
+        // SAFETY: chmod(2) with the same path: 0660 past the umask.
+        assert_eq!(unsafe { libc::chmod(c.as_ptr(), 0o660) }, 0);
         KvmUser { user, dir, node }
     }
 

@@ -295,24 +295,22 @@ fn fork_proxy(
     // process: what an engine lists as the container's processes (podman top: psgo
     // reads /proc in the mount namespace of the reported pid) is the sandbox's, not
     // the host's. The hooks that run later are this process's children again.
-    let rootless = hull_runtime::rootless::active();
-    let forked = if rootless {
-        super::rootless_proxy::fork()
-    } else {
-        fork_in_new_pid_namespace()
-    };
-    let pid = match forked? {
+    // An unprivileged user has no namespace to make a pid namespace in: the proxy gets
+    // a user namespace of its own too. Root of a user namespace (rootless podman's) has
+    // what the proxy needs there.
+    let own_userns = !nix::unistd::geteuid().is_root();
+    let pid = match super::proxy_ns::fork(own_userns)? {
         ForkResult::Child => {
             drop(ours);
-            if rootless {
-                super::rootless_proxy::wait_for_maps(&theirs);
+            if own_userns {
+                super::proxy_ns::wait_for_maps(&theirs);
             }
             proxy::main(plan, theirs)
         }
         ForkResult::Parent { child } => child,
     };
-    if rootless {
-        super::rootless_proxy::map_ids(pid, &mut ours)?;
+    if own_userns {
+        super::proxy_ns::map_ids(pid, &mut ours)?;
     }
     drop(theirs);
     drop(plan);
@@ -332,22 +330,6 @@ fn fork_proxy(
         });
     }
     Ok((pid, ours))
-}
-
-/// A fork whose child is the first process of a new pid namespace, this process
-/// staying in its own.
-fn fork_in_new_pid_namespace() -> Result<ForkResult> {
-    let ours_ns = std::fs::File::open("/proc/self/ns/pid")
-        .map_err(io_err("cannot open", Path::new("/proc/self/ns/pid")))?;
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
-        .map_err(|e| SandboxError::Vm(format!("unshare a pid namespace for the proxy: {e}")))?;
-    // SAFETY: hull is single-threaded up to here (DESIGN.md); the child runs the proxy.
-    let forked = unsafe { nix::unistd::fork() };
-    if !matches!(forked, Ok(ForkResult::Child)) {
-        nix::sched::setns(&ours_ns, nix::sched::CloneFlags::CLONE_NEWPID)
-            .map_err(|e| SandboxError::Vm(format!("back to hull's pid namespace: {e}")))?;
-    }
-    forked.map_err(|e| SandboxError::Vm(format!("fork the proxy: {e}")))
 }
 
 /// The proxy's one line: "ok", or the error.

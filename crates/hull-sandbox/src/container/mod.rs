@@ -18,8 +18,8 @@ mod network;
 mod pod;
 mod preserved;
 mod proxy;
+mod proxy_ns;
 pub mod relay;
-mod rootless_proxy;
 mod sizing;
 mod volumes;
 

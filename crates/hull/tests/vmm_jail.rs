@@ -151,10 +151,8 @@ fn hull_vmm_confines_itself_before_the_guest_runs() {
     std::fs::remove_file(&secret).unwrap();
 }
 
-#[test]
-fn qemu_runs_jailed_under_a_vm_container() {
-    hull_only!();
-    let c = Bundle::new(&["sleep", "30"]).container();
+/// `run -d` of the container in a VM under QEMU; QEMU's pid (the proxy's child).
+fn run_under_qemu(c: &common::Container) -> u32 {
     let dir = c.dir();
     let out = c.hull_with(
         &["run", "-d", "--isolation", "vm", "--bundle", &dir, &c.id],
@@ -166,7 +164,14 @@ fn qemu_runs_jailed_under_a_vm_container() {
     let state: serde_json::Value = serde_json::from_str(&c.hull(&["state", &c.id]).stdout).unwrap();
     let proxy = state["pid"].as_u64().unwrap();
     let children = std::fs::read_to_string(format!("/proc/{proxy}/task/{proxy}/children")).unwrap();
-    let qemu: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    children.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn qemu_runs_jailed_under_a_vm_container() {
+    hull_only!();
+    let c = Bundle::new(&["sleep", "30"]).container();
+    let qemu = run_under_qemu(&c);
     let uid: u32 = status(qemu, "Uid")
         .split(' ')
         .next()
@@ -204,18 +209,7 @@ fn qemu_that_shares_a_directory_is_pivoted_into_a_root_of_its_files() {
     std::fs::create_dir_all(&vol).unwrap();
     let secret = c.bundle.dir.join("secret");
     std::fs::write(&secret, "not for the VMM\n").unwrap();
-    let dir = c.dir();
-    let out = c.hull_with(
-        &["run", "-d", "--isolation", "vm", "--bundle", &dir, &c.id],
-        |cmd| {
-            cmd.env("HULL_HYPERVISOR", "qemu");
-        },
-    );
-    assert_eq!(out.code, 0, "{out:?}");
-    let state: serde_json::Value = serde_json::from_str(&c.hull(&["state", &c.id]).stdout).unwrap();
-    let proxy = state["pid"].as_u64().unwrap();
-    let children = std::fs::read_to_string(format!("/proc/{proxy}/task/{proxy}/children")).unwrap();
-    let qemu: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let qemu = run_under_qemu(&c);
     let _kill = KillOnPanic(qemu);
     let root = format!("/proc/{qemu}/root");
     let list = |p: &str| -> Vec<String> {

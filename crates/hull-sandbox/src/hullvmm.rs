@@ -162,6 +162,7 @@ impl Hypervisor for HullVmm {
             ShutdownRequest::Sigterm,
             Some(jail),
         )
+        .map(|vm| vm as Box<dyn Vm>)
     }
 }
 

@@ -30,7 +30,7 @@ impl JailId {
 
     /// The ids a VMM runs as: a claimed slot as root. Rootless, the user itself, root
     /// of the proxy's user namespace (proxy_ns.rs), where no other id is mapped:
-    /// the VMM keeps the namespaces, the chroot or pivot, the limits and the filters,
+    /// the VMM keeps the namespaces, the chroot, the limits and the filters,
     /// and holds no privilege on the host.
     pub fn for_vmm() -> Result<JailId> {
         if hull_runtime::rootless::active() {
@@ -89,15 +89,10 @@ impl JailId {
 
 /// What the QEMU child does between fork and exec, on top of hull's usual: new mount,
 /// IPC, UTS and network namespaces (QEMU gets its taps as fds and talks over Unix
-/// sockets, which need none of the host's), a private mount tree (a slave one with
-/// shared directories), and limits on open
-/// files, processes and (without shared directories, whose files the guest writes
-/// through QEMU) file size. Only async-signal-safe system calls.
-pub fn confine_qemu(
-    limit_file_size: bool,
-    own_ids: bool,
-    root: Option<&crate::jail_root::JailRoot>,
-) -> std::io::Result<()> {
+/// sockets, which need none of the host's), a private mount tree, and limits on open
+/// files, processes and file size (its files are its console log; shared directories
+/// are the 9p helpers'). Only async-signal-safe system calls.
+pub fn confine_qemu(own_ids: bool) -> std::io::Result<()> {
     let last = || Err(std::io::Error::last_os_error());
     // SAFETY: plain system calls on the child between fork and exec; the pointers are
     // static C strings or null.
@@ -108,36 +103,26 @@ pub fn confine_qemu(
             return last();
         }
         let none = std::ptr::null();
-        // With shared directories a slave: a pod's volumes are bound under its share
-        // on the host after the VM booted, and must reach QEMU's view of it.
-        let propagation = if limit_file_size {
-            libc::MS_PRIVATE
-        } else {
-            libc::MS_SLAVE
-        };
         if libc::mount(
             none,
             c"/".as_ptr(),
             none,
-            libc::MS_REC | propagation,
+            libc::MS_REC | libc::MS_PRIVATE,
             none.cast(),
         ) != 0
         {
             return last();
         }
-        if let Some(root) = root {
-            root.enter()?;
-        }
-        // No allocation here: a fixed table, the file size only where it is limited.
+        // No allocation here: a fixed table.
         let limits = [
-            Some((libc::RLIMIT_NOFILE, 4096)),
-            Some((libc::RLIMIT_NPROC, 1024)),
-            limit_file_size.then_some((libc::RLIMIT_FSIZE, 64 << 20)),
+            (libc::RLIMIT_NOFILE, 4096),
+            (libc::RLIMIT_NPROC, 1024),
+            (libc::RLIMIT_FSIZE, 64 << 20),
         ];
-        if limit_file_size && libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR {
+        if libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR {
             return last();
         }
-        for (resource, value) in limits.into_iter().flatten() {
+        for (resource, value) in limits {
             let l = libc::rlimit {
                 rlim_cur: value,
                 rlim_max: value,
@@ -147,12 +132,11 @@ pub fn confine_qemu(
             }
         }
         // The bounding set limits what QEMU, exec'd as root, starts with: what its
-        // -chroot and -runas need, or with shared directories what virtio-9p's
-        // passthrough needs to give files the guest's owners and modes.
-        let keep: &[u32] = match (limit_file_size, own_ids) {
-            (true, false) => &KEEP_CAPS,
-            (true, true) => &KEEP_CAPS_ROOTLESS,
-            (false, _) => &KEEP_CAPS_9P,
+        // -chroot and -runas need.
+        let keep: &[u32] = if own_ids {
+            &KEEP_CAPS_ROOTLESS
+        } else {
+            &KEEP_CAPS
         };
         for cap in 0..64u32 {
             if !keep.contains(&cap) && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
@@ -170,10 +154,6 @@ pub fn confine_qemu(
 const KEEP_CAPS: [u32; 3] = [6, 7, 18];
 /// Rootless, no -runas (no other id exists in the proxy's user namespace): CAP_SYS_CHROOT.
 const KEEP_CAPS_ROOTLESS: [u32; 1] = [18];
-/// With shared directories (no -runas or -chroot: jail_root.rs pivots it) what
-/// virtio-9p's passthrough needs: CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH,
-/// CAP_FOWNER, CAP_FSETID, CAP_MKNOD.
-const KEEP_CAPS_9P: [u32; 6] = [0, 1, 2, 3, 4, 27];
 
 #[cfg(test)]
 mod tests {

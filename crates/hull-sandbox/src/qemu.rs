@@ -1,6 +1,7 @@
 //! QEMU `-M microvm` (Debian's qemu-system-x86) as a Hypervisor: KVM where it is usable,
 //! TCG elsewhere. The agent's channel is a named virtio-serial port on a Unix socket chardev.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,7 +45,8 @@ impl Default for Qemu {
 }
 
 impl Qemu {
-    pub fn args(&self, c: &VmConfig) -> Vec<String> {
+    /// QEMU's arguments; `share_fds` are the 9p helpers' sockets, one per share.
+    pub fn args(&self, c: &VmConfig, share_fds: &[i32]) -> Vec<String> {
         let accel = match c.accel {
             Accel::Kvm => "kvm",
             // TCG's translation cache grows to 1 GiB: a sandbox's settled at 37 MiB of
@@ -97,7 +99,7 @@ impl Qemu {
             "-monitor".into(),
             format!("unix:{},server=on,wait=off", monitor_socket(c).display()),
         ]);
-        a.extend(device_args(c));
+        a.extend(device_args(c, share_fds));
         a
     }
 }
@@ -128,7 +130,7 @@ impl Qemu {
 }
 
 /// The virtio devices: the agent's channel, then disks, shared directories, taps.
-fn device_args(c: &VmConfig) -> Vec<String> {
+fn device_args(c: &VmConfig, share_fds: &[i32]) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     match &c.transport {
         // A named port, not a console: QEMU drops what a virtconsole's guest writes
@@ -168,13 +170,12 @@ fn device_args(c: &VmConfig) -> Vec<String> {
             d.serial
         ));
     }
-    for (i, d) in c.shares.iter().enumerate() {
-        // passthrough: the guest's owners and modes are the host's, as a bind mount
-        // would show them.
+    for ((i, d), fd) in c.shares.iter().enumerate().zip(share_fds) {
+        // Through the helper (fs_helper.rs), which gives the guest's files the host's
+        // owners and modes, as a bind mount would show them.
         a.push("-fsdev".into());
         a.push(format!(
-            "local,id=fs{i},path={},security_model=passthrough,multidevs=remap{}",
-            d.path.display(),
+            "proxy,id=fs{i},sock_fd={fd}{}",
             if d.readonly { ",readonly=on" } else { "" }
         ));
         a.push("-device".into());
@@ -197,11 +198,9 @@ fn device_args(c: &VmConfig) -> Vec<String> {
 /// and becomes the sandbox's own uid (`-chroot`, `-runas`), under its own seccomp
 /// filter (`-sandbox`). `elevateprivileges=allow`: QEMU 7.2 installs the filter before
 /// it drops to `-runas`'s uid, and `deny` kills it at that setuid; after it, with no
-/// capabilities and no_new_privs, no set*id call can raise it again. A VM with shared
-/// directories keeps uid 0 and the host's tree (filtered, in its namespaces, with the
-/// bounding set of `jail::KEEP_CAPS_9P`): virtio-9p opens the shared paths as the
-/// guest asks, and its passthrough model gives guest files the host's owners and
-/// modes, which only root can set and read.
+/// capabilities and no_new_privs, no set*id call can raise it again. Shared
+/// directories change none of it: their file operations are the 9p helpers'
+/// (fs_helper.rs).
 fn jail_args(c: &VmConfig, jail: &crate::jail::JailId) -> Result<Vec<String>> {
     let dir = c
         .console_log
@@ -213,76 +212,13 @@ fn jail_args(c: &VmConfig, jail: &crate::jail::JailId) -> Result<Vec<String>> {
         "-sandbox".to_string(),
         "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny".into(),
     ];
-    if c.shares.is_empty() {
-        a.extend(["-chroot".into(), dir.display().to_string()]);
-        // Rootless, no other id exists in the proxy's user namespace.
-        if !jail.is_own() {
-            a.extend(["-runas".into(), format!("{}:{}", jail.uid, jail.gid)]);
-        }
+    // Shares too: QEMU reaches them only through the helpers' sockets.
+    a.extend(["-chroot".into(), dir.display().to_string()]);
+    // Rootless, no other id exists in the proxy's user namespace.
+    if !jail.is_own() {
+        a.extend(["-runas".into(), format!("{}:{}", jail.uid, jail.gid)]);
     }
     Ok(a)
-}
-
-/// The root a QEMU that shares directories is pivoted into (jail_root.rs): the files
-/// it opens, each at its own path, and nothing else of the host's.
-fn jail_root(c: &VmConfig, binary: &Path) -> Result<crate::jail_root::JailRoot> {
-    use crate::jail_root::{Access, JailRoot};
-    let cwd = std::env::current_dir().map_err(crate::error::io_err("cannot resolve", "."))?;
-    let vm_dir = match c.console_log.parent() {
-        Some(p) if !p.as_os_str().is_empty() => cwd.join(p),
-        _ => cwd.clone(),
-    };
-    let mut entries: Vec<(PathBuf, Access)> = vec![(PathBuf::from("/usr"), Access::ReadOnlyExec)];
-    for link in ["/lib", "/lib64", "/bin", "/sbin"] {
-        if Path::new(link).symlink_metadata().is_ok() {
-            entries.push((link.into(), Access::ReadOnlyExec));
-        }
-    }
-    if let Some(found) = find_binary(binary).filter(|b| !b.starts_with("/usr/")) {
-        entries.push((found, Access::ReadOnlyExec));
-    }
-    let mut devices = vec!["/dev/null", "/dev/zero", "/dev/urandom"];
-    if c.accel == Accel::Kvm {
-        devices.push("/dev/kvm");
-    }
-    if matches!(c.transport, Transport::Vsock { .. }) {
-        devices.push("/dev/vhost-vsock");
-    }
-    entries.extend(devices.into_iter().map(|d| (d.into(), Access::Device)));
-    // 9p's passthrough sets a new file's mode through /proc/self/fd (fchmodat does not
-    // take AT_SYMLINK_NOFOLLOW): the proxy's /proc, which shows the sandbox's pid
-    // namespace only.
-    entries.push(("/proc".into(), Access::ReadOnly));
-    if Path::new("/etc/ld.so.cache").exists() {
-        entries.push(("/etc/ld.so.cache".into(), Access::ReadOnly));
-    }
-    entries.push((vm_dir.clone(), Access::ReadWrite));
-    entries.push((cwd.join(&c.kernel), Access::ReadOnly));
-    entries.push((cwd.join(&c.initramfs), Access::ReadOnly));
-    for d in &c.disks {
-        let access = if d.readonly {
-            Access::ReadOnly
-        } else {
-            Access::ReadWrite
-        };
-        entries.push((cwd.join(&d.path), access));
-    }
-    for s in &c.shares {
-        let readonly = s.readonly;
-        entries.push((cwd.join(&s.path), Access::Share { readonly }));
-    }
-    JailRoot::plan(&vm_dir.join("jail"), &cwd, &entries)
-}
-
-/// `binary` as exec would find it on PATH.
-fn find_binary(binary: &Path) -> Option<PathBuf> {
-    if binary.components().count() > 1 {
-        return std::path::absolute(binary).ok();
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(binary))
-        .find(|p| p.is_file())
 }
 
 /// The name the agent looks for among the guest's virtio-serial ports.
@@ -330,31 +266,39 @@ impl Hypervisor for Qemu {
             )));
         }
         let jail = crate::jail::JailId::for_vmm()?;
-        let mut args = self.args(config);
+        // Every helper before any socket end is inheritable: none holds another's.
+        let helpers = config
+            .shares
+            .iter()
+            .map(|s| crate::fs_helper::start(&s.path))
+            .collect::<Result<Vec<_>>>()?;
+        for h in &helpers {
+            h.inheritable()?;
+        }
+        let fds: Vec<i32> = helpers.iter().map(|h| h.qemu_end.as_raw_fd()).collect();
+        let mut args = self.args(config, &fds);
         args.extend(jail_args(config, &jail)?);
         tracing::debug!("{} {}", self.binary.display(), args.join(" "));
         let mut cmd = Command::new(&self.binary);
         cmd.args(&args);
-        let limit_file_size = config.shares.is_empty();
-        let root = if limit_file_size {
-            None
-        } else {
-            Some(jail_root(config, &self.binary)?)
-        };
         let own_ids = jail.is_own();
         // SAFETY: confine_qemu makes only async-signal-safe system calls.
         unsafe {
-            cmd.pre_exec(move || {
-                crate::jail::confine_qemu(limit_file_size, own_ids, root.as_ref())
-            });
+            cmd.pre_exec(move || crate::jail::confine_qemu(own_ids));
         }
-        VmmProcess::spawn(
+        let vm = VmmProcess::spawn(
             cmd,
             "QEMU",
             "apt-get install qemu-system-x86",
             ShutdownRequest::QemuMonitor(monitor_socket(config)),
             Some(jail),
-        )
+        );
+        // QEMU holds the sockets now (or failed to start: the helpers see EOF).
+        let children = helpers.into_iter().map(|h| h.child).collect();
+        vm.map(|mut vm| {
+            vm.adopt_helpers(children);
+            vm as Box<dyn Vm>
+        })
     }
 }
 
@@ -399,7 +343,7 @@ mod tests {
         let serial = Transport::Serial {
             socket: "/s.sock".into(),
         };
-        let args = q.args(&config(Accel::Tcg, serial));
+        let args = q.args(&config(Accel::Tcg, serial), &[]);
         assert_eq!(after(&args, "-cpu"), ["max,-erms"]);
         assert_eq!(after(&args, "-accel"), ["tcg,tb-size=32"]);
         assert_eq!(after(&args, "-m"), ["96M"]);
@@ -429,7 +373,7 @@ mod tests {
             tsc_khz: Some(2_000_000),
         };
         let vsock = Transport::Vsock { cid: 7, port: 1024 };
-        let args = q.args(&config(Accel::Kvm, vsock));
+        let args = q.args(&config(Accel::Kvm, vsock), &[]);
         assert_eq!(after(&args, "-cpu"), ["host"]);
         let cmdline = after(&args, "-append")[0];
         assert!(!cmdline.contains("tsc_early_khz"), "{cmdline}");

@@ -18,6 +18,22 @@ pub struct VmmProcess {
     shutdown: ShutdownRequest,
     /// The uid and gid the VMM runs as, held while it may still run.
     _jail: Option<crate::jail::JailId>,
+    /// Processes that serve the VMM (QEMU's 9p helpers): they end with it.
+    helpers: Vec<Child>,
+}
+
+impl VmmProcess {
+    /// `helpers` end when the VMM ends.
+    pub fn adopt_helpers(&mut self, helpers: Vec<Child>) {
+        self.helpers.extend(helpers);
+    }
+
+    fn end_helpers(&mut self) {
+        for mut h in self.helpers.drain(..) {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+    }
 }
 
 /// How the VMM is asked to give the guest Ctrl-Alt-Del.
@@ -38,7 +54,7 @@ impl VmmProcess {
         install: &str,
         shutdown: ShutdownRequest,
         jail: Option<crate::jail::JailId>,
-    ) -> Result<Box<dyn Vm>> {
+    ) -> Result<Box<VmmProcess>> {
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -66,6 +82,7 @@ impl VmmProcess {
             stderr: None,
             shutdown,
             _jail: jail,
+            helpers: Vec::new(),
         }))
     }
 }
@@ -95,6 +112,7 @@ impl Vm for VmmProcess {
                     self.stderr = Some(err.trim().to_string());
                 }
                 self.child = None;
+                self.end_helpers();
                 return Ok(Some(status.code().unwrap_or(-1)));
             }
             if Instant::now() >= deadline {
@@ -133,6 +151,7 @@ impl Vm for VmmProcess {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.end_helpers();
     }
 }
 

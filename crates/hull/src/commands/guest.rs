@@ -54,7 +54,7 @@ pub fn qemu_args(kernel: String, initramfs: String, socket: String, log: String)
         nets: vec![],
         shares: vec![],
     };
-    for arg in hull_sandbox::qemu::Qemu::default().args(&config) {
+    for arg in hull_sandbox::qemu::Qemu::default().args(&config, &[]) {
         super::out(&format!("{arg}\n"))?;
     }
     Ok(0)

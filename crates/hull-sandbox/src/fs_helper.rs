@@ -58,14 +58,15 @@ pub fn start(dir: &Path) -> Result<FsHelper> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: between fork and exec: dup2 (which leaves the copy inheritable), prctl
-    // and unshare, all async-signal-safe.
+    // SAFETY: between fork and exec: dup2 (which leaves the copy inheritable),
+    // close_range, prctl and unshare, all async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
             // Nothing of the proxy's but its socket: a tap it held would outlive QEMU.
             if libc::dup2(fd, 3) < 0
                 || libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) != 0
                 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
                 || libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) != 0
             {
                 return Err(std::io::Error::last_os_error());

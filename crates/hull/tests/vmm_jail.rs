@@ -244,6 +244,13 @@ fn qemu_that_shares_a_directory_is_jailed_and_its_helper_chrooted_into_the_share
         std::fs::read_link(format!("/proc/{helper}/ns/net")).unwrap(),
         mine
     );
+    let helper_pid: u32 = helper.parse().unwrap();
+    assert_eq!(status(helper_pid, "NoNewPrivs"), "1");
+    assert_eq!(
+        status(helper_pid, "CapBnd"),
+        "0000000000000000",
+        "it empties its bounding set"
+    );
     let out = c.hull(&[
         "exec",
         &c.id,

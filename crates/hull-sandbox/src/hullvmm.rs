@@ -111,7 +111,7 @@ impl HullVmm {
             "net": net,
             "free_page_reporting": true,
             "hugepages": if self.huge_pages { "transparent" } else { "none" },
-            "jail": jail.map(|j| serde_json::json!({"root": jail_root(c), "uid": j.uid, "gid": j.gid})),
+            "jail": jail.map(|j| serde_json::json!({"root": jail_root(c), "uid": j.uid, "gid": j.gid, "keep_ids": j.is_own()})),
         }))
     }
 }
@@ -144,7 +144,7 @@ impl Hypervisor for HullVmm {
     }
 
     fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>> {
-        let jail = crate::jail::JailId::own_uid_for("hull-vmm")?;
+        let jail = crate::jail::JailId::for_vmm()?;
         let json = self.config_jailed(config, Some(&jail))?;
         let dir = config
             .console_log

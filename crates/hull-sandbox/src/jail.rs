@@ -43,17 +43,6 @@ impl JailId {
         Self::claim()
     }
 
-    /// A claimed slot for a VMM that jails itself as an id of its own (`name`), which
-    /// a rootless sandbox cannot give.
-    pub fn own_uid_for(name: &str) -> Result<JailId> {
-        if hull_runtime::rootless::active() {
-            return Err(SandboxError::Rootless(format!(
-                "{name} jails itself as a uid of its own, which a rootless user's sandbox does not have: use hypervisor = \"qemu\" (or \"auto\") for rootless VMs"
-            )));
-        }
-        Self::claim()
-    }
-
     /// Whether the VMM keeps the caller's ids (rootless).
     pub fn is_own(&self) -> bool {
         self._claim.is_none()

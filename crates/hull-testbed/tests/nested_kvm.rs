@@ -61,6 +61,24 @@ fn scratch_files(hull: &Path) -> (Scratch, Vec<String>) {
     c["process"]["args"] = serde_json::json!(["sh", "-c", "uname -r; exit 7"]);
     std::fs::write(&path, c.to_string()).unwrap();
     files.extend(["config.json".to_string(), "vm.json".to_string()]);
+    // The rootless spec for L1's user, whose ids L1 fills in for the placeholder.
+    let rootless = dir.join("rootless");
+    std::fs::create_dir_all(&rootless).unwrap();
+    let spec = std::process::Command::new(hull)
+        .args(["spec", "--rootless"])
+        .current_dir(&rootless)
+        .status()
+        .unwrap();
+    assert!(spec.success(), "hull spec --rootless: {spec}");
+    let mut r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rootless.join("config.json")).unwrap()).unwrap();
+    r["process"]["terminal"] = false.into();
+    r["process"]["args"] = serde_json::json!(["sh", "-c", "uname -r; id -u; exit 7"]);
+    for (map, id) in [("uidMappings", ROOTLESS_UID), ("gidMappings", ROOTLESS_GID)] {
+        r["linux"][map] = serde_json::json!([{"containerID": 0, "hostID": id, "size": 1}]);
+    }
+    std::fs::write(dir.join("config-rootless.json"), r.to_string()).unwrap();
+    files.push("config-rootless.json".to_string());
     // hull's own cmdline (BASE_CMDLINE): each port access of L2 is a nested VM exit,
     // costly under TCG, so no console chatter and no i8042 AUX probe (14 s with it, 4 s
     // without). The agent gets a virtio console to serve on (no one connects to it).
@@ -109,6 +127,23 @@ echo memory.max $(hull exec t1 cat /sys/fs/cgroup/memory.max)
 hull kill t1 TERM; stopped t1; echo TERM stopped it; hull delete t1
 hull run -d --isolation vm --bundle /tmp/t t2
 hull kill t2 KILL; stopped t2; echo KILL stopped it; hull delete t2";
+
+/// The ids in config-rootless.json that L1 replaces with its user's.
+const ROOTLESS_UID: u32 = 4242424;
+const ROOTLESS_GID: u32 = 4242425;
+
+/// A user (uid and gid 1000, the group of /dev/kvm; L1 has no user database) runs a VM
+/// container under hull-vmm without root: the
+/// proxy is root of a user namespace mapping only the user, and hull-vmm keeps those
+/// ids in its jail and clears its capabilities (`keep_ids`).
+const VMM_ROOTLESS: &str = "set -e
+chown 0:1000 /dev/kvm; chmod 0660 /dev/kvm
+mkdir -p /run/user/1000 /tmp/rhome; chown 1000:1000 /run/user/1000 /tmp/rhome; chmod 700 /run/user/1000
+rm -rf /tmp/rb; mkdir -p /tmp/rb; cp -a /tmp/b/rootfs /tmp/rb/
+sed -e s/4242424/1000/ -e s/4242425/1000/ /testbed/files/config-rootless.json > /tmp/rb/config.json
+chown -R 1000:1000 /tmp/rb
+cd /tmp/rb
+/usr/bin/setpriv --reuid 1000 --regid 1000 --clear-groups env -i HOME=/tmp/rhome XDG_RUNTIME_DIR=/run/user/1000 PATH=$PATH HULL_HYPERVISOR=hull-vmm hull --isolation vm run --bundle /tmp/rb r1";
 
 /// Boots the guest with `hull vmm`, waits for its agent to serve, and sends SIGTERM.
 const VMM_BOOT_AND_SIGTERM: &str = "hull vmm --config /testbed/files/vm.json >/tmp/vmm.out 2>&1 &
@@ -177,6 +212,8 @@ fn hull_runs_guests_on_nested_kvm() {
     for f in files {
         opts.files.push((scratch.0.join(&f), f));
     }
+    // The rootless check's change of ids (L1 has busybox, whose tools want names).
+    opts.tools.push("/usr/bin/setpriv".into());
     // The engine's end of --console-socket, for the terminal checks.
     opts.files.push((
         env!("CARGO_BIN_EXE_hull-testbed-console").into(),
@@ -286,6 +323,18 @@ fn vm_checks(c: &mut Checks) {
             }
         });
     }
+    c.check("rootless hull run", VMM_ROOTLESS, 90, |o| {
+        exit_is(o, 7)?;
+        let lines: Vec<&str> = o.output.lines().collect();
+        let i = lines
+            .iter()
+            .position(|l| l.starts_with("6.1"))
+            .ok_or("no guest kernel release in the output")?;
+        match lines.get(i + 1) {
+            Some(&"0") => Ok(()),
+            other => Err(format!("the container's uid: {other:?}, not 0")),
+        }
+    });
     c.check("container verbs", VMM_CONTAINER_VERBS, 240, |o| {
         exit_is(o, 0)?;
         let want = "stdio byte-exact\nmemory.max max\nmemory.max 33554432\nTERM stopped it\nKILL stopped it\n";

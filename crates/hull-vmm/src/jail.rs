@@ -25,9 +25,15 @@ use crate::error::{Result, VmmError};
 pub struct JailConfig {
     /// The directory that becomes `/`.
     pub root: PathBuf,
-    /// Neither may be 0.
+    /// Neither may be 0, unless `keep_ids`.
     pub uid: u32,
     pub gid: u32,
+    /// Rootless: the VMM runs as root of a user namespace that maps only the user
+    /// (hull's rootless proxy), where no other id exists to become. It keeps its ids and
+    /// clears its capabilities instead, and leaves RLIMIT_NPROC alone (it would count
+    /// the user's processes host-wide). Refused outside such a namespace.
+    #[serde(default)]
+    pub keep_ids: bool,
 }
 
 /// Open files: the VM's own (a few per device, one per vsock connection) with room.
@@ -50,7 +56,13 @@ fn cstr(p: &Path) -> Result<CString> {
 /// Confines the calling process as `config` says. Only while it is single-threaded:
 /// a new mount namespace needs a filesystem context of its own.
 pub fn enter(config: &JailConfig) -> Result<()> {
-    if config.uid == 0 || config.gid == 0 {
+    if config.keep_ids {
+        if !in_a_one_id_user_namespace() {
+            return Err(VmmError::Jail(
+                "keep_ids is for root of a user namespace that maps one id (rootless)".into(),
+            ));
+        }
+    } else if config.uid == 0 || config.gid == 0 {
         return Err(VmmError::Jail("uid and gid 0 are not a jail".into()));
     }
     let root = std::fs::canonicalize(&config.root)
@@ -119,16 +131,81 @@ pub fn enter(config: &JailConfig) -> Result<()> {
             return Err(fail("sethostname"));
         }
     }
-    limits()?;
+    limits(!config.keep_ids)?;
+    if config.keep_ids {
+        return clear_capabilities();
+    }
     drop_privileges(config.uid, config.gid)
 }
 
-fn limits() -> Result<()> {
-    for (resource, value, what) in [
+/// Whether this process is root of a user namespace whose uid map is one line of one id.
+fn in_a_one_id_user_namespace() -> bool {
+    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && fields.len() == 3 && fields[0] == "0" && fields[2] == "1"
+}
+
+/// Rootless: the bounding set emptied, no capability left in any set, no_new_privs.
+fn clear_capabilities() -> Result<()> {
+    // linux/capability.h: _LINUX_CAPABILITY_VERSION_3, two 32-bit words per set.
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: prctl with integer arguments; capset reads the header and the two data
+    // words, which live for the call.
+    unsafe {
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                break;
+            }
+        }
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(fail("clear the ambient capabilities"));
+        }
+        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
+            return Err(fail("capset"));
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(fail("no_new_privs"));
+        }
+    }
+    Ok(())
+}
+
+fn limits(nproc: bool) -> Result<()> {
+    let all = [
         (libc::RLIMIT_NOFILE, NOFILE, "RLIMIT_NOFILE"),
         (libc::RLIMIT_FSIZE, FSIZE, "RLIMIT_FSIZE"),
         (libc::RLIMIT_NPROC, NPROC, "RLIMIT_NPROC"),
-    ] {
+    ];
+    for (resource, value, what) in all.into_iter().take(if nproc { 3 } else { 2 }) {
         let limit = libc::rlimit {
             rlim_cur: value,
             rlim_max: value,
@@ -171,4 +248,24 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_ids_is_refused_outside_a_one_id_user_namespace() {
+        // The test runs as root of the host's namespace (or as a user): either way not
+        // root of a namespace that maps one id, and enter() refuses before it changes
+        // anything.
+        let config = JailConfig {
+            root: "/nonexistent".into(),
+            uid: 0,
+            gid: 0,
+            keep_ids: true,
+        };
+        let e = enter(&config).unwrap_err().to_string();
+        assert!(e.contains("keep_ids"), "{e}");
+    }
 }

@@ -199,29 +199,3 @@ fn a_rootless_vms_proxy_and_vmm_hold_nothing_of_the_host() {
     assert_eq!(left_of(k.user.uid), Vec::<String>::new(), "processes left");
     assert!(!k.user.runtime_dir.join("hull/rv2").exists(), "state left");
 }
-
-/// hull-vmm jails itself as a uid of its own, which a user namespace of one id does
-/// not have: asked for by name, it is refused by name, and nothing is left.
-#[test]
-fn hull_vmm_asked_for_rootless_is_refused_by_name() {
-    hull_only!();
-    let k = KvmUser::new();
-    let bundle = k.bundle(&["true"]);
-    let dir = bundle.display().to_string();
-    let bin = common::hull_bin();
-    let args = [
-        "env",
-        "HULL_HYPERVISOR=hull-vmm",
-        bin.as_str(),
-        "--isolation",
-        "vm",
-        "run",
-        "--bundle",
-        &dir,
-        "rv3",
-    ];
-    let out = k.run(&args);
-    out.assert_error("hull-vmm rootless", &["hull-vmm", "uid of its own", "qemu"]);
-    assert!(!k.user.runtime_dir.join("hull/rv3").exists(), "state left");
-    assert_eq!(left_of(k.user.uid), Vec::<String>::new(), "processes left");
-}

@@ -61,11 +61,7 @@ impl HypervisorChoice {
     /// refuses the volumes by name).
     pub fn pick(self, accel: Accel, shares_directories: bool) -> HypervisorChoice {
         match (self, accel) {
-            // Rootless: QEMU, whose jail works in the proxy's user namespace of one id;
-            // hull-vmm's takes a uid of its own (an explicit choice fails there by name).
-            (HypervisorChoice::Auto, Accel::Kvm)
-                if !shares_directories && !hull_runtime::rootless::active() =>
-            {
+            (HypervisorChoice::Auto, Accel::Kvm) if !shares_directories => {
                 HypervisorChoice::HullVmm
             }
             (HypervisorChoice::Auto, _) => HypervisorChoice::Qemu,

@@ -10,7 +10,8 @@
 //! whoever holds the mount: it is keyed by its whole tree (image.rs), and left out
 //! while empty, as it is when a snapshotter has just made it. A rootfs that is not an
 //! overlay, or one whose layers cannot be named (relative lowerdirs, data-only
-//! layers, more than [`MAX_LAYERS`]), is imaged whole as before.
+//! layers, more than [`MAX_LAYERS`]) or mean something only with an overlay feature
+//! (metacopy, redirect_dir, userxattr), is imaged whole as before.
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -180,6 +181,11 @@ pub fn layers_from_options(options: &str) -> Option<OverlayLayers> {
             "upperdir" => upper = Some(PathBuf::from(unescape(value))),
             // Lower layers added one by one: their paths are not shown as one list.
             "lowerdir+" | "datadir+" => return None,
+            // Layers whose meaning needs the same overlay features in the guest: files
+            // whose data is in another layer, renamed directories, and the user.*
+            // xattrs of a rootless overlay. Imaged whole instead.
+            "metacopy" | "redirect_dir" if value == "on" => return None,
+            "userxattr" => return None,
             _ => {}
         }
     }
@@ -216,6 +222,15 @@ mod tests {
             "relative"
         );
         assert_eq!(layers_from_options("rw,relatime"), None);
+        for feature in ["metacopy=on", "redirect_dir=on", "userxattr"] {
+            let with = format!("lowerdir={0}/2:{0}/1,{feature}", d.display());
+            assert_eq!(layers_from_options(&with), None, "{feature}");
+        }
+        let off = format!(
+            "lowerdir={0}/2:{0}/1,metacopy=off,redirect_dir=nofollow",
+            d.display()
+        );
+        assert!(layers_from_options(&off).is_some());
         std::fs::remove_dir_all(&d).unwrap();
     }
 

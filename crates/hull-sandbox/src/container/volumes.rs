@@ -34,10 +34,11 @@ fn sys(what: String) -> impl FnOnce(nix::Error) -> SandboxError {
 /// At a CRI pod sandbox's create: its pod directory, made, recorded and shared.
 pub fn prepare(state_dir: &Path, id: &str) -> Result<SharedDir> {
     let dir = PathBuf::from(ROOT).join(format!("{id}.{:016x}", crate::random_u64()));
-    std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+    // Recorded first: a create killed at any point leaves what `delete` finds.
     let record = state_dir.join(RECORD);
     std::fs::write(&record, dir.as_os_str().as_encoded_bytes())
         .map_err(io_err("cannot write", &record))?;
+    std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
     let bind = mount(
         Some(&dir),
         &dir,
@@ -87,8 +88,11 @@ pub fn remove(sandbox_state: &Path) {
     for member in entries(&dir) {
         unbind_dir(&member);
     }
-    if let Err(e) = std::fs::remove_dir(&dir) {
-        tracing::warn!("{} stays: {e}", dir.display());
+    match std::fs::remove_dir(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("{} stays: {e}", dir.display())
+        }
+        _ => {}
     }
     let _ = std::fs::remove_file(sandbox_state.join(RECORD));
 }

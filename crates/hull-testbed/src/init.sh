@@ -19,18 +19,31 @@ done
 chan=/dev/ttyS1
 # Raw: no echo, no line-length limit, no newline translation either way.
 stty -F "$chan" raw -echo
-exec 3<>"$chan"
-echo "@@hull-testbed ready $(uname -r) $(cut -d' ' -f1 /proc/uptime)" >&3
-while read -r id secs cmd <&3; do
-    echo "$cmd" | base64 -d >/tmp/.testbed-cmd
-    # KILL: a command that ignores TERM must not hold up the checks after it. The
-    # channel stays init's alone: a command (or what it leaves running) that held fd 3
-    # could take bytes of the next command line (seen once: L1 read the tail of a line).
-    timeout -s KILL "$secs" sh /tmp/.testbed-cmd </dev/null >/tmp/.testbed-out 2>&1 3>&-
-    rc=$?
-    echo "@@hull-testbed begin $id" >&3
-    base64 /tmp/.testbed-out >&3
-    echo "@@hull-testbed end $id $rc" >&3
+
+serve() {
+    exec 3<>"$chan"
+    echo "@@hull-testbed ready $(uname -r) $(cut -d' ' -f1 /proc/uptime)" >&3
+    while read -r id secs cmd <&3; do
+        echo "$cmd" | base64 -d >/tmp/.testbed-cmd
+        # KILL: a command that ignores TERM must not hold up the checks after it. The
+        # channel stays the server's alone: a command (or what it leaves running) that
+        # held fd 3 could take bytes of the next command line.
+        timeout -s KILL "$secs" sh /tmp/.testbed-cmd </dev/null >/tmp/.testbed-out 2>&1 3>&-
+        rc=$?
+        echo "@@hull-testbed begin $id" >&3
+        base64 /tmp/.testbed-out >&3
+        echo "@@hull-testbed end $id $rc" >&3
+    done
+    echo "@@hull-testbed channel closed" >&3
+}
+
+# The server reads in a child of init: the orphans the commands leave (a detached
+# container's proxy) end as init's children, and their SIGCHLD, taken in the middle
+# of init's own `read`, cut a command line short (seen: the begin marker of a command
+# with no id, its line read in two).
+serve &
+server=$!
+while kill -0 "$server" 2>/dev/null; do
+    wait "$server"
 done
-echo "@@hull-testbed channel closed" >&3
 poweroff -f

@@ -174,11 +174,10 @@ fn run_under_qemu(c: &common::Container) -> u32 {
         .unwrap()
 }
 
-#[test]
-fn qemu_runs_jailed_under_a_vm_container() {
-    hull_only!();
-    let c = Bundle::new(&["sleep", "30"]).container();
-    let qemu = run_under_qemu(&c);
+/// QEMU as every VM container's: its own uid, `-chroot` into an empty directory;
+/// CAP_SETUID, CAP_SETGID, CAP_SYS_CHROOT are all the bounding set kept for -runas and
+/// -chroot, and none is held.
+fn assert_qemu_jailed(qemu: u32) {
     let uid: u32 = status(qemu, "Uid")
         .split(' ')
         .next()
@@ -186,9 +185,15 @@ fn qemu_runs_jailed_under_a_vm_container() {
         .parse()
         .unwrap();
     assert!(uid >= hull_sandbox::jail::ID_BASE, "QEMU runs as {uid}");
-    // -chroot into an empty directory; CAP_SETUID, CAP_SETGID, CAP_SYS_CHROOT are all
-    // the bounding set kept for -runas and -chroot, and none is held.
     assert_jailed(qemu, uid, &[], "00000000000400c0");
+}
+
+#[test]
+fn qemu_runs_jailed_under_a_vm_container() {
+    hull_only!();
+    let c = Bundle::new(&["sleep", "30"]).container();
+    let qemu = run_under_qemu(&c);
+    assert_qemu_jailed(qemu);
     let out = c.hull(&["exec", &c.id, "sh", "-c", "echo still serving"]);
     assert_eq!(out.stdout, "still serving\n", "{out:?}");
     let out = c.hull(&["delete", "--force", &c.id]);
@@ -215,14 +220,7 @@ fn qemu_that_shares_a_directory_is_jailed_and_its_helper_chrooted_into_the_share
     std::fs::create_dir_all(&vol).unwrap();
     let qemu = run_under_qemu(&c);
     let _kill = KillOnPanic(qemu);
-    let uid: u32 = status(qemu, "Uid")
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(uid >= hull_sandbox::jail::ID_BASE, "QEMU runs as {uid}");
-    assert_jailed(qemu, uid, &[], "00000000000400c0");
+    assert_qemu_jailed(qemu);
     let state: serde_json::Value = serde_json::from_str(&c.hull(&["state", &c.id]).stdout).unwrap();
     let proxy = state["pid"].as_u64().unwrap();
     let children = std::fs::read_to_string(format!("/proc/{proxy}/task/{proxy}/children")).unwrap();

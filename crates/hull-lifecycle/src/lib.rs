@@ -233,11 +233,15 @@ impl Lifecycle {
     /// stop, so a caller that waits for it has the kill before it reports the exit.
     pub fn events(&self, id: &str, interval: Duration, mut out: impl FnMut(&str)) -> Result<()> {
         let c = self.load(id)?;
-        c.require(
-            "events",
-            &[Status::Created, Status::Running, Status::Paused],
-        )?;
         let b = Self::backend_of(&c);
+        // Stopped before the first look (a watcher started late): its kills, if it has
+        // any, and the end.
+        if c.status() != Status::Stopped {
+            c.require(
+                "events",
+                &[Status::Created, Status::Running, Status::Paused],
+            )?;
+        }
         let mut oom_kills = None;
         loop {
             if c.status() == Status::Stopped {

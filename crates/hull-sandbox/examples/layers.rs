@@ -105,12 +105,10 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(5);
     let root = PathBuf::from(format!("/var/tmp/hull-bench-layers-{}", std::process::id()));
-    let (base, runtime, app, app2) = (
-        root.join("base"),
-        root.join("runtime"),
-        root.join("app"),
-        root.join("app2"),
-    );
+    // Laid out as an engine's layer store (containers/storage's overlay/<id>/diff),
+    // whose committed layers hull keys by identity.
+    let layer = |id: &str| root.join("overlay").join(id).join("diff");
+    let (base, runtime, app, app2) = (layer("base"), layer("runtime"), layer("app"), layer("app2"));
     busybox(&base);
     fill(&runtime, 1500, 48 << 20, 7);
     fill(&app, 20, 1 << 20, 11);

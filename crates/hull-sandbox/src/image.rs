@@ -51,10 +51,15 @@ pub fn erofs_from_dir(dir: &Path, image: &Path) -> Result<()> {
 
 /// The image of `dir` in `cache`, made on a miss; whether it was there.
 pub fn cached_erofs(dir: &Path, cache: &Path) -> Result<(PathBuf, bool)> {
-    cached(dir, cache, &tree_key(dir)?)
+    let (image, hit) = cached(dir, cache, &tree_key(dir)?)?;
+    if !hit {
+        evict(cache, std::slice::from_ref(&image));
+    }
+    Ok((image, hit))
 }
 
 /// The image of `dir` under `key` in `cache`, made on a miss; whether it was there.
+/// The caller evicts (`evict`) once it has every image it needs, keeping those.
 pub fn cached(dir: &Path, cache: &Path, key: &str) -> Result<(PathBuf, bool)> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -75,7 +80,6 @@ pub fn cached(dir: &Path, cache: &Path, key: &str) -> Result<(PathBuf, bool)> {
         let _ = std::fs::remove_file(&tmp);
     }
     made?;
-    evict(cache, &image);
     Ok((image, false))
 }
 
@@ -125,8 +129,8 @@ pub fn tree_key(root: &Path) -> Result<String> {
 }
 
 /// Drops images unused for CACHE_MAX_AGE, then the least recently used beyond
-/// CACHE_BYTES, and what a killed `create` left half-made; never `keep`.
-fn evict(cache: &Path, keep: &Path) {
+/// CACHE_BYTES, and what a killed `create` left half-made; never one of `keep`.
+pub fn evict(cache: &Path, keep: &[PathBuf]) {
     let Ok(entries) = std::fs::read_dir(cache) else {
         return;
     };
@@ -142,7 +146,8 @@ fn evict(cache: &Path, keep: &Path) {
             .unwrap_or_default();
         let is_image = path.extension().is_some_and(|x| x == "erofs");
         let stale_tmp = !is_image && age > Duration::from_secs(3600);
-        if path != keep && (stale_tmp || (is_image && age > CACHE_MAX_AGE)) {
+        let kept = keep.contains(&path);
+        if !kept && (stale_tmp || (is_image && age > CACHE_MAX_AGE)) {
             let _ = std::fs::remove_file(&path);
         } else if is_image {
             images.push((age, m.len(), path));
@@ -155,7 +160,7 @@ fn evict(cache: &Path, keep: &Path) {
         if total <= CACHE_BYTES {
             break;
         }
-        if path != keep && std::fs::remove_file(&path).is_ok() {
+        if !keep.contains(&path) && std::fs::remove_file(&path).is_ok() {
             total -= len;
         }
     }
@@ -215,7 +220,7 @@ mod tests {
             let f = std::fs::File::options().write(true).open(p).unwrap();
             f.set_modified(long_ago).unwrap();
         }
-        evict(&cache, &keep);
+        evict(&cache, std::slice::from_ref(&keep));
         assert!(keep.exists());
         assert!(!old.exists(), "unused for a week");
         assert!(!tmp.exists(), "left by a killed create");

@@ -2,9 +2,10 @@
 //! it an overlay (containerd's overlayfs snapshotter, docker's overlay2, podman's
 //! overlay driver): the guest stacks them again under its own tmpfs upper.
 //!
-//! A lower layer is immutable while any overlay uses it (overlayfs's own rule, and the
-//! engines' for committed layers), so its image is keyed by the directory's identity
-//! (path, device, inode, birth and change times of its root) and never walked again:
+//! A committed layer of an engine's layer store is immutable (overlayfs's own rule while
+//! an overlay uses it, and the engines' after), so its image is keyed by the
+//! directory's identity (path, device, inode, birth and change times of its root) and
+//! never walked again (any other lower directory is keyed by its tree):
 //! the repeated cost of a layer is a few stat calls, and images that share a base layer
 //! share its erofs image, in the cache and in a pod's VM. The upper layer is written by
 //! whoever holds the mount: it is keyed by its whole tree (image.rs), and left out
@@ -60,10 +61,43 @@ pub fn rootfs_images(rootfs: &Path, cache: &Path) -> Result<Vec<LayerImage>> {
         }
     }
     for lower in &layers.lower {
-        let (path, hit) = image::cached(lower, cache, &layer_key(lower)?)?;
+        let key = if in_a_layer_store(lower) {
+            layer_key(lower)?
+        } else {
+            image::tree_key(lower)?
+        };
+        let (path, hit) = image::cached(lower, cache, &key)?;
         out.push(LayerImage { path, hit });
     }
+    // Once all are made: none of this rootfs's images may go to make room for another.
+    if out.iter().any(|i| !i.hit) {
+        let keep: Vec<PathBuf> = out.iter().map(|i| i.path.clone()).collect();
+        image::evict(cache, &keep);
+    }
     Ok(out)
+}
+
+/// A committed layer of an engine's layer store, which no one writes once committed:
+/// containerd's overlayfs snapshotter (`.../snapshots/<n>/fs`), docker's overlay2 and
+/// containers/storage's overlay driver (`.../overlay*/<id>/diff`). Any other lower
+/// directory (a hand-made overlay over a directory that changes between mounts) is
+/// keyed by its whole tree.
+fn in_a_layer_store(dir: &Path) -> bool {
+    let names: Vec<String> = dir
+        .canonicalize()
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .components()
+        .rev()
+        .take(3)
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    match names.as_slice() {
+        [last, _, store] => {
+            (last == "fs" && store == "snapshots")
+                || (last == "diff" && store.starts_with("overlay"))
+        }
+        _ => false,
+    }
 }
 
 fn whole(rootfs: &Path, cache: &Path) -> Result<Vec<LayerImage>> {
@@ -113,13 +147,17 @@ pub fn overlay_layers(rootfs: &Path) -> Result<Option<OverlayLayers>> {
         .rev()
         .filter_map(parse_mountinfo_line)
         .find(|m| Path::new(&m.mount_point) == target);
-    let Some(m) = options.filter(|m| m.fstype == "overlay") else {
+    // A bind of a directory inside an overlay is not the overlay's whole tree.
+    let Some(m) = options.filter(|m| m.fstype == "overlay" && m.root == "/") else {
         return Ok(None);
     };
     Ok(layers_from_options(&m.options))
 }
 
 struct MountLine {
+    /// The mount's root within its filesystem: "/" for the overlay itself, a path for
+    /// a bind of a directory in it.
+    root: String,
     mount_point: String,
     fstype: String,
     options: String,
@@ -128,11 +166,13 @@ struct MountLine {
 /// mountinfo(5): `id parent maj:min root point opts [optional...] - fstype source super`.
 fn parse_mountinfo_line(line: &str) -> Option<MountLine> {
     let (left, right) = line.split_once(" - ")?;
+    let root = unescape(left.split(' ').nth(3)?);
     let mount_point = unescape(left.split(' ').nth(4)?);
     let mut r = right.splitn(3, ' ');
     let fstype = r.next()?.to_string();
     let _source = r.next()?;
     Some(MountLine {
+        root,
         mount_point,
         fstype,
         options: r.next()?.to_string(),
@@ -239,10 +279,27 @@ mod tests {
         let line =
             "36 35 0:30 / /run/a\\040b rw,relatime shared:1 - overlay overlay rw,lowerdir=/x";
         let m = parse_mountinfo_line(line).unwrap();
+        assert_eq!(m.root, "/");
         assert_eq!(m.mount_point, "/run/a b");
         assert_eq!(m.fstype, "overlay");
         assert_eq!(m.options, "rw,lowerdir=/x");
         assert!(parse_mountinfo_line("garbage").is_none());
+    }
+
+    #[test]
+    fn only_an_engines_committed_layers_are_keyed_by_identity() {
+        for (path, store) in [
+            (
+                "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/42/fs",
+                true,
+            ),
+            ("/var/lib/docker/overlay2/0123abcd/diff", true),
+            ("/var/lib/containers/storage/overlay/0123abcd/diff", true),
+            ("/srv/base", false),
+            ("/var/lib/docker/overlay2/0123abcd/merged", false),
+        ] {
+            assert_eq!(in_a_layer_store(Path::new(path)), store, "{path}");
+        }
     }
 
     #[test]

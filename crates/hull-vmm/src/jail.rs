@@ -144,7 +144,8 @@ fn in_a_one_id_user_namespace() -> bool {
     let fields: Vec<&str> = map.split_whitespace().collect();
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
-    root && fields.len() == 3 && fields[0] == "0" && fields[2] == "1"
+    // "0 0 1" would be the host's root: not a rootless namespace.
+    root && fields.len() == 3 && fields[0] == "0" && fields[1] != "0" && fields[2] == "1"
 }
 
 /// Rootless: the bounding set emptied, no capability left in any set, no_new_privs.

@@ -23,6 +23,37 @@ fn volume(host: &std::path::Path, at: &str, readonly: bool) -> Mount {
     }
 }
 
+/// What the guest sees of the pod directory is a read-only view of a tmpfs of hull's:
+/// it can write into its volumes (mounts of their own) and plant nothing else; and
+/// only root may pass the directory that holds it (secrets are bound in there).
+fn pod_directory_is_root_only_and_read_only(pod: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(POD_DIRS).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{POD_DIRS}");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mine: Vec<&str> = info
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|m| m.starts_with(&format!("{POD_DIRS}/{pod}")))
+        })
+        .collect();
+    let view = mine
+        .iter()
+        .find(|l| {
+            !l.split(' ').nth(4).unwrap().ends_with(".rw")
+                && l.split(' ').nth(4).unwrap().matches('/').count() == 4
+        })
+        .unwrap_or_else(|| panic!("no pod view among {mine:?}"));
+    let opts = view.split(' ').nth(5).unwrap();
+    assert!(
+        opts.split(',').any(|o| o == "ro"),
+        "the guest's view is writable: {view}"
+    );
+    assert!(view.contains(" - tmpfs "), "{view}");
+}
+
 async fn pod_with_volumes(cri: &mut Cri, handler: &str) {
     let (rw, ro) = (
         cri.dir.join(format!("rw-{handler}")),
@@ -74,6 +105,9 @@ async fn pod_with_volumes(cri: &mut Cri, handler: &str) {
         "{handler}: the reader"
     );
 
+    if handler == "hull" {
+        pod_directory_is_root_only_and_read_only(&pod);
+    }
     remove_pod(cri, &pod, &[&writer, &reader]).await;
     let left: Vec<String> = std::fs::read_dir(POD_DIRS)
         .into_iter()

@@ -81,10 +81,15 @@ impl JailId {
 /// sockets, which need none of the host's), a private mount tree, and limits on open
 /// files, processes and file size (its files are its console log; shared directories
 /// are the 9p helpers'). Only async-signal-safe system calls.
-pub fn confine_qemu(own_ids: bool) -> std::io::Result<()> {
+///
+/// `chroot_dir` is the directory QEMU's `-chroot` will enter. Rootless, QEMU keeps
+/// CAP_SYS_CHROOT of its user namespace after the chroot (it drops capabilities only
+/// when it changes uid), and a root it can write to would let it chroot again below
+/// and climb out: the directory is bound read-only over itself here first.
+pub fn confine_qemu(own_ids: bool, chroot_dir: &std::ffi::CStr) -> std::io::Result<()> {
     let last = || Err(std::io::Error::last_os_error());
     // SAFETY: plain system calls on the child between fork and exec; the pointers are
-    // static C strings or null.
+    // C strings prepared before the fork, static ones, or null.
     unsafe {
         let flags =
             libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
@@ -101,6 +106,20 @@ pub fn confine_qemu(own_ids: bool) -> std::io::Result<()> {
         ) != 0
         {
             return last();
+        }
+        if own_ids {
+            let dir = chroot_dir.as_ptr();
+            let ro = libc::MS_REMOUNT
+                | libc::MS_BIND
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC;
+            if libc::mount(dir, dir, none, libc::MS_BIND, none.cast()) != 0
+                || libc::mount(none, dir, none, ro, none.cast()) != 0
+            {
+                return last();
+            }
         }
         // No allocation here: a fixed table.
         let limits = [

@@ -201,12 +201,16 @@ fn device_args(c: &VmConfig, share_fds: &[i32]) -> Vec<String> {
 /// capabilities and no_new_privs, no set*id call can raise it again. Shared
 /// directories change none of it: their file operations are the 9p helpers'
 /// (fs_helper.rs).
-fn jail_args(c: &VmConfig, jail: &crate::jail::JailId) -> Result<Vec<String>> {
-    let dir = c
-        .console_log
+/// The empty directory QEMU chroots into, beside its console log.
+fn jail_dir(c: &VmConfig) -> Result<PathBuf> {
+    c.console_log
         .parent()
         .map(|p| p.join("jail"))
-        .ok_or_else(|| SandboxError::Vm("the console log has no directory".into()))?;
+        .ok_or_else(|| SandboxError::Vm("the console log has no directory".into()))
+}
+
+fn jail_args(c: &VmConfig, jail: &crate::jail::JailId) -> Result<Vec<String>> {
+    let dir = jail_dir(c)?;
     std::fs::create_dir_all(&dir).map_err(crate::error::io_err("cannot create", &dir))?;
     let mut a = vec![
         "-sandbox".to_string(),
@@ -282,9 +286,16 @@ impl Hypervisor for Qemu {
         let mut cmd = Command::new(&self.binary);
         cmd.args(&args);
         let own_ids = jail.is_own();
+        let chroot_dir = std::ffi::CString::new(
+            std::path::absolute(jail_dir(config)?)
+                .map_err(crate::error::io_err("cannot resolve", "jail"))?
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .map_err(|_| SandboxError::Vm("a NUL in the VM's directory".into()))?;
         // SAFETY: confine_qemu makes only async-signal-safe system calls.
         unsafe {
-            cmd.pre_exec(move || crate::jail::confine_qemu(own_ids));
+            cmd.pre_exec(move || crate::jail::confine_qemu(own_ids, &chroot_dir));
         }
         let vm = VmmProcess::spawn(
             cmd,

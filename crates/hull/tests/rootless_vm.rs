@@ -189,6 +189,19 @@ fn a_rootless_vms_proxy_and_vmm_hold_nothing_of_the_host() {
         .unwrap()
         .collect();
     assert!(root.is_empty(), "the VMM's root is not empty");
+    // ... and cannot write to it: it keeps CAP_SYS_CHROOT of its namespace, and a
+    // directory of its own there would let it chroot again below and climb out.
+    let mountinfo = std::fs::read_to_string(format!("/proc/{vmm}/mountinfo")).unwrap();
+    let jail = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(3).is_some_and(|r| r.ends_with("/vm/jail")))
+        .unwrap_or_else(|| panic!("no jail mount in {mountinfo}"));
+    assert!(
+        jail.split(' ')
+            .nth(5)
+            .is_some_and(|o| o.split(',').any(|x| x == "ro")),
+        "the VMM's root is writable: {jail}"
+    );
     assert_eq!(status(vmm, "NoNewPrivs"), "1");
     assert_eq!(status(vmm, "Seccomp"), "2");
     let out = k

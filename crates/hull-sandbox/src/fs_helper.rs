@@ -41,7 +41,7 @@ impl FsHelper {
 pub fn start(dir: &Path) -> Result<FsHelper> {
     if !Path::new(HELPER).exists() {
         return Err(SandboxError::Tool(format!(
-            "{HELPER} is missing: QEMU's 9p shares run through it (apt-get install qemu-system-common)"
+            "{HELPER} is missing: hull shares directories with a VM through it, so that QEMU never holds root for them (Debian's qemu-system-common ships it up to QEMU 8.0, which dropped 9p's proxy backend); without it a VM container cannot bind a host directory"
         )));
     }
     let (qemu_end, helper_end) = socketpair(

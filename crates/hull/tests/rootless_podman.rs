@@ -290,12 +290,30 @@ fn rootless_podman_runs_containers_in_vms() {
     assert_eq!(stdout(&out).lines().next(), Some("in-vm"), "{out:?}");
     let out = p.podman(&["rm", "-f", "-t", "0", "vm"]);
     assert!(out.status.success(), "rm -f: {out:?}");
-    let left: Vec<i32> = processes_of(p.user.uid)
-        .into_iter()
-        .filter(|pid| {
-            let cmd = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            cmd.contains("qemu") || cmd.contains("hull")
-        })
-        .collect();
+    // The proxy, QEMU and the 9p helper go with the container; conmon (whose command
+    // line names hull-vm too) is podman's. They end a moment after `rm` returns.
+    let ours = |pid: &i32| {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = comm.trim();
+        comm.starts_with("qemu")
+            || comm.starts_with("virtfs")
+            || comm == "hull"
+            || comm == "hull-vm"
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let left = loop {
+        let left: Vec<String> = processes_of(p.user.uid)
+            .into_iter()
+            .filter(ours)
+            .map(|pid| {
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                format!("{pid}: {stat}")
+            })
+            .collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert!(left.is_empty(), "a proxy or VMM was left: {left:?}");
 }

@@ -21,7 +21,10 @@ use std::time::UNIX_EPOCH;
 
 use sha2::{Digest, Sha256};
 
+use hull_proto::{Layer, Rootfs};
+
 use crate::error::{io_err, Result};
+use crate::hypervisor::Disk;
 use crate::image;
 
 /// The most layers attached one by one; deeper images are imaged whole (docker caps
@@ -98,6 +101,46 @@ fn in_a_layer_store(dir: &Path) -> bool {
         }
         _ => false,
     }
+}
+
+/// The rootfs's disks are `rootfs0`, `rootfs1`, ... (top layer first).
+const ROOTFS_SERIAL: &str = "rootfs";
+
+/// The rootfs's layers as read-only disks, while they fit in the VM's `free` device
+/// slots; one image of the whole tree otherwise.
+pub fn boot_disks(rootfs: &Path, cache: &Path, free: usize) -> Result<(Vec<Disk>, Rootfs)> {
+    let t = std::time::Instant::now();
+    let mut images = rootfs_images(rootfs, cache)?;
+    if images.len() > free.max(1) {
+        let (path, hit) = crate::image::cached_erofs(rootfs, cache)?;
+        images = vec![LayerImage { path, hit }];
+    }
+    tracing::debug!(
+        "rootfs: {} images ({} made) in {} us",
+        images.len(),
+        images.iter().filter(|i| !i.hit).count(),
+        t.elapsed().as_micros()
+    );
+    let disks: Vec<Disk> = images
+        .into_iter()
+        .enumerate()
+        .map(|(i, image)| Disk {
+            path: image.path,
+            readonly: true,
+            serial: format!("{ROOTFS_SERIAL}{i}"),
+        })
+        .collect();
+    let layers = disks
+        .iter()
+        .map(|d| Layer::Disk {
+            serial: d.serial.clone(),
+        })
+        .collect();
+    let rootfs = Rootfs {
+        layers,
+        fstype: "erofs".into(),
+    };
+    Ok((disks, rootfs))
 }
 
 fn whole(rootfs: &Path, cache: &Path) -> Result<Vec<LayerImage>> {

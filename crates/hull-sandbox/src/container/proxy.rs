@@ -6,13 +6,13 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hull_proto::{Layer, ProcessIo, Reply, Request, Rootfs};
+use hull_proto::{ProcessIo, Reply, Request, Rootfs};
 use hull_runtime::cgroups::Cgroup;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -25,14 +25,12 @@ use crate::client::AgentClient;
 use crate::error::{io_err, Result, SandboxError};
 use crate::guest::GuestAssets;
 use crate::hullvmm::HullVmm;
-use crate::hypervisor::{Accel, Disk, Hypervisor};
+use crate::hypervisor::{Accel, Hypervisor};
 use crate::qemu::Qemu;
 use crate::sandbox::{Sandbox, SandboxConfig};
 
 pub(super) const CALL: Duration = Duration::from_secs(60);
 const FOREVER: Duration = Duration::from_secs(u32::MAX as u64);
-/// The rootfs's disks are `rootfs0`, `rootfs1`, ... (top layer first).
-const ROOTFS_SERIAL: &str = "rootfs";
 
 pub(super) struct ProxyPlan {
     pub id: String,
@@ -370,7 +368,7 @@ fn start_sandbox(
     let free = hypervisor
         .device_slots()
         .saturating_sub(nets.len() + plan.guest.dirs.len());
-    let (disks, rootfs) = boot_disks(&plan.rootfs, &s.rootfs_cache, free)?;
+    let (disks, rootfs) = crate::layers::boot_disks(&plan.rootfs, &s.rootfs_cache, free)?;
     let sandbox = Sandbox::start(
         hypervisor.as_ref(),
         SandboxConfig {
@@ -388,43 +386,6 @@ fn start_sandbox(
         },
     )?;
     Ok((sandbox, rootfs))
-}
-
-/// The rootfs's layers as read-only disks, while they fit in the VM's `free` device
-/// slots; one image of the whole tree otherwise.
-fn boot_disks(rootfs: &Path, cache: &Path, free: usize) -> Result<(Vec<Disk>, Rootfs)> {
-    let t = std::time::Instant::now();
-    let mut images = crate::layers::rootfs_images(rootfs, cache)?;
-    if images.len() > free.max(1) {
-        let (path, hit) = crate::image::cached_erofs(rootfs, cache)?;
-        images = vec![crate::layers::LayerImage { path, hit }];
-    }
-    tracing::debug!(
-        "rootfs: {} images ({} made) in {} us",
-        images.len(),
-        images.iter().filter(|i| !i.hit).count(),
-        t.elapsed().as_micros()
-    );
-    let disks: Vec<Disk> = images
-        .into_iter()
-        .enumerate()
-        .map(|(i, image)| Disk {
-            path: image.path,
-            readonly: true,
-            serial: format!("{ROOTFS_SERIAL}{i}"),
-        })
-        .collect();
-    let layers = disks
-        .iter()
-        .map(|d| Layer::Disk {
-            serial: d.serial.clone(),
-        })
-        .collect();
-    let rootfs = Rootfs {
-        layers,
-        fstype: "erofs".into(),
-    };
-    Ok((disks, rootfs))
 }
 
 /// Tells the guest the terminal's size on the host.

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::rootless::{processes_of, TestUser};
+use common::rootless::{kvm_node, processes_of, with_kvm, TestUser};
 use common::{make_busybox_rootfs, unique_name};
 use std::fs;
 use std::path::PathBuf;
@@ -57,22 +57,7 @@ impl RootlessPodman {
             .status()
             .unwrap();
         assert!(ok.success());
-        let kvm = kvm.then(|| {
-            let node = dir.join("kvm");
-            let c = std::ffi::CString::new(node.to_str().unwrap()).unwrap();
-            // SAFETY: mknod(2)/chown(2) with a NUL-terminated path; 10:232 is /dev/kvm's
-            // device, the node the user's group's.
-            unsafe {
-                assert_eq!(
-                    libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o660, libc::makedev(10, 232)),
-                    0
-                );
-                assert_eq!(libc::chown(c.as_ptr(), 0, user.gid), 0);
-                // Past the umask.
-                assert_eq!(libc::chmod(c.as_ptr(), 0o660), 0);
-            }
-            node
-        });
+        let kvm = kvm.then(|| kvm_node(&dir, &user));
         let p = RootlessPodman {
             user,
             dir,
@@ -113,21 +98,7 @@ impl RootlessPodman {
         let mut cmd = self.user.command(&all);
         cmd.env("CONTAINERS_CONF", self.dir.join("containers.conf"));
         if let Some(node) = &self.kvm {
-            let mut wrapped = std::process::Command::new("unshare");
-            wrapped
-                .args(["-m", "--propagation", "private", "sh", "-c"])
-                .arg("mount --bind \"$0\" /dev/kvm && exec \"$@\"")
-                .arg(node)
-                .arg(cmd.get_program())
-                .args(cmd.get_args())
-                .env_clear()
-                .current_dir(&self.user.home);
-            for (k, v) in cmd.get_envs() {
-                if let Some(v) = v {
-                    wrapped.env(k, v);
-                }
-            }
-            cmd = wrapped;
+            cmd = with_kvm(&cmd, node);
         }
         cmd.output()
             .unwrap_or_else(|e| panic!("podman: {e} (scripts/install-deps installs it)"))

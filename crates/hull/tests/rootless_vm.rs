@@ -9,9 +9,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use common::rootless::{processes_of, TestUser};
+use common::rootless::{kvm_node, processes_of, with_kvm, TestUser};
 use common::{make_busybox_rootfs, run_with_timeout, unique_name, Out, CMD_TIMEOUT};
 use serde_json::{json, Value};
 
@@ -27,34 +26,13 @@ impl KvmUser {
         let user = TestUser::new(&format!("hrv{}", &id["hull-test-".len()..]), &[]);
         let dir = PathBuf::from("/tmp").join(&id);
         std::fs::create_dir_all(&dir).unwrap();
-        let node = dir.join("kvm");
-        let c = std::ffi::CString::new(node.to_str().unwrap()).unwrap();
-        // SAFETY: mknod(2) with a NUL-terminated path; 10:232 is /dev/kvm's device.
-        let made =
-            unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o660, libc::makedev(10, 232)) };
-        assert_eq!(made, 0, "mknod {}", node.display());
-        // SAFETY: chown(2) with the same path: the node's group is the user's.
-        assert_eq!(unsafe { libc::chown(c.as_ptr(), 0, user.gid) }, 0);
-        // SAFETY: chmod(2) with the same path: 0660 past the umask.
-        assert_eq!(unsafe { libc::chmod(c.as_ptr(), 0o660) }, 0);
+        let node = kvm_node(&dir, &user);
         KvmUser { user, dir, node }
     }
 
     /// `args` as the user, with /dev/kvm its own in a private mount namespace.
     fn run(&self, args: &[&str]) -> Out {
-        let inner = self.user.command(args);
-        let mut cmd = Command::new("unshare");
-        cmd.args(["-m", "--propagation", "private", "sh", "-c"])
-            .arg("mount --bind \"$0\" /dev/kvm && exec \"$@\"")
-            .arg(&self.node)
-            .arg(inner.get_program())
-            .args(inner.get_args())
-            .env_clear();
-        for (k, v) in inner.get_envs() {
-            if let Some(v) = v {
-                cmd.env(k, v);
-            }
-        }
+        let mut cmd = with_kvm(&self.user.command(args), &self.node);
         cmd.current_dir(&self.dir);
         run_with_timeout(&mut cmd, &self.dir, CMD_TIMEOUT)
     }

@@ -205,3 +205,43 @@ pub fn processes_of(uid: u32) -> Vec<i32> {
         })
         .collect()
 }
+
+/// A /dev/kvm of `user`'s own in `dir` (10:232, its group, 0660): this host's is root's
+/// only, and a test must not change it. `with_kvm` binds it over /dev/kvm.
+pub fn kvm_node(dir: &Path, user: &TestUser) -> PathBuf {
+    let node = dir.join("kvm");
+    let c = std::ffi::CString::new(node.to_str().unwrap()).unwrap();
+    // SAFETY: mknod(2), chown(2) and chmod(2) with a NUL-terminated path; 10:232 is
+    // /dev/kvm's device.
+    unsafe {
+        let made = libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o660, libc::makedev(10, 232));
+        assert_eq!(made, 0, "mknod {}", node.display());
+        assert_eq!(libc::chown(c.as_ptr(), 0, user.gid), 0);
+        // Past the umask.
+        assert_eq!(libc::chmod(c.as_ptr(), 0o660), 0);
+    }
+    node
+}
+
+/// `cmd` (a `TestUser::command`) run with `node` bound over /dev/kvm in a private mount
+/// namespace; its environment and working directory kept.
+pub fn with_kvm(cmd: &Command, node: &Path) -> Command {
+    let mut wrapped = Command::new("unshare");
+    wrapped
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$0\" /dev/kvm && exec \"$@\"")
+        .arg(node)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env_clear()
+        .stdin(Stdio::null());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            wrapped.env(k, v);
+        }
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        wrapped.current_dir(d);
+    }
+    wrapped
+}

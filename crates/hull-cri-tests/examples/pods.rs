@@ -1,5 +1,6 @@
 //! bench/pods: N pods started at once through containerd's CRI, each with one busybox
-//! container running `sleep`, per runtime handler (`runc`, `hull-ns`, `hull`): the time
+//! container running `sleep`, per runtime handler (`runc`, `hull-ns`, `hull`, and
+//! `hull-vmm`: VM pods under hull's own VMM where KVM runs guests): the time
 //! until all run, pods per second, each pod's latency (p50, p99), the host memory per
 //! pod (PSS of everything the pods added: shims, pause and container processes, and for
 //! VM pods the proxy, the VMM and the guest memory it touched), the shims' RSS, and the
@@ -8,7 +9,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::{Cri, BUSYBOX};
@@ -26,6 +27,11 @@ struct Run {
     wall: Duration,
     latencies: Vec<Duration>,
     pss_kib: u64,
+    /// PSS by command name (`/proc/PID/comm`), summed over the pods.
+    by_command: BTreeMap<String, u64>,
+    /// Private_Clean + Private_Dirty of the same processes: what one more pod adds
+    /// once the pages pods share (programs, the guest kernel's file) are counted once.
+    private_kib: u64,
     shim_rss_kib: Vec<u64>,
 }
 
@@ -140,7 +146,18 @@ async fn measure(cri: &Cri, handler: &str, n: usize, round: usize) -> Run {
     // Settled: the VMs' guests idle, the shims' start-up garbage gone.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pids = pod_processes(cri);
-    let pss_kib = pids.iter().map(|&p| kib(p, "smaps_rollup", "Pss:")).sum();
+    let mut by_command = BTreeMap::new();
+    for &p in &pids {
+        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        *by_command.entry(comm.trim().to_string()).or_default() += kib(p, "smaps_rollup", "Pss:");
+    }
+    let pss_kib = by_command.values().sum();
+    let private_kib = pids
+        .iter()
+        .map(|&p| {
+            kib(p, "smaps_rollup", "Private_Clean:") + kib(p, "smaps_rollup", "Private_Dirty:")
+        })
+        .sum();
     let shim_rss_kib = cri
         .processes()
         .into_iter()
@@ -159,6 +176,8 @@ async fn measure(cri: &Cri, handler: &str, n: usize, round: usize) -> Run {
         wall,
         latencies: results.into_iter().map(|(_, d)| d).collect(),
         pss_kib,
+        by_command,
+        private_kib,
         shim_rss_kib,
     }
 }
@@ -196,6 +215,16 @@ fn print(r: &Run) {
         r.pss_kib as f64 / r.n as f64 / 1024.0,
         shim
     );
+    let parts: Vec<String> = r
+        .by_command
+        .iter()
+        .map(|(c, k)| format!("{c} {:.1}", *k as f64 / r.n as f64 / 1024.0))
+        .collect();
+    println!(
+        "  memory/pod by process, MiB: {}; private/pod {:.1} MiB",
+        parts.join(", "),
+        r.private_kib as f64 / r.n as f64 / 1024.0
+    );
 }
 
 fn list(args: &[String], flag: &str, default: &str) -> Vec<String> {
@@ -232,15 +261,15 @@ fn main() {
     });
 }
 
-/// hull-ns/runc and hull/runc per pod (time to all running, memory, shim RSS).
+/// Each handler's to runc's per pod (time to all running, memory, shim RSS).
 fn ratios(runs: &[Run], counts: &[usize]) {
     let find = |h: &str, n: usize| runs.iter().find(|r| r.handler == h && r.n == n);
     for &n in counts {
         let Some(runc) = find("runc", n) else {
             continue;
         };
-        for h in ["hull-ns", "hull"] {
-            let Some(r) = find(h, n) else { continue };
+        for r in runs.iter().filter(|r| r.n == n && r.handler != "runc") {
+            let h = &r.handler;
             let shim = |r: &Run| {
                 r.shim_rss_kib.iter().sum::<u64>() as f64 / r.shim_rss_kib.len().max(1) as f64
             };

@@ -32,6 +32,24 @@ pub fn boot_key(identity: &str) -> Option<String> {
     Some(format!("{}{identity}", boot.trim()))
 }
 
+/// An exclusive flock on `<path>.lock`, held until the file is dropped; None where it
+/// cannot be had (a directory this user cannot write): then the caller goes unlocked,
+/// which only costs a measurement made twice.
+pub fn lock_beside(path: &Path) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).ok()?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.with_extension("lock"))
+        .ok()?;
+    // SAFETY: flock on an fd this function owns; it blocks until the holder drops it.
+    (unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0).then_some(file)
+}
+
 /// The value kept in `path` under `key`, if that is the key it was kept under.
 pub fn kept(path: &Path, key: &str) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;

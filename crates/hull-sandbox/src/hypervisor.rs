@@ -31,14 +31,24 @@ impl Accel {
 
     pub fn detect_cached(cache: &Path, probe_is_hardware: impl FnOnce() -> bool) -> Accel {
         let key = accel_key();
-        match key
+        let kept = || match key
             .as_deref()
             .and_then(|k| crate::files::kept(cache, k))
             .as_deref()
         {
-            Some("kvm") => return Accel::Kvm,
-            Some("tcg") => return Accel::Tcg,
-            _ => {}
+            Some("kvm") => Some(Accel::Kvm),
+            Some("tcg") => Some(Accel::Tcg),
+            _ => None,
+        };
+        if let Some(accel) = kept() {
+            return accel;
+        }
+        // One probe at a time: ten pods started at once each spun a test vCPU beside the
+        // others, and on two CPUs read a nested KVM as emulated, a verdict then kept for
+        // the boot. The others wait for the first one's verdict.
+        let _lock = crate::files::lock_beside(cache);
+        if let Some(accel) = kept() {
+            return accel;
         }
         let accel = if probe_is_hardware() {
             Accel::Kvm
@@ -215,5 +225,27 @@ mod accel_tests {
         assert_eq!(third, Accel::Kvm);
         assert!(std::fs::read_to_string(&cache).unwrap().ends_with(" kvm\n"));
         let _ = std::fs::remove_file(&cache);
+    }
+
+    #[test]
+    fn creates_at_once_wait_for_one_probe() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let cache = std::env::temp_dir().join(format!("hull-accel-{}", crate::random_u64()));
+        let probes = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| {
+                    let accel = Accel::detect_cached(&cache, || {
+                        probes.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(100));
+                        true
+                    });
+                    assert_eq!(accel, Accel::Kvm);
+                });
+            }
+        });
+        assert_eq!(probes.load(Ordering::SeqCst), 1);
+        let _ = std::fs::remove_file(&cache);
+        let _ = std::fs::remove_file(cache.with_extension("lock"));
     }
 }

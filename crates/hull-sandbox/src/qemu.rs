@@ -23,6 +23,12 @@ pub struct Qemu {
     pub binary: PathBuf,
     /// The host's TSC frequency, which TCG guests need on their cmdline (clock.rs).
     pub tsc_khz: Option<u64>,
+    /// Guest memory on transparent huge pages, QEMU's own choice (it madvises its RAM
+    /// for them). Off, QEMU runs with THP disabled: every 2 MiB the guest touches
+    /// anywhere is 2 MiB of host memory otherwise, which put 35.9 MiB of a sandbox's
+    /// 256 MiB guest in the host where 4 KiB pages took 20.7 (nested KVM, one idle
+    /// container).
+    pub huge_pages: bool,
 }
 
 /// Where the measured TSC frequency is kept (per host boot).
@@ -40,6 +46,7 @@ impl Default for Qemu {
         Qemu {
             binary: QEMU_BINARY.into(),
             tsc_khz: crate::clock::tsc_khz(Path::new(TSC_CACHE)),
+            huge_pages: false,
         }
     }
 }
@@ -286,6 +293,7 @@ impl Hypervisor for Qemu {
         let mut cmd = Command::new(&self.binary);
         cmd.args(&args);
         let own_ids = jail.is_own();
+        let huge_pages = self.huge_pages;
         let chroot_dir = std::ffi::CString::new(
             std::path::absolute(jail_dir(config)?)
                 .map_err(crate::error::io_err("cannot resolve", "jail"))?
@@ -293,9 +301,15 @@ impl Hypervisor for Qemu {
                 .into_encoded_bytes(),
         )
         .map_err(|_| SandboxError::Vm("a NUL in the VM's directory".into()))?;
-        // SAFETY: confine_qemu makes only async-signal-safe system calls.
+        // SAFETY: confine_qemu and prctl are async-signal-safe system calls.
         unsafe {
-            cmd.pre_exec(move || crate::jail::confine_qemu(own_ids, &chroot_dir));
+            cmd.pre_exec(move || {
+                // Kept across exec: QEMU's MADV_HUGEPAGE on its RAM then does nothing.
+                if !huge_pages && libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                crate::jail::confine_qemu(own_ids, &chroot_dir)
+            });
         }
         let vm = VmmProcess::spawn(
             cmd,
@@ -350,6 +364,7 @@ mod tests {
         let q = Qemu {
             binary: "qemu".into(),
             tsc_khz: Some(2_000_000),
+            huge_pages: false,
         };
         let serial = Transport::Serial {
             socket: "/s.sock".into(),
@@ -382,6 +397,7 @@ mod tests {
         let q = Qemu {
             binary: "qemu".into(),
             tsc_khz: Some(2_000_000),
+            huge_pages: false,
         };
         let vsock = Transport::Vsock { cid: 7, port: 1024 };
         let args = q.args(&config(Accel::Kvm, vsock), &[]);
@@ -397,6 +413,7 @@ mod tests {
         let q = Qemu {
             binary: "qemu".into(),
             tsc_khz: None,
+            huge_pages: false,
         };
         let t = Transport::HybridVsock {
             socket: "/h".into(),

@@ -13,9 +13,10 @@ const META_PACKAGE: &str = "linux-image-cloud-amd64";
 
 /// The modules L1 loads, in load order, as paths inside `/lib/modules/<version>/kernel/`:
 /// what `/dev/kvm` needs on AMD, then what a VM container's network needs (a tap, the
-/// engine's veth, and the tc ingress redirects hull mirrors it with). None depends on a
-/// module outside the list.
-pub const MODULES: [&str; 8] = [
+/// engine's veth, and the tc ingress redirects hull mirrors it with), then what a
+/// containerd with CRI needs in L1 (bench/pods-nested): CNI's bridge and the overlayfs
+/// snapshotter. None depends on a module outside the list.
+pub const MODULES: [&str; 12] = [
     "virt/lib/irqbypass.ko",
     "arch/x86/kvm/kvm.ko",
     "arch/x86/kvm/kvm-amd.ko",
@@ -24,6 +25,10 @@ pub const MODULES: [&str; 8] = [
     "net/sched/sch_ingress.ko",
     "net/sched/cls_u32.ko",
     "net/sched/act_mirred.ko",
+    "net/llc/llc.ko",
+    "net/802/stp.ko",
+    "net/bridge/bridge.ko",
+    "fs/overlayfs/overlay.ko",
 ];
 
 /// A cloud kernel unpacked into the cache.
@@ -204,22 +209,12 @@ mod tests {
             let d = cache.join(v);
             std::fs::create_dir_all(&d).unwrap();
             // 6.1.0-60 is incomplete: no modules.
-            let files: &[&str] = if v.contains("-60-") {
-                &["vmlinuz"]
+            let modules = if v.contains("-60-") {
+                &[][..]
             } else {
-                &[
-                    "vmlinuz",
-                    "irqbypass.ko",
-                    "kvm.ko",
-                    "kvm-amd.ko",
-                    "tun.ko",
-                    "veth.ko",
-                    "sch_ingress.ko",
-                    "cls_u32.ko",
-                    "act_mirred.ko",
-                ]
+                &MODULES[..]
             };
-            for f in files {
+            for f in std::iter::once("vmlinuz").chain(modules.iter().map(|m| file_name(m))) {
                 std::fs::write(d.join(f), b"x").unwrap();
             }
         }

@@ -185,3 +185,51 @@ fn memory_the_guest_frees_goes_back_to_the_host() {
     c.delete(true).ok("delete --force");
     assert_clean(&c);
 }
+
+/// `[vm] huge_pages` decides for QEMU as for hull-vmm: off (the default), QEMU runs
+/// with transparent huge pages disabled, so its guest RAM (which it madvises for them)
+/// costs the host what the guest touched in 4 KiB pages; on, QEMU keeps its own choice.
+#[test]
+fn qemu_guest_memory_is_in_small_pages_unless_huge_pages_are_asked_for() {
+    hull_only!();
+    for huge in [false, true] {
+        let c = Bundle::new(&["sleep", "600"]).container();
+        let conf = c.bundle.dir.join("hull.toml");
+        std::fs::write(&conf, format!("[vm]\nhuge_pages = {huge}\n")).unwrap();
+        let dir = c.dir();
+        let out = c.hull_with(
+            &["run", "-d", "--isolation", "vm", "--bundle", &dir, &c.id],
+            |cmd| {
+                cmd.env("HULL_HYPERVISOR", "qemu").env("HULL_CONFIG", &conf);
+            },
+        );
+        assert_eq!(out.code, 0, "{out:?}");
+        let proxy = c.state()["pid"].as_u64().unwrap();
+        let children = std::fs::read_to_string(format!("/proc/{proxy}/task/{proxy}/children"));
+        let qemu = children
+            .unwrap()
+            .split_whitespace()
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.starts_with("qemu"))
+            })
+            .expect("QEMU, a child of the proxy")
+            .to_string();
+        let field = |file: &str, key: &str| -> String {
+            std::fs::read_to_string(format!("/proc/{qemu}/{file}"))
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("no {key} in /proc/{qemu}/{file}"))
+        };
+        assert_eq!(
+            field("status", "THP_enabled:"),
+            if huge { "1" } else { "0" }
+        );
+        if !huge {
+            assert_eq!(field("smaps_rollup", "AnonHugePages:"), "0 kB");
+        }
+        c.delete(true).ok("delete --force");
+        assert_clean(&c);
+    }
+}

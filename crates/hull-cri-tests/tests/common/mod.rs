@@ -1,8 +1,12 @@
 //! A private containerd 1.6 with its CRI plugin on: its own config, root, state,
 //! sockets, CNI configuration (a bridge of its own, host-local addresses kept in the
-//! test's directory), runtime handlers `runc`, `hull-ns` and `hull`, and a pause and a
+//! test's directory), runtime handlers `runc`, `hull-ns`, `hull` and `hull-vmm` (VM pods
+//! under hull's own VMM, through a config.toml of the handler's), and a pause and a
 //! busybox image made here and imported into `k8s.io`. A tonic CRI client talks to it
-//! over the Unix socket.
+//! over the Unix socket. For the nested test bed's L1: `HULL_CRI_PORTMAP=off` leaves
+//! CNI's portmap out (L1 has no iptables; nothing there asks for a hostPort), and
+//! `HULL_CRI_RUNC_NO_PIVOT=1` has runc chroot instead of pivot_root (L1's root is its
+//! initramfs, which cannot be pivoted away from).
 #![allow(dead_code)]
 
 #[path = "../../../hull-shim/tests/common/image.rs"]
@@ -72,8 +76,14 @@ fn config(dir: &Path) -> String {
          [{cri}.cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{net}\"\n\
          [{cri}.containerd]\n  snapshotter = \"overlayfs\"\n  default_runtime_name = \"runc\"\n\
          [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+         [{cri}.containerd.runtimes.runc.options]\n  NoPivotRoot = {no_pivot}\n\
          [{cri}.containerd.runtimes.hull-ns]\n  runtime_type = \"io.containerd.hull-ns.v2\"\n\
-         [{cri}.containerd.runtimes.hull]\n  runtime_type = \"io.containerd.hull.v2\"\n",
+         [{cri}.containerd.runtimes.hull]\n  runtime_type = \"io.containerd.hull.v2\"\n\
+         [{cri}.containerd.runtimes.hull-vmm]\n  runtime_type = \"io.containerd.hull.v2\"\n\
+         [{cri}.containerd.runtimes.hull-vmm.options]\n  ConfigPath = \"{vmm}\"\n",
+        vmm = d("hull-vmm.toml"),
+        // The nested test bed's L1 runs from its initramfs, where pivot_root(2) fails.
+        no_pivot = std::env::var("HULL_CRI_RUNC_NO_PIVOT").is_ok_and(|v| v == "1"),
         root = d("root"),
         state = d("state"),
         sock = d("c.sock"),
@@ -84,22 +94,21 @@ fn config(dir: &Path) -> String {
 /// A bridge network of the test's own: no masquerade; portmap's rules for a pod's
 /// hostPorts go with the pod (its shared CNI-HOSTPORT-* chains stay, as on any node).
 fn cni_config(dir: &Path, name: &str, bridge: &str, subnet: &str) -> String {
-    serde_json::json!({
-        "cniVersion": "0.4.0",
-        "name": name,
-        "plugins": [{
-            "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": subnet}]],
-                "dataDir": dir.join("cni-ipam").display().to_string()
-            }
-        }, {
-            // hostPorts; its DEL (StopPodSandbox) removes the pod's rules.
+    let mut plugins = vec![serde_json::json!({
+        "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": subnet}]],
+            "dataDir": dir.join("cni-ipam").display().to_string()
+        }
+    })];
+    if std::env::var("HULL_CRI_PORTMAP").as_deref() != Ok("off") {
+        // hostPorts; its DEL (StopPodSandbox) removes the pod's rules.
+        plugins.push(serde_json::json!({
             "type": "portmap", "capabilities": {"portMappings": true}
-        }]
-    })
-    .to_string()
+        }));
+    }
+    serde_json::json!({"cniVersion": "0.4.0", "name": name, "plugins": plugins}).to_string()
 }
 
 async fn connect(sock: PathBuf) -> Channel {
@@ -127,6 +136,11 @@ impl Cri {
             std::os::unix::fs::symlink(&shim, dir.join("bin").join(b)).unwrap();
         }
         fs::write(dir.join("config.toml"), config(&dir)).unwrap();
+        fs::write(
+            dir.join("hull-vmm.toml"),
+            "[vm]\nhypervisor = \"hull-vmm\"\n",
+        )
+        .unwrap();
         // A bridge name is at most 15 bytes; the subnet is the test's alone.
         let bridge = format!("hc{}", std::process::id() % 1_000_000 * 10 + n as u32 % 10);
         let subnet = format!("10.250.{}.0/24", (std::process::id() as usize + n) % 250);

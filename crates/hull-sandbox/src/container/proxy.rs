@@ -363,7 +363,10 @@ fn start_sandbox(
                 huge_pages: s.huge_pages,
                 ..HullVmm::default()
             }),
-            _ => Box::new(Qemu::default()),
+            _ => Box::new(Qemu {
+                huge_pages: s.huge_pages,
+                ..Qemu::default()
+            }),
         };
     let free = hypervisor
         .device_slots()

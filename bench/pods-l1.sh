@@ -12,4 +12,16 @@ mkdir -p /etc /var/lib /run/containerd
 [ -s /etc/resolv.conf ] || echo "nameserver 127.0.0.1" >/etc/resolv.conf
 ip link set lo up
 echo "L1: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f MiB", $2 / 1024}' /proc/meminfo), kernel $(uname -r), containerd $(containerd --version | awk '{print $3}')"
-HULL_CRI_PORTMAP=off HULL_CRI_RUNC_NO_PIVOT=1 "$client" --handlers "$handlers" --counts "$counts"
+# A client that hangs says where: what runs, and what containerd last said.
+rc=0
+HULL_CRI_PORTMAP=off HULL_CRI_RUNC_NO_PIVOT=1 timeout "${PODS_TIMEOUT:-1500}" \
+    "$client" --handlers "$handlers" --counts "$counts" || rc=$?
+if [ "$rc" -ne 0 ]; then
+    echo "pods-l1: the client ended with $rc; processes:"
+    ps -o pid,args | grep -v ' \[' | cut -c1-200
+    for log in /tmp/hull-cri-*/containerd.log; do
+        echo "pods-l1: $log ends:"
+        tail -40 "$log" | cut -c1-400
+    done
+    exit "$rc"
+fi

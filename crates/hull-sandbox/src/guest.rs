@@ -21,6 +21,11 @@ pub const DEFAULT_DIR: &str = "/var/lib/hull/guest";
 pub const DEFAULT_SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
 const FRAGMENT: &str = include_str!("../../../guest/kernel.fragment");
 const BUILD_SCRIPT: &str = include_str!("../../../guest/build-kernel");
+/// Patches to Debian's source that build-kernel applies (it finds them beside itself).
+const PATCHES: [(&str, &str); 1] = [(
+    "virtio-mmio-queue-size.patch",
+    include_str!("../../../guest/virtio-mmio-queue-size.patch"),
+)];
 const MANIFEST: &str = "current.json";
 
 /// A built guest, as `current.json` records it.
@@ -164,8 +169,9 @@ fn prune(dir: &Path, current: &GuestAssets) {
     }
 }
 
-/// The kernel depends on the fragment, the build script and the source tarball (by
-/// path, size and mtime: hashing 130 MiB of xz on every call would cost a second).
+/// The kernel depends on the fragment, the build script, the patches and the source
+/// tarball (by path, size and mtime: hashing 130 MiB of xz on every call would cost a
+/// second).
 fn kernel_key(source: &Path) -> Result<String> {
     let meta = std::fs::metadata(source).map_err(io_err(
         "no kernel source (apt-get install linux-source-6.1) at",
@@ -180,6 +186,10 @@ fn kernel_key(source: &Path) -> Result<String> {
     let mut h = Sha256::new();
     h.update(FRAGMENT);
     h.update(BUILD_SCRIPT);
+    for (name, text) in PATCHES {
+        h.update(name);
+        h.update(text);
+    }
     h.update(format!("{} {} {mtime}", source.display(), meta.len()));
     Ok(crate::files::hex(&h.finalize())[..16].to_string())
 }
@@ -189,6 +199,9 @@ fn build_kernel(opts: &BuildOptions, kernel_dir: &Path, progress: &dyn Fn(&str))
     std::fs::create_dir_all(&scripts).map_err(io_err("cannot create", &scripts))?;
     write_atomic(&scripts.join("kernel.fragment"), FRAGMENT.as_bytes())?;
     write_atomic(&scripts.join("build-kernel"), BUILD_SCRIPT.as_bytes())?;
+    for (name, text) in PATCHES {
+        write_atomic(&scripts.join(name), text.as_bytes())?;
+    }
     let staging = opts.dir.join(".kernel-staging");
     let _ = std::fs::remove_dir_all(&staging);
     // The extracted tree is kept: a later fragment change recompiles only what changed.

@@ -27,8 +27,9 @@ struct Run {
     wall: Duration,
     latencies: Vec<Duration>,
     pss_kib: u64,
-    /// PSS by command name (`/proc/PID/comm`), summed over the pods.
-    by_command: BTreeMap<String, u64>,
+    /// PSS by command name (`/proc/PID/comm`), summed over the pods, and how many
+    /// processes have that name.
+    by_command: BTreeMap<String, (u64, usize)>,
     /// Private_Clean + Private_Dirty of the same processes: what one more pod adds
     /// once the pages pods share (programs, the guest kernel's file) are counted once.
     private_kib: u64,
@@ -146,12 +147,14 @@ async fn measure(cri: &Cri, handler: &str, n: usize, round: usize) -> Run {
     // Settled: the VMs' guests idle, the shims' start-up garbage gone.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pids = pod_processes(cri);
-    let mut by_command = BTreeMap::new();
+    let mut by_command: BTreeMap<String, (u64, usize)> = BTreeMap::new();
     for &p in &pids {
         let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-        *by_command.entry(comm.trim().to_string()).or_default() += kib(p, "smaps_rollup", "Pss:");
+        let entry = by_command.entry(comm.trim().to_string()).or_default();
+        entry.0 += kib(p, "smaps_rollup", "Pss:");
+        entry.1 += 1;
     }
-    let pss_kib = by_command.values().sum();
+    let pss_kib = by_command.values().map(|(kib, _)| kib).sum();
     let private_kib = pids
         .iter()
         .map(|&p| {
@@ -218,7 +221,16 @@ fn print(r: &Run) {
     let parts: Vec<String> = r
         .by_command
         .iter()
-        .map(|(c, k)| format!("{c} {:.1}", *k as f64 / r.n as f64 / 1024.0))
+        // Kernel threads (KVM's per-VM ones sit in the pod's cgroup) have no memory.
+        .filter(|(_, (kib, _))| *kib > 0)
+        .map(|(c, (kib, count))| {
+            let per_pod = |x: f64| x / r.n as f64;
+            format!(
+                "{c} {:.1} ({:.0} a pod)",
+                per_pod(*kib as f64) / 1024.0,
+                per_pod(*count as f64)
+            )
+        })
         .collect();
     println!(
         "  memory/pod by process, MiB: {}; private/pod {:.1} MiB",

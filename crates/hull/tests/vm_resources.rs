@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::vm::run_under_qemu;
 use common::{assert_clean, Bundle};
 
 const MIB: i64 = 1 << 20;
@@ -196,25 +197,7 @@ fn qemu_guest_memory_is_in_small_pages_unless_huge_pages_are_asked_for() {
         let c = Bundle::new(&["sleep", "600"]).container();
         let conf = c.bundle.dir.join("hull.toml");
         std::fs::write(&conf, format!("[vm]\nhuge_pages = {huge}\n")).unwrap();
-        let dir = c.dir();
-        let out = c.hull_with(
-            &["run", "-d", "--isolation", "vm", "--bundle", &dir, &c.id],
-            |cmd| {
-                cmd.env("HULL_HYPERVISOR", "qemu").env("HULL_CONFIG", &conf);
-            },
-        );
-        assert_eq!(out.code, 0, "{out:?}");
-        let proxy = c.state()["pid"].as_u64().unwrap();
-        let children = std::fs::read_to_string(format!("/proc/{proxy}/task/{proxy}/children"));
-        let qemu = children
-            .unwrap()
-            .split_whitespace()
-            .find(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.starts_with("qemu"))
-            })
-            .expect("QEMU, a child of the proxy")
-            .to_string();
+        let qemu = run_under_qemu(&c, Some(&conf));
         let field = |file: &str, key: &str| -> String {
             std::fs::read_to_string(format!("/proc/{qemu}/{file}"))
                 .unwrap()

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::vm::run_under_qemu;
 use common::*;
 
 /// `/proc/PID/status` field `name`, whitespace-joined.
@@ -151,29 +152,6 @@ fn hull_vmm_confines_itself_before_the_guest_runs() {
     std::fs::remove_file(&secret).unwrap();
 }
 
-/// `run -d` of the container in a VM under QEMU; QEMU's pid (the proxy's child).
-fn run_under_qemu(c: &common::Container) -> u32 {
-    let dir = c.dir();
-    let out = c.hull_with(
-        &["run", "-d", "--isolation", "vm", "--bundle", &dir, &c.id],
-        |cmd| {
-            cmd.env("HULL_HYPERVISOR", "qemu");
-        },
-    );
-    assert_eq!(out.code, 0, "{out:?}");
-    let state: serde_json::Value = serde_json::from_str(&c.hull(&["state", &c.id]).stdout).unwrap();
-    let proxy = state["pid"].as_u64().unwrap();
-    let children = std::fs::read_to_string(format!("/proc/{proxy}/task/{proxy}/children")).unwrap();
-    children
-        .split_whitespace()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("qemu"))
-        })
-        .expect("QEMU, a child of the proxy")
-        .parse()
-        .unwrap()
-}
-
 /// QEMU as every VM container's: its own uid, `-chroot` into an empty directory;
 /// CAP_SETUID, CAP_SETGID, CAP_SYS_CHROOT are all the bounding set kept for -runas and
 /// -chroot, and none is held.
@@ -192,7 +170,7 @@ fn assert_qemu_jailed(qemu: u32) {
 fn qemu_runs_jailed_under_a_vm_container() {
     hull_only!();
     let c = Bundle::new(&["sleep", "30"]).container();
-    let qemu = run_under_qemu(&c);
+    let qemu = run_under_qemu(&c, None);
     assert_qemu_jailed(qemu);
     let out = c.hull(&["exec", &c.id, "sh", "-c", "echo still serving"]);
     assert_eq!(out.stdout, "still serving\n", "{out:?}");
@@ -218,7 +196,7 @@ fn qemu_that_shares_a_directory_is_jailed_and_its_helper_chrooted_into_the_share
         .container();
     let vol = c.bundle.dir.join("vol");
     std::fs::create_dir_all(&vol).unwrap();
-    let qemu = run_under_qemu(&c);
+    let qemu = run_under_qemu(&c, None);
     let _kill = KillOnPanic(qemu);
     assert_qemu_jailed(qemu);
     let state: serde_json::Value = serde_json::from_str(&c.hull(&["state", &c.id]).stdout).unwrap();

@@ -82,3 +82,29 @@ pub fn assert_vm_gone(c: &Container) {
         .collect();
     assert!(left.is_empty(), "cgroups left: {left:?}");
 }
+
+/// `run -d` of the container in a VM under QEMU, with hull's config.toml `config` if
+/// given; QEMU's pid (the proxy's child).
+pub fn run_under_qemu(c: &Container, config: Option<&Path>) -> u32 {
+    let dir = c.dir();
+    let out = c.hull_with(
+        &["run", "-d", "--isolation", "vm", "--bundle", &dir, &c.id],
+        |cmd| {
+            cmd.env("HULL_HYPERVISOR", "qemu");
+            if let Some(config) = config {
+                cmd.env("HULL_CONFIG", config);
+            }
+        },
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let proxy = c.state()["pid"].as_u64().unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{proxy}/task/{proxy}/children")).unwrap();
+    children
+        .split_whitespace()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("qemu"))
+        })
+        .expect("QEMU, a child of the proxy")
+        .parse()
+        .unwrap()
+}

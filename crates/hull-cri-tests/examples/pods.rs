@@ -114,15 +114,17 @@ async fn remove(mut rt: Rt, pod: String) {
     rt.remove_pod_sandbox(rm).await.expect("RemovePodSandbox");
 }
 
-/// A /proc/PID/smaps_rollup or status figure, in KiB.
-fn kib(pid: i32, file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .unwrap_or_default()
-        .lines()
+/// A figure of a /proc/PID/smaps_rollup or status text, in KiB (0 where it is missing).
+fn kib(text: &str, key: &str) -> u64 {
+    text.lines()
         .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+fn proc_file(pid: i32, file: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default()
 }
 
 /// Every process the pods added: those naming the bench's directory (shims, proxies,
@@ -148,24 +150,23 @@ async fn measure(cri: &Cri, handler: &str, n: usize, round: usize) -> Run {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pids = pod_processes(cri);
     let mut by_command: BTreeMap<String, (u64, usize)> = BTreeMap::new();
+    let mut private_kib = 0;
     for &p in &pids {
-        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-        let entry = by_command.entry(comm.trim().to_string()).or_default();
-        entry.0 += kib(p, "smaps_rollup", "Pss:");
+        // One read: the figures of one moment, and QEMU's rollup walks all its mappings.
+        let rollup = proc_file(p, "smaps_rollup");
+        let entry = by_command
+            .entry(proc_file(p, "comm").trim().to_string())
+            .or_default();
+        entry.0 += kib(&rollup, "Pss:");
         entry.1 += 1;
+        private_kib += kib(&rollup, "Private_Clean:") + kib(&rollup, "Private_Dirty:");
     }
     let pss_kib = by_command.values().map(|(kib, _)| kib).sum();
-    let private_kib = pids
-        .iter()
-        .map(|&p| {
-            kib(p, "smaps_rollup", "Private_Clean:") + kib(p, "smaps_rollup", "Private_Dirty:")
-        })
-        .sum();
     let shim_rss_kib = cri
         .processes()
         .into_iter()
         .filter(|(_, cmd)| cmd.contains("containerd-shim-"))
-        .map(|(p, _)| kib(p, "status", "VmRSS:"))
+        .map(|(p, _)| kib(&proc_file(p, "status"), "VmRSS:"))
         .collect();
     let pods: Vec<String> = results.iter().map(|(p, _)| p.clone()).collect();
     join_all(

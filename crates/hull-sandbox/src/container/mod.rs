@@ -69,6 +69,25 @@ impl HypervisorChoice {
         }
     }
 
+    /// The VMM [`pick`](Self::pick) names, with guest memory on huge pages or not.
+    pub fn hypervisor(
+        self,
+        accel: Accel,
+        shares_directories: bool,
+        huge_pages: bool,
+    ) -> Box<dyn crate::hypervisor::Hypervisor> {
+        match self.pick(accel, shares_directories) {
+            HypervisorChoice::HullVmm => Box::new(crate::hullvmm::HullVmm {
+                huge_pages,
+                ..Default::default()
+            }),
+            _ => Box::new(crate::qemu::Qemu {
+                huge_pages,
+                ..Default::default()
+            }),
+        }
+    }
+
     pub fn parse(s: &str) -> Option<HypervisorChoice> {
         match s {
             "auto" => Some(HypervisorChoice::Auto),

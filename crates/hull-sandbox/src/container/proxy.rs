@@ -24,9 +24,7 @@ use super::{serve_exec, VmSettings, SANDBOX_DIR};
 use crate::client::AgentClient;
 use crate::error::{io_err, Result, SandboxError};
 use crate::guest::GuestAssets;
-use crate::hullvmm::HullVmm;
-use crate::hypervisor::{Accel, Hypervisor};
-use crate::qemu::Qemu;
+use crate::hypervisor::Accel;
 use crate::sandbox::{Sandbox, SandboxConfig};
 
 pub(super) const CALL: Duration = Duration::from_secs(60);
@@ -357,17 +355,9 @@ fn start_sandbox(
     std::env::set_current_dir(&abs).map_err(io_err("cannot enter", &abs))?;
     let dir = PathBuf::from(".");
     let accel = Accel::detect();
-    let hypervisor: Box<dyn Hypervisor> =
-        match s.hypervisor.pick(accel, !plan.guest.dirs.is_empty()) {
-            super::HypervisorChoice::HullVmm => Box::new(HullVmm {
-                huge_pages: s.huge_pages,
-                ..HullVmm::default()
-            }),
-            _ => Box::new(Qemu {
-                huge_pages: s.huge_pages,
-                ..Qemu::default()
-            }),
-        };
+    let hypervisor = s
+        .hypervisor
+        .hypervisor(accel, !plan.guest.dirs.is_empty(), s.huge_pages);
     let free = hypervisor
         .device_slots()
         .saturating_sub(nets.len() + plan.guest.dirs.len());

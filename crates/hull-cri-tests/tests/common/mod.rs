@@ -111,17 +111,31 @@ fn cni_config(dir: &Path, name: &str, bridge: &str, subnet: &str) -> String {
     serde_json::json!({"cniVersion": "0.4.0", "name": name, "plugins": plugins}).to_string()
 }
 
-async fn connect(sock: PathBuf) -> Channel {
-    Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let p = sock.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+/// containerd binds its socket before it listens on it (and, under load, well before),
+/// so a refused connection is retried until `deadline`.
+async fn connect(sock: PathBuf, deadline: Instant) -> Channel {
+    loop {
+        let p = sock.clone();
+        let attempt = Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let p = p.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+                }
+            }))
+            .await;
+        match attempt {
+            Ok(ch) => return ch,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        }))
-        .await
-        .expect("connect to containerd's CRI socket")
+            Err(e) => panic!(
+                "connect to containerd's CRI socket {}: {e:?}",
+                sock.display()
+            ),
+        }
+    }
 }
 
 impl Cri {
@@ -167,7 +181,7 @@ impl Cri {
             assert!(Instant::now() < deadline, "containerd did not come up");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let ch = connect(sock).await;
+        let ch = connect(sock, deadline).await;
         let cri = Cri {
             rt: RuntimeServiceClient::new(ch.clone()),
             images: ImageServiceClient::new(ch),

@@ -206,9 +206,17 @@ pub trait Hypervisor {
 mod accel_tests {
     use super::*;
 
+    /// A directory of the test's own: the verdict and the lock beside it go with it.
+    fn scratch() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("hull-accel-{}", crate::random_u64()));
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn the_verdict_is_probed_once_and_kept() {
-        let cache = std::env::temp_dir().join(format!("hull-accel-{}", crate::random_u64()));
+        let dir = scratch();
+        let cache = dir.join("accel");
         let mut probes = 0;
         let first = Accel::detect_cached(&cache, || {
             probes += 1;
@@ -224,13 +232,14 @@ mod accel_tests {
         let third = Accel::detect_cached(&cache, || true);
         assert_eq!(third, Accel::Kvm);
         assert!(std::fs::read_to_string(&cache).unwrap().ends_with(" kvm\n"));
-        let _ = std::fs::remove_file(&cache);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn creates_at_once_wait_for_one_probe() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let cache = std::env::temp_dir().join(format!("hull-accel-{}", crate::random_u64()));
+        let dir = scratch();
+        let cache = dir.join("accel");
         let probes = AtomicUsize::new(0);
         std::thread::scope(|s| {
             for _ in 0..6 {
@@ -245,7 +254,6 @@ mod accel_tests {
             }
         });
         assert_eq!(probes.load(Ordering::SeqCst), 1);
-        let _ = std::fs::remove_file(&cache);
-        let _ = std::fs::remove_file(cache.with_extension("lock"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -113,7 +113,7 @@ fn cni_config(dir: &Path, name: &str, bridge: &str, subnet: &str) -> String {
 
 /// containerd binds its socket before it listens on it (and, under load, well before),
 /// so a refused connection is retried until `deadline`.
-async fn connect(sock: PathBuf, deadline: Instant) -> Channel {
+async fn connect(sock: PathBuf, deadline: Instant) -> Result<Channel, String> {
     loop {
         let p = sock.clone();
         let attempt = Endpoint::try_from("http://[::]:50051")
@@ -126,7 +126,7 @@ async fn connect(sock: PathBuf, deadline: Instant) -> Channel {
             }))
             .await;
         match attempt {
-            Ok(ch) => return ch,
+            Ok(ch) => return Ok(ch),
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -136,6 +136,15 @@ async fn connect(sock: PathBuf, deadline: Instant) -> Channel {
             ),
         }
     }
+}
+
+/// containerd did not serve its socket: it goes, with its directory, and its log says why.
+fn never_came_up(mut daemon: Child, dir: &Path, why: &str) -> ! {
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let log = fs::read_to_string(dir.join("containerd.log")).unwrap_or_default();
+    let _ = fs::remove_dir_all(dir);
+    panic!("containerd did not come up: {why}\ncontainerd.log:\n{log}");
 }
 
 impl Cri {
@@ -177,11 +186,13 @@ impl Cri {
             .unwrap_or_else(|e| panic!("containerd: {e} (scripts/install-deps installs it)"));
         let sock = dir.join("c.sock");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "containerd did not come up");
+        while !sock.exists() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let ch = connect(sock, deadline).await;
+        let ch = match connect(sock, deadline).await {
+            Ok(ch) => ch,
+            Err(e) => never_came_up(daemon, &dir, &e),
+        };
         let cri = Cri {
             rt: RuntimeServiceClient::new(ch.clone()),
             images: ImageServiceClient::new(ch),

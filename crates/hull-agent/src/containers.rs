@@ -284,6 +284,16 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The file that counts the OOM kills in container `id`'s cgroup.
+    pub fn oom_kills_file(&self, id: &str) -> Result<PathBuf> {
+        let c = container::Container::load(&self.state_root, id)?;
+        c.state
+            .cgroup
+            .oom_kills_file()
+            .map_err(hull_runtime::error::Error::from)?
+            .ok_or_else(|| anyhow!("container {id} has no memory cgroup in this VM"))
+    }
+
     pub fn proc(&self, key: &Key) -> Result<&Proc> {
         self.procs.get(key).ok_or_else(|| match &key.1 {
             None => anyhow!("no container {} in this VM", key.0),

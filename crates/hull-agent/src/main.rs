@@ -16,6 +16,7 @@ mod log;
 mod nbd;
 mod network;
 mod network6;
+mod oom;
 mod rootfs;
 mod router;
 mod server;

@@ -50,6 +50,8 @@ pub struct Server {
     stdins: Stdins,
     /// Wait requests not yet answered: request id, process.
     waits: Vec<(u64, Key)>,
+    /// WatchOom requests not yet answered.
+    oom: crate::oom::OomWatches,
     greeted: bool,
     shutdown: bool,
     /// The host asked for shutdown and has been answered.
@@ -99,6 +101,7 @@ impl Server {
             outputs: Vec::new(),
             stdins: Stdins::default(),
             waits: Vec::new(),
+            oom: Default::default(),
             greeted: false,
             shutdown: false,
             shutdown_answered: false,
@@ -250,6 +253,10 @@ impl Server {
         for (_, fd) in &waiting {
             fds.push(PollFd::new(*fd, PollFlags::POLLOUT));
         }
+        // Only for the wake-up: answer_waits reads every watched count after it.
+        for fd in self.oom.fds() {
+            fds.push(PollFd::new(fd, PollFlags::POLLPRI));
+        }
         loop {
             match poll(&mut fds, timeout) {
                 Ok(_) => break,
@@ -258,7 +265,8 @@ impl Server {
             }
         }
         let ready = |f: &PollFd| !f.revents().unwrap_or(PollFlags::empty()).is_empty();
-        let (output_fds, stdin_fds) = fds[2..].split_at(self.outputs.len());
+        let (output_fds, rest) = fds[2..].split_at(self.outputs.len());
+        let stdin_fds = &rest[..waiting.len()];
         let outputs = output_fds
             .iter()
             .zip(&self.outputs)
@@ -380,6 +388,12 @@ impl Server {
                 let key = (container, exec_id);
                 self.sandbox.proc(&key)?;
                 self.waits.push((id, key));
+                Ok(Outcome::Deferred)
+            }
+            Request::WatchOom { container, seen } => {
+                let file = self.sandbox.oom_kills_file(&container)?;
+                self.sandbox.proc(&(container.clone(), None))?;
+                self.oom.add(id, container, seen, &file)?;
                 Ok(Outcome::Deferred)
             }
             Request::CloseStdin { container, exec_id } => {
@@ -531,6 +545,9 @@ impl Server {
             };
             let (id, _) = self.waits.remove(i);
             self.send(&Message::Response { id, reply })?;
+        }
+        for answer in self.oom.answers(&self.sandbox.procs) {
+            self.send(&answer)?;
         }
         Ok(())
     }

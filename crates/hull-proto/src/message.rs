@@ -219,6 +219,13 @@ pub enum Request {
     Stats {
         container: String,
     },
+    /// Answered once the OOM killer's count in the container's cgroup exceeds `seen`,
+    /// or once the container's init has exited (with the count then): the host hears
+    /// of each kill as it happens, and nothing polls while none does.
+    WatchOom {
+        container: String,
+        seen: u64,
+    },
     ResizeTerminal {
         container: String,
         #[serde(default)]
@@ -299,6 +306,11 @@ pub enum Reply {
     },
     Pids {
         pids: Vec<i32>,
+    },
+    /// For WatchOom: the count, and whether the init has exited (the last answer).
+    OomKills {
+        count: u64,
+        exited: bool,
     },
 }
 

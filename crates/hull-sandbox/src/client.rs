@@ -480,6 +480,7 @@ fn op_name(r: &Request) -> &'static str {
         Request::Signal { .. } => "signal",
         Request::Wait { .. } => "wait",
         Request::Stats { .. } => "stats",
+        Request::WatchOom { .. } => "watch_oom",
         Request::ResizeTerminal { .. } => "resize_terminal",
         Request::CloseStdin { .. } => "close_stdin",
         Request::DeleteContainer { .. } => "delete_container",

@@ -153,16 +153,6 @@ impl Hull {
         ]
     }
 
-    /// Starts a long-running `hull ARGS` whose stdout the caller reads.
-    pub fn spawn_reader(&self, args: &[&OsStr]) -> Result<Child> {
-        let mut cmd = self.command(None);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        self.spawn(&mut cmd)
-    }
-
     fn spawn(&self, cmd: &mut Command) -> Result<Child> {
         self.reaper
             .spawn(cmd)

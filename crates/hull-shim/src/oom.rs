@@ -1,8 +1,9 @@
-//! OOM kills, for TaskOOM (CRI's OOMKilled reason comes from it). A namespace
-//! container's cgroup is on this host: its kill count is read from cgroupfs (memory.events
-//! on v2, memory.oom_control on v1), at each look of the shim's poller and at the init's
-//! exit, before TaskExit. A VM container's cgroup is in the guest: `hull events` reports
-//! its kills as runc's "oom" lines while the container runs.
+//! OOM kills, for TaskOOM (CRI's OOMKilled reason comes from it), read at each look of
+//! the shim's poller and at the init's exit, before TaskExit. A namespace container's
+//! cgroup is on this host: its kill count is read from cgroupfs (memory.events on v2,
+//! memory.oom_control on v1). A VM container's cgroup is in the guest: its proxy (or, for
+//! a pod member, its stand-in) writes the count into the container's state directory as
+//! the guest's agent reports each kill, and last before it exits.
 
 use std::path::PathBuf;
 
@@ -40,9 +41,17 @@ pub fn kills(cgroups_path: &str) -> Option<u64> {
     })
 }
 
-/// One line of `hull events` is an OOM kill.
-pub fn is_oom_line(line: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v["type"] == "oom")
+/// The file in a VM container's state directory that holds its guest cgroup's OOM
+/// kills (hull-sandbox's `OOM_KILLS`).
+const VM_OOM_KILLS: &str = "oom-kills";
+
+/// A VM container's OOM kills so far, from its state directory.
+pub fn vm_kills(state_dir: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(state_dir.join(VM_OOM_KILLS))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -50,8 +59,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn oom_lines() {
-        assert!(is_oom_line(r#"{"type":"oom","id":"c"}"#));
-        assert!(!is_oom_line(r#"{"type":"stats","id":"c","data":{}}"#));
+    fn vm_counts() {
+        let dir = std::env::temp_dir().join(format!("hull-shim-oom-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(vm_kills(&dir), None);
+        std::fs::write(dir.join(VM_OOM_KILLS), "3\n").unwrap();
+        assert_eq!(vm_kills(&dir), Some(3));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

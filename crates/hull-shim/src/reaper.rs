@@ -71,20 +71,6 @@ impl Reaper {
         }
     }
 
-    /// Forgets a command nobody will wait for (its status is dropped when reaped).
-    pub fn forget(&self, pid: u32) {
-        let mut commands = lock(&self.commands);
-        match commands.get(&(pid as i32)) {
-            Some(Some(_)) => {
-                commands.remove(&(pid as i32));
-            }
-            Some(None) => {
-                commands.insert(pid as i32, Some(-2));
-            }
-            None => {}
-        }
-    }
-
     /// Reaps every child that has exited; run on each SIGCHLD.
     fn reap(&self) {
         let mut commands = lock(&self.commands);
@@ -96,10 +82,6 @@ impl Reaper {
                 Ok(_) => continue,
             };
             match commands.get(&pid) {
-                // A forgotten command: nobody waits.
-                Some(Some(-2)) => {
-                    commands.remove(&pid);
-                }
                 Some(_) => {
                     commands.insert(pid, Some(status));
                     self.done.notify_all();

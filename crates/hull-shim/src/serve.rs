@@ -78,17 +78,15 @@ pub fn serve(flags: &Flags, isolation: Isolation) -> Result<()> {
                 s.on_exit(exit);
             }
         })?;
-    if isolation == Isolation::Namespace {
-        let s = shared.clone();
-        std::thread::Builder::new()
-            .name("oom".into())
-            .spawn(move || loop {
-                std::thread::sleep(OOM_POLL);
-                for c in s.all() {
-                    s.check_oom(&c, &mut c.lock());
-                }
-            })?;
-    }
+    let s = shared.clone();
+    std::thread::Builder::new()
+        .name("oom".into())
+        .spawn(move || loop {
+            std::thread::sleep(OOM_POLL);
+            for c in s.all() {
+                s.check_oom(&c, &mut c.lock());
+            }
+        })?;
     let service = create_task(Arc::new(Service {
         shared: shared.clone(),
     }));

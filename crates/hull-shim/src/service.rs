@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -19,13 +18,9 @@ use crate::error::{Error, Result};
 use crate::hull::{Hull, Isolation};
 use crate::publisher::Publisher;
 use crate::reaper::{lock, Exit};
-use crate::state::{Container, OomWatcher, Pids, Process, Procs};
+use crate::state::{Container, Pids, Process, Procs};
 use crate::stdio::{IoPaths, Live, Prepared};
 use crate::{mounts, oom, spec};
-
-/// How long an exit waits for a VM container's `hull events` to end (it looks every
-/// 50 ms whether the container has stopped).
-const OOM_WATCHER_END: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct Shared {
     pub hull: Hull,
@@ -204,9 +199,6 @@ impl Shared {
         ev.container_id = id.to_string();
         ev.pid = procs.init.pid;
         self.events.publish(ev);
-        if self.hull.isolation == Isolation::Vm {
-            procs.oom_watcher = self.watch_oom(id);
-        }
         Ok(procs.init.pid)
     }
 
@@ -308,12 +300,6 @@ impl Shared {
                 "container {id:?} is running: kill it first"
             )));
         }
-        if let Some(w) = procs.oom_watcher.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(w.pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
         if self.pod_cgroup_of(&c.info).is_some() {
             lock(&self.pod_cgroup).leave();
         }
@@ -361,12 +347,8 @@ impl Shared {
     fn exited(&self, c: &Container, procs: &mut Procs, exec_id: &str, exit: &Exit) {
         if exec_id.is_empty() {
             // Before TaskExit: CRI's OOMKilled reason is set from the OOM event. A VM
-            // container's watcher ends right after the stop, with a last "oom" line for
-            // a kill that stopped it.
+            // container's proxy or stand-in wrote the last count before it exited.
             self.check_oom(c, procs);
-            if let Some(w) = &procs.oom_watcher {
-                let _ = w.done.recv_timeout(OOM_WATCHER_END);
-            }
         }
         let Ok(p) = procs.get_mut(exec_id) else {
             return;
@@ -394,12 +376,15 @@ impl Shared {
         }
     }
 
-    /// Publishes TaskOOM if a namespace container's cgroup counts a new OOM kill.
+    /// Publishes TaskOOM if a container's OOM kills have grown: a namespace
+    /// container's cgroup is on this host; a VM container's count is in its state
+    /// directory, kept current by its proxy or stand-in (oom.rs).
     pub fn check_oom(&self, c: &Container, procs: &mut Procs) {
-        if self.hull.isolation != Isolation::Namespace {
-            return;
-        }
-        let Some(kills) = c.info.cgroups_path.as_deref().and_then(oom::kills) else {
+        let kills = match self.hull.isolation {
+            Isolation::Namespace => c.info.cgroups_path.as_deref().and_then(oom::kills),
+            Isolation::Vm => oom::vm_kills(&self.hull.root.join(&c.id)),
+        };
+        let Some(kills) = kills else {
             return;
         };
         if kills > procs.oom_seen {
@@ -408,36 +393,6 @@ impl Shared {
             ev.container_id = c.id.clone();
             self.events.publish(ev);
         }
-    }
-
-    /// A VM container's OOM kills, from `hull events` in the background.
-    fn watch_oom(self: &Arc<Self>, id: &str) -> Option<OomWatcher> {
-        let args = [os("events"), os("--interval"), os("2s"), os(id)];
-        let mut child = self.hull.spawn_reader(&refs(&args)).ok()?;
-        let out = child.stdout.take()?;
-        let pid = child.id();
-        let me = self.clone();
-        let id = id.to_string();
-        let (done_tx, done) = std::sync::mpsc::channel::<()>();
-        let spawned = std::thread::Builder::new()
-            .name("oom".into())
-            .spawn(move || {
-                for line in std::io::BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if oom::is_oom_line(&line) {
-                        let mut ev = TaskOOM::new();
-                        ev.container_id = id.clone();
-                        me.events.publish(ev);
-                    }
-                }
-                // Before the reaper's wait: the reaper may be the one waiting for this.
-                drop(done_tx);
-                me.hull.reaper.wait(pid);
-            });
-        if spawned.is_err() {
-            self.hull.reaper.forget(pid);
-        }
-        Some(OomWatcher { pid, done })
     }
 
     /// Shutdown with no container left: the daemon may end.

@@ -88,21 +88,12 @@ impl Process {
     }
 }
 
-/// `hull events` of a VM container, read by a thread that publishes TaskOOM.
-pub struct OomWatcher {
-    pub pid: u32,
-    /// Closed when the watcher's output ends (after its last "oom" line).
-    pub done: std::sync::mpsc::Receiver<()>,
-}
-
 pub struct Procs {
     pub init: Process,
     pub execs: HashMap<String, Process>,
     pub next_exec: u32,
     /// OOM kills already reported.
     pub oom_seen: u64,
-    /// A VM container's `hull events` watcher.
-    pub oom_watcher: Option<OomWatcher>,
     /// Deleted: Wait and State find nothing.
     pub deleted: bool,
 }
@@ -166,7 +157,6 @@ impl Container {
                 execs: HashMap::new(),
                 next_exec: 1,
                 oom_seen: 0,
-                oom_watcher: None,
                 deleted: false,
             }),
             changed: Condvar::new(),

@@ -362,3 +362,44 @@ fn a_pod_guest_with_a_member_uses_under_18_mib() {
     sb.delete(true).ok("delete the sandbox");
     assert_vm_gone(&sb);
 }
+
+/// A member's stand-in records each OOM kill in the guest as it happens (its proxy
+/// passes the agent's WatchOom answers on), and the last before it exits.
+#[test]
+fn a_members_oom_kills_are_recorded_as_they_happen_and_at_its_exit() {
+    hull_only!();
+    become_subreaper();
+    let (sb, _) = sandbox();
+    let init = "while [ ! -e /dev/shm/go ]; do sleep 0.1; done; exec tail /dev/zero";
+    let m = member(&sb, &["sh", "-c", init]);
+    let config = m.bundle.dir.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    v["linux"]["resources"] = json!({"memory": {"limit": 32 << 20, "swap": 32 << 20}});
+    std::fs::write(&config, v.to_string()).unwrap();
+    let recorded = |m: &Container| -> Option<u64> {
+        let text = std::fs::read_to_string(m.root.join(&m.id).join("oom-kills")).ok()?;
+        text.trim().parse().ok()
+    };
+    let pid = create_member(&m);
+    m.start().ok("start the member");
+    let out = m.exec(&["sh", "-c", "tail /dev/zero"]);
+    assert_eq!(out.code, 137, "the OOM killer's SIGKILL: {out:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while recorded(&m) != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "not recorded: {:?}",
+            recorded(&m)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(m.status(), "running");
+    // Its init, killed by the OOM killer: the count is there when the stand-in exits.
+    m.exec(&["touch", "/dev/shm/go"]).ok("touch /dev/shm/go");
+    let status = wait_adopted(pid, MINUTE);
+    assert_eq!((status, recorded(&m)), (137, Some(2)));
+    m.delete(true).ok("delete the member");
+    sb.delete(true).ok("delete the sandbox");
+    assert_vm_gone(&sb);
+}

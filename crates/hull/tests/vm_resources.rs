@@ -102,6 +102,43 @@ fn events_report_the_oom_killer_in_both_isolations() {
     }
 }
 
+/// The state directory's count of a VM container's OOM kills, which the shim reads.
+fn recorded_oom_kills(c: &common::Container) -> Option<u64> {
+    let text = std::fs::read_to_string(c.root.join(&c.id).join("oom-kills")).ok()?;
+    text.trim().parse().ok()
+}
+
+/// A VM container's proxy records each OOM kill in the guest as it happens, with nobody
+/// watching: the agent answers its WatchOom when the cgroup's count grows.
+#[test]
+fn a_vm_containers_oom_kills_are_recorded_as_they_happen() {
+    hull_only!();
+    let c = Bundle::new(&["sleep", "600"])
+        .config(|v| {
+            v["linux"]["resources"] =
+                serde_json::json!({"memory": {"limit": 32 * MIB, "swap": 32 * MIB}})
+        })
+        .container();
+    c.run_detached("vm").ok("run -d");
+    assert_eq!(recorded_oom_kills(&c), None);
+    for kills in 1..=2 {
+        let out = c.exec(&["sh", "-c", "tail /dev/zero"]);
+        assert_eq!(out.code, 137, "the OOM killer's SIGKILL: {out:?}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while recorded_oom_kills(&c) != Some(kills) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kill {kills} not recorded: {:?}",
+                recorded_oom_kills(&c)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    assert_eq!(c.status(), "running");
+    c.delete(true).ok("delete --force");
+    assert_clean(&c);
+}
+
 /// An OOM kill that ends the container's init is reported too, although no sample
 /// came between the kill and the stop: `events` ends right after the stop with the
 /// kill as its last line (the shim waits for it to publish TaskOOM before TaskExit).

@@ -318,15 +318,8 @@ impl Cgroup {
     /// memory.events (v2) or memory.oom_control (v1, kernels since 4.13); 0 where
     /// neither says.
     pub fn oom_kills(&self) -> Result<u64, CgroupError> {
-        let file = if self.is_empty() {
+        let Some(file) = self.oom_kills_file()? else {
             return Ok(0);
-        } else if self.version == CgroupVersion::V2 {
-            self.unified()?.dir.join("memory.events")
-        } else {
-            match self.v1.iter().find(|h| h.has("memory")) {
-                Some(h) => h.dir.join("memory.oom_control"),
-                None => return Ok(0),
-            }
         };
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
@@ -338,6 +331,23 @@ impl Cgroup {
             .find_map(|l| l.strip_prefix("oom_kill "))
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0))
+    }
+
+    /// The file whose `oom_kill` line counts the OOM killer's kills (memory.events on
+    /// v2, which poll(2) reports with POLLPRI when it changes); None without a memory
+    /// controller.
+    pub fn oom_kills_file(&self) -> Result<Option<PathBuf>, CgroupError> {
+        if self.is_empty() {
+            Ok(None)
+        } else if self.version == CgroupVersion::V2 {
+            Ok(Some(self.unified()?.dir.join("memory.events")))
+        } else {
+            Ok(self
+                .v1
+                .iter()
+                .find(|h| h.has("memory"))
+                .map(|h| h.dir.join("memory.oom_control")))
+        }
     }
 
     /// Remove the directories `create` made, deepest first. A cgroup whose tasks are still

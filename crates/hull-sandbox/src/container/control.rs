@@ -97,6 +97,11 @@ pub enum ControlReply {
     Pids {
         pids: Vec<i32>,
     },
+    /// To a member's stand-in while its init runs: the OOM kills its guest cgroup has
+    /// counted, each time the count grows.
+    OomKills {
+        count: u64,
+    },
     Stats {
         json: String,
         #[serde(default)]

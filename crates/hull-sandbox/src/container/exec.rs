@@ -74,7 +74,7 @@ pub fn exec(c: &Container, req: VmExec) -> Result<i32> {
                 let _ = relay::take_controlling_terminal(t.as_fd());
             }
         }
-        let status = wait_exec(&conn, tty).status;
+        let status = wait_exec(&conn, tty, |_| {}).status;
         drop(raw);
         return Ok(status);
     }
@@ -86,7 +86,7 @@ pub fn exec(c: &Container, req: VmExec) -> Result<i32> {
                 let _ = relay::take_controlling_terminal(t.as_fd());
             }
             let _ = relay::stdio_to_null();
-            std::process::exit(wait_exec(&conn, tty).status)
+            std::process::exit(wait_exec(&conn, tty, |_| {}).status)
         }
         ForkResult::Parent { child } => {
             if let Some(p) = req.pid_file {
@@ -149,7 +149,8 @@ pub(super) struct Exit {
     pub oom_kills: Option<u64>,
 }
 
-pub(super) fn wait_exec(conn: &OwnedFd, tty: Option<OwnedFd>) -> Exit {
+/// A member's init also gets its OOM kills as they happen, for `on_oom`.
+pub(super) fn wait_exec(conn: &OwnedFd, tty: Option<OwnedFd>, mut on_oom: impl FnMut(u64)) -> Exit {
     let set = relay::passed_on();
     let blocked = set.thread_block().is_ok();
     // The size the terminal has now, read once SIGWINCH is blocked (so a change after
@@ -183,6 +184,7 @@ pub(super) fn wait_exec(conn: &OwnedFd, tty: Option<OwnedFd>) -> Exit {
             Ok(Some((ControlReply::Exited { status, oom_kills }, _))) => {
                 return Exit { status, oom_kills }
             }
+            Ok(Some((ControlReply::OomKills { count }, _))) => on_oom(count),
             Ok(Some(_)) => continue,
             _ => {
                 return Exit {
@@ -273,6 +275,13 @@ pub(super) fn serve_process(
     if let Some(i) = plumbed.input.take() {
         inputs.push(relay::into_agent(agent.clone(), streams.stdin, i));
     }
+    if key.1.is_none() {
+        if let Ok(to_stand_in) = conn.try_clone() {
+            follow_oom(agent.clone(), key.0.clone(), move |count| {
+                let _ = control::send(to_stand_in.as_fd(), &ControlReply::OomKills { count }, &[]);
+            });
+        }
+    }
     if control::send(conn.as_fd(), &ControlReply::Started { pid }, &[]).is_err() {
         tracing::debug!("{key:?}: the client left before it started");
     }
@@ -302,6 +311,52 @@ pub(super) fn serve_process(
     let reply = ControlReply::Exited { status, oom_kills };
     let _ = control::send(conn.as_fd(), &reply, &[]);
     Some(status)
+}
+
+/// Hands `report` each new count of the OOM kills in `container`'s guest cgroup while
+/// its init runs (the agent answers WatchOom as the count grows, and last when the init
+/// exits), from a thread of its own: the proxy keeps its containers' counts current on
+/// the host, where `hull events` and the shim read them, and nothing polls the guest.
+pub(super) fn follow_oom(
+    agent: Arc<crate::client::AgentClient>,
+    container: String,
+    mut report: impl FnMut(u64) + Send + 'static,
+) {
+    let name = container.clone();
+    let spawned = std::thread::Builder::new()
+        .name("oom".into())
+        .spawn(move || {
+            let mut seen = 0;
+            loop {
+                let watch = Request::WatchOom {
+                    container: container.clone(),
+                    seen,
+                };
+                match agent.call(watch, Duration::from_secs(u32::MAX as u64)) {
+                    Ok(Reply::OomKills { count, exited }) => {
+                        if count > seen {
+                            seen = count;
+                            report(count);
+                        }
+                        if exited {
+                            return;
+                        }
+                    }
+                    Ok(r) => {
+                        tracing::warn!("{container}: WatchOom answered {r:?}");
+                        return;
+                    }
+                    // The VM went, or the container with it.
+                    Err(e) => {
+                        tracing::debug!("{container}: no more OOM kills to follow: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("{name}: its OOM kills will be known at its exit only: {e}");
+    }
 }
 
 /// The OOM kills the guest's cgroup of `container` has counted.

@@ -303,7 +303,9 @@ fn stand_in(plan: StandIn, mut parent: UnixStream) -> ! {
     // SAFETY: as above; from now on the stand-in outlives `create`.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
     drop(parent);
-    let exit = super::exec::wait_exec(&conn, tty);
+    let exit = super::exec::wait_exec(&conn, tty, |kills| {
+        super::record_oom_kills(&state_dir, kills)
+    });
     if let Some(kills) = exit.oom_kills {
         super::record_oom_kills(&state_dir, kills);
     }

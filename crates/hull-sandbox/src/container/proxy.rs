@@ -407,6 +407,12 @@ impl Proxy {
             let shared = shared.clone();
             std::thread::spawn(move || serve_connection(&shared, conn));
         });
+        let state_dir = self.state_dir.clone();
+        super::exec::follow_oom(
+            self.shared.agent.clone(),
+            self.shared.id.clone(),
+            move |n| super::record_oom_kills(&state_dir, n),
+        );
         let wait = Request::Wait {
             container: self.shared.id.clone(),
             exec_id: None,

@@ -46,6 +46,10 @@ fn unsafe_borrow(fd: i32) -> std::os::fd::BorrowedFd<'static> {
 
 pub fn serve(flags: &Flags, isolation: Isolation) -> Result<()> {
     log::set_debug(flags.debug);
+    // One malloc arena: glibc would give each of the daemon's threads (reaper, exits,
+    // oom, events, ttrpc's) an arena of its own, per pod; they move little data.
+    // SAFETY: mallopt with integer arguments, before any thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     // Before any thread: every thread inherits the mask.
     reaper::block_signals()?;
     nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;

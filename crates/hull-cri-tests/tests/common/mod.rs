@@ -138,6 +138,26 @@ async fn connect(sock: PathBuf, deadline: Instant) -> Result<Channel, String> {
     }
 }
 
+/// The pause image's process: the package's `hull-test-pause`, which cargo builds for
+/// its tests, and beside `examples/` for bench/pods' client.
+fn pause_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_hull-test-pause") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let beside = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("hull-test-pause"))
+        .unwrap_or_default();
+    assert!(
+        beside.exists(),
+        "no {} (cargo build -p hull-cri-tests --bins)",
+        beside.display()
+    );
+    beside
+}
+
 /// containerd did not serve its socket: it goes, with its directory, and its log says why.
 fn never_came_up(mut daemon: Child, dir: &Path, why: &str) -> ! {
     let _ = daemon.kill();
@@ -217,17 +237,20 @@ impl Cri {
             .expect("ctr")
     }
 
-    /// The pause image (`sleep` as its process) and busybox, into `k8s.io`.
+    /// The pause image (src/bin/pause.rs alone, as /pause), busybox and a two-layer
+    /// image, into `k8s.io`.
     fn import_images(&self) {
         let rootfs = self.dir.join("rootfs");
         image::make_busybox_rootfs(&rootfs);
-        let pause = ["/bin/sleep", "2147483647"];
-        for (name, cmd, file) in [
-            (PAUSE, &pause[..], "pause.tar"),
-            (BUSYBOX, &["sh"][..], "busybox.tar"),
+        let pause = self.dir.join("pause-rootfs");
+        fs::create_dir_all(&pause).unwrap();
+        fs::copy(pause_bin(), pause.join("pause")).expect("copy the pause binary");
+        for (dir, name, cmd, file) in [
+            (&pause, PAUSE, &["/pause"][..], "pause.tar"),
+            (&rootfs, BUSYBOX, &["sh"][..], "busybox.tar"),
         ] {
             let tar = self.dir.join(file);
-            image::build(&rootfs, name, cmd, &tar);
+            image::build(dir, name, cmd, &tar);
             let out = self.ctr(&["images", "import", &tar.display().to_string()]);
             assert!(out.status.success(), "import {name}: {out:?}");
         }

@@ -303,6 +303,7 @@ fn stand_in(plan: StandIn, mut parent: UnixStream) -> ! {
     // SAFETY: as above; from now on the stand-in outlives `create`.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
     drop(parent);
+    crate::give_back_free_heap();
     let exit = super::exec::wait_exec(&conn, tty, |kills| {
         super::record_oom_kills(&state_dir, kills)
     });

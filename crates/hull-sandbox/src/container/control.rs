@@ -205,9 +205,29 @@ pub fn send<T: Serialize>(sock: BorrowedFd, msg: &T, fds: &[BorrowedFd]) -> Resu
     }
 }
 
+/// The length of the next packet, once there is one (0 at end of file). A buffer of
+/// MAX_PACKET for every receive stayed in the heap of each thread that waits on a
+/// connection (a proxy has several for as long as its containers run): glibc serves
+/// 256 KiB from the heap once a free has raised its mmap threshold, and calloc then
+/// writes all of it.
+fn next_packet_len(sock: BorrowedFd) -> Result<usize> {
+    loop {
+        match socket::recv(
+            sock.as_raw_fd(),
+            &mut [],
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+        ) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECONNRESET) => return Ok(0),
+            Err(e) => return Err(sock_err("receive")(e)),
+        }
+    }
+}
+
 /// Receives one message and the fds that came with it; None at end of file.
 pub fn recv<T: for<'de> Deserialize<'de>>(sock: BorrowedFd) -> Result<Option<(T, Vec<OwnedFd>)>> {
-    let mut buf = vec![0u8; MAX_PACKET];
+    let mut buf = vec![0u8; next_packet_len(sock)?.clamp(1, MAX_PACKET)];
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (n, fds, truncated) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];

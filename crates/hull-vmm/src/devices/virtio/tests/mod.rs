@@ -81,8 +81,8 @@ impl Guest {
         }
     }
 
-    /// Negotiates, makes a 256-entry queue ready on each of `rings` (desc, avail,
-    /// used; cleared first), and sets DRIVER_OK.
+    /// Negotiates, makes a queue ready on each of `rings` (desc, avail, used; cleared
+    /// first) with 256 entries or the device's maximum if less, and sets DRIVER_OK.
     pub fn bring_up(&mut self, rings: &[(u64, u64, u64)]) {
         self.prepare(rings);
         self.driver_ok();
@@ -96,7 +96,8 @@ impl Guest {
             fill(&self.mem, a, 6 + 2 * 256, 0);
             fill(&self.mem, u, 6 + 8 * 256, 0);
             self.write32(VIRTIO_MMIO_QUEUE_SEL, i as u32);
-            self.write32(VIRTIO_MMIO_QUEUE_NUM, 256);
+            let entries = self.read32(VIRTIO_MMIO_QUEUE_NUM_MAX).min(256);
+            self.write32(VIRTIO_MMIO_QUEUE_NUM, entries);
             for (lo, v) in [
                 (VIRTIO_MMIO_QUEUE_DESC_LOW, d),
                 (VIRTIO_MMIO_QUEUE_AVAIL_LOW, a),

@@ -18,9 +18,9 @@ fn identity_features_and_config() {
     let g = &mut v.g;
     assert_eq!(g.read32(VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_VSOCK);
     assert_eq!(g.device_features(), 1 << VIRTIO_F_VERSION_1);
-    for q in 0..3 {
+    for (q, max) in [(0, 64), (1, 256), (2, 256)] {
         g.write32(VIRTIO_MMIO_QUEUE_SEL, q);
-        assert_eq!(g.read32(VIRTIO_MMIO_QUEUE_NUM_MAX), 256);
+        assert_eq!(g.read32(VIRTIO_MMIO_QUEUE_NUM_MAX), max);
     }
     g.write32(VIRTIO_MMIO_QUEUE_SEL, 3);
     assert_eq!(g.read32(VIRTIO_MMIO_QUEUE_NUM_MAX), 0);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::packet::*;
-use super::Vsock;
+use super::{Vsock, QUEUE_SIZE, RX_QUEUE_SIZE};
 use crate::devices::virtio::tests::{
     fill, host_fd_readable, DriverQueue, Guest, Watchdog, DATA, GUARD,
 };
@@ -119,8 +119,8 @@ impl VsGuest {
         VsGuest {
             g,
             dev,
-            rx: DriverQueue::new(256, RINGS[0].0, RINGS[0].1, RINGS[0].2),
-            tx: DriverQueue::new(256, RINGS[1].0, RINGS[1].1, RINGS[1].2),
+            rx: DriverQueue::new(RX_QUEUE_SIZE, RINGS[0].0, RINGS[0].1, RINGS[0].2),
+            tx: DriverQueue::new(QUEUE_SIZE, RINGS[1].0, RINGS[1].1, RINGS[1].2),
             path,
             rx_seen: 0,
             rx_slot: 0,

@@ -32,6 +32,8 @@ struct Ready {
     outputs: Vec<StreamId>,
     /// stdin pipes that take bytes again.
     stdins: Vec<StreamId>,
+    /// A watched cgroup's memory.events changed.
+    oom: bool,
 }
 
 struct Output {
@@ -147,6 +149,10 @@ impl Server {
             }
             let ready = self.wait_ready(timeout)?;
             let (host_ready, sig_ready, ready_outputs) = (ready.host, ready.signals, ready.outputs);
+            // A count can grow only with a change the kernel reported, and a watch
+            // can be due at once only as it comes or as a process exits: no re-reads
+            // for each output chunk.
+            let oom_due = ready.oom || sig_ready || host_ready;
             for stream in ready.stdins {
                 self.stdins.flush(stream);
             }
@@ -185,7 +191,7 @@ impl Server {
                 // Requests may have forked and raced SIGCHLD: look again.
                 self.reap()?;
             }
-            self.answer_waits()?;
+            self.answer_waits(oom_due)?;
             self.report_consumed()?;
             if let Some(until) = self.stopping_until {
                 let all_exited = self.sandbox.procs.values().all(|p| p.exit.is_some());
@@ -253,7 +259,7 @@ impl Server {
         for (_, fd) in &waiting {
             fds.push(PollFd::new(*fd, PollFlags::POLLOUT));
         }
-        // Only for the wake-up: answer_waits reads every watched count after it.
+        // Only for the wake-up: answer_waits then reads every watched count.
         for fd in self.oom.fds() {
             fds.push(PollFd::new(fd, PollFlags::POLLPRI));
         }
@@ -266,7 +272,7 @@ impl Server {
         }
         let ready = |f: &PollFd| !f.revents().unwrap_or(PollFlags::empty()).is_empty();
         let (output_fds, rest) = fds[2..].split_at(self.outputs.len());
-        let stdin_fds = &rest[..waiting.len()];
+        let (stdin_fds, oom_fds) = rest.split_at(waiting.len());
         let outputs = output_fds
             .iter()
             .zip(&self.outputs)
@@ -284,6 +290,7 @@ impl Server {
             signals: ready(&fds[1]),
             outputs,
             stdins,
+            oom: oom_fds.iter().any(ready),
         })
     }
 
@@ -529,7 +536,7 @@ impl Server {
         Ok(())
     }
 
-    fn answer_waits(&mut self) -> Result<()> {
+    fn answer_waits(&mut self, oom_due: bool) -> Result<()> {
         let mut i = 0;
         while i < self.waits.len() {
             let exit = self.sandbox.procs.get(&self.waits[i].1).map(|p| p.exit);
@@ -546,7 +553,12 @@ impl Server {
             let (id, _) = self.waits.remove(i);
             self.send(&Message::Response { id, reply })?;
         }
-        for answer in self.oom.answers(&self.sandbox.procs) {
+        let answers = if oom_due {
+            self.oom.answers(&self.sandbox.procs)
+        } else {
+            Vec::new()
+        };
+        for answer in answers {
             self.send(&answer)?;
         }
         Ok(())

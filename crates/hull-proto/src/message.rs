@@ -15,8 +15,9 @@ use crate::{ProtoError, StreamId};
 /// 5: `Rootfs::layers` (an image's layers stacked in the guest) replaces `serial` and
 /// `image`, images are attached on nbd devices the agent creates on demand, and
 /// `MountShare::subdir` names a directory in the pod's share (an agent of version 4
-/// would bind the whole share).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// would bind the whole share). 6: `WatchOom` (an agent of version 5 cannot decode it
+/// and would leave it unanswered, and the host would hear of no OOM kill until an exit).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// A bind mount's source that names another container's /dev/shm in the same VM (a pod
 /// member's, its sandbox's): `hull-pod-shm:<container id>`.

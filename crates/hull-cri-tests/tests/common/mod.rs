@@ -130,10 +130,12 @@ async fn connect(sock: PathBuf, deadline: Instant) -> Result<Channel, String> {
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => panic!(
-                "connect to containerd's CRI socket {}: {e:?}",
-                sock.display()
-            ),
+            Err(e) => {
+                return Err(format!(
+                    "connect to containerd's CRI socket {}: {e:?}",
+                    sock.display()
+                ))
+            }
         }
     }
 }

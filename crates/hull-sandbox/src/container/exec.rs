@@ -275,15 +275,16 @@ pub(super) fn serve_process(
     if let Some(i) = plumbed.input.take() {
         inputs.push(relay::into_agent(agent.clone(), streams.stdin, i));
     }
+    if control::send(conn.as_fd(), &ControlReply::Started { pid }, &[]).is_err() {
+        tracing::debug!("{key:?}: the client left before it started");
+    }
+    // After Started: the stand-in takes nothing else before it.
     if key.1.is_none() {
         if let Ok(to_stand_in) = conn.try_clone() {
             follow_oom(agent.clone(), key.0.clone(), move |count| {
                 let _ = control::send(to_stand_in.as_fd(), &ControlReply::OomKills { count }, &[]);
             });
         }
-    }
-    if control::send(conn.as_fd(), &ControlReply::Started { pid }, &[]).is_err() {
-        tracing::debug!("{key:?}: the client left before it started");
     }
     let exited = Arc::new(AtomicBool::new(false));
     if let Ok(reader) = conn.try_clone() {

@@ -199,9 +199,15 @@ pub fn resume(c: &Container) -> Result<()> {
 /// is gone with the container (or the VM), and `events` reports a kill that ended it.
 const OOM_KILLS: &str = "oom-kills";
 
+/// Written aside and renamed: the shim reads the file while the proxy's OOM thread and
+/// the exit path may both write it, and must never see it empty.
 pub(super) fn record_oom_kills(state_dir: &std::path::Path, kills: u64) {
     let path = state_dir.join(OOM_KILLS);
-    if let Err(e) = std::fs::write(&path, kills.to_string()) {
+    let aside = state_dir.join(format!(".{OOM_KILLS}.{}", crate::random_u64()));
+    let written =
+        std::fs::write(&aside, kills.to_string()).and_then(|()| std::fs::rename(&aside, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&aside);
         tracing::warn!("{}: {e}", path.display());
     }
 }

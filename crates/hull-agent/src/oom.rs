@@ -12,6 +12,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use hull_proto::{Message, Reply};
+use hull_runtime::cgroups::oom_kill_count;
 
 use crate::containers::{Key, Proc};
 
@@ -34,21 +35,13 @@ pub struct Due {
     pub exited: bool,
 }
 
-/// The `oom_kill` count in memory.events (v2) or memory.oom_control (v1) text.
-fn count_in(text: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Reads the file from its start: a read through the fd that poll(2) watches is what
 /// re-arms its POLLPRI.
 fn read_count(f: &mut File) -> Result<u64> {
     let mut text = String::new();
     f.seek(SeekFrom::Start(0))?;
     f.read_to_string(&mut text)?;
-    Ok(count_in(&text))
+    Ok(oom_kill_count(&text))
 }
 
 impl OomWatches {
@@ -91,9 +84,7 @@ impl OomWatches {
         });
         due
     }
-}
 
-impl OomWatches {
     /// The responses due now, for the containers' processes as they stand.
     pub fn answers(&mut self, procs: &HashMap<Key, Proc>) -> Vec<Message> {
         let init_exited =
@@ -119,7 +110,8 @@ mod tests {
     fn counts_from_either_version() {
         let v2 = "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n";
         let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 5\n";
-        assert_eq!((count_in(v2), count_in(v1), count_in("")), (2, 5, 0));
+        let count = oom_kill_count;
+        assert_eq!((count(v2), count(v1), count("")), (2, 5, 0));
     }
 
     #[test]

@@ -398,8 +398,8 @@ impl Server {
                 Ok(Outcome::Deferred)
             }
             Request::WatchOom { container, seen } => {
-                let file = self.sandbox.oom_kills_file(&container)?;
                 self.sandbox.proc(&(container.clone(), None))?;
+                let file = self.sandbox.oom_kills_file(&container)?;
                 self.oom.add(id, container, seen, &file)?;
                 Ok(Outcome::Deferred)
             }

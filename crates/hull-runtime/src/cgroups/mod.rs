@@ -113,6 +113,15 @@ pub struct Cgroup {
     unified: Option<Hierarchy>,
 }
 
+/// The `oom_kill` count in the text of an [`oom_kills_file`](Cgroup::oom_kills_file)
+/// (memory.events or memory.oom_control); 0 where it has none.
+pub fn oom_kill_count(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 impl Cgroup {
     /// Resolve where the container's cgroup lives from `linux.cgroupsPath` (None or empty:
     /// the container id, relative). Absolute paths start at each hierarchy's root, relative
@@ -326,11 +335,7 @@ impl Cgroup {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(source) => return Err(CgroupError::Read { path: file, source }),
         };
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0))
+        Ok(oom_kill_count(&text))
     }
 
     /// The file whose `oom_kill` line counts the OOM killer's kills (memory.events on

@@ -6,7 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::vm::{assert_vm_gone, become_subreaper, create_vm, read_pid, wait_adopted};
+use common::vm::{
+    assert_vm_gone, become_subreaper, create_vm, guest_meminfo, read_pid, recorded_oom_kills,
+    wait_adopted, wait_recorded_oom_kills,
+};
 use common::{Bundle, Container};
 use serde_json::json;
 
@@ -39,6 +42,15 @@ fn sandbox() -> (Container, i32) {
 /// A member of `sandbox` (its namespaces as CRI gives them: the sandbox's pid's), in
 /// the sandbox's --root.
 fn member(sandbox: &Container, args: &[&str]) -> Container {
+    member_with(sandbox, args, |_| {})
+}
+
+/// `member`, with `extra` applied to its config.json last.
+fn member_with(
+    sandbox: &Container,
+    args: &[&str],
+    extra: impl FnOnce(&mut serde_json::Value),
+) -> Container {
     let pid = sandbox.pid();
     let sid = sandbox.id.clone();
     let mut c = Bundle::new(args)
@@ -56,6 +68,7 @@ fn member(sandbox: &Container, args: &[&str]) -> Container {
                 };
                 ns["path"] = json!(format!("/proc/{pid}/ns/{name}"));
             }
+            extra(v);
         })
         .container();
     c.root = sandbox.root.clone();
@@ -327,18 +340,6 @@ fn measure_adding_a_rootfs_to_a_running_pod_vm() {
     assert_vm_gone(&sb);
 }
 
-/// The guest's counters (kB) that a member moves, read from inside the sandbox.
-fn guest_meminfo(sb: &Container) -> std::collections::HashMap<String, u64> {
-    let out = sb.exec(&["cat", "/proc/meminfo"]).ok("meminfo");
-    out.stdout
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            Some((k.to_string(), v.split_whitespace().next()?.parse().ok()?))
-        })
-        .collect()
-}
-
 /// A pod's guest, a sandbox and a member, keeps under 18 MiB of its memory in use
 /// (16.4 here), under 1 MiB of it vmalloc'd. With the per-CPU allocator's default
 /// 2 MiB units it was 19.9 MiB: a pod's mounts, cgroups and block devices overflow the
@@ -371,34 +372,19 @@ fn a_members_oom_kills_are_recorded_as_they_happen_and_at_its_exit() {
     become_subreaper();
     let (sb, _) = sandbox();
     let init = "while [ ! -e /dev/shm/go ]; do sleep 0.1; done; exec tail /dev/zero";
-    let m = member(&sb, &["sh", "-c", init]);
-    let config = m.bundle.dir.join("config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    v["linux"]["resources"] = json!({"memory": {"limit": 32 << 20, "swap": 32 << 20}});
-    std::fs::write(&config, v.to_string()).unwrap();
-    let recorded = |m: &Container| -> Option<u64> {
-        let text = std::fs::read_to_string(m.root.join(&m.id).join("oom-kills")).ok()?;
-        text.trim().parse().ok()
-    };
+    let m = member_with(&sb, &["sh", "-c", init], |v| {
+        v["linux"]["resources"] = json!({"memory": {"limit": 32 << 20, "swap": 32 << 20}});
+    });
     let pid = create_member(&m);
     m.start().ok("start the member");
     let out = m.exec(&["sh", "-c", "tail /dev/zero"]);
     assert_eq!(out.code, 137, "the OOM killer's SIGKILL: {out:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while recorded(&m) != Some(1) {
-        assert!(
-            Instant::now() < deadline,
-            "not recorded: {:?}",
-            recorded(&m)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_recorded_oom_kills(&m, 1, Duration::from_secs(5));
     assert_eq!(m.status(), "running");
     // Its init, killed by the OOM killer: the count is there when the stand-in exits.
     m.exec(&["touch", "/dev/shm/go"]).ok("touch /dev/shm/go");
     let status = wait_adopted(pid, MINUTE);
-    assert_eq!((status, recorded(&m)), (137, Some(2)));
+    assert_eq!((status, recorded_oom_kills(&m)), (137, Some(2)));
     m.delete(true).ok("delete the member");
     sb.delete(true).ok("delete the sandbox");
     assert_vm_gone(&sb);

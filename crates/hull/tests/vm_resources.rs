@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::vm::run_under_qemu;
+use common::vm::{guest_meminfo, recorded_oom_kills, run_under_qemu, wait_recorded_oom_kills};
 use common::{assert_clean, Bundle};
 
 const MIB: i64 = 1 << 20;
@@ -102,12 +102,6 @@ fn events_report_the_oom_killer_in_both_isolations() {
     }
 }
 
-/// The state directory's count of a VM container's OOM kills, which the shim reads.
-fn recorded_oom_kills(c: &common::Container) -> Option<u64> {
-    let text = std::fs::read_to_string(c.root.join(&c.id).join("oom-kills")).ok()?;
-    text.trim().parse().ok()
-}
-
 /// A VM container's proxy records each OOM kill in the guest as it happens, with nobody
 /// watching: the agent answers its WatchOom when the cgroup's count grows.
 #[test]
@@ -124,15 +118,7 @@ fn a_vm_containers_oom_kills_are_recorded_as_they_happen() {
     for kills in 1..=2 {
         let out = c.exec(&["sh", "-c", "tail /dev/zero"]);
         assert_eq!(out.code, 137, "the OOM killer's SIGKILL: {out:?}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while recorded_oom_kills(&c) != Some(kills) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "kill {kills} not recorded: {:?}",
-                recorded_oom_kills(&c)
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_recorded_oom_kills(&c, kills, std::time::Duration::from_secs(5));
     }
     assert_eq!(c.status(), "running");
     c.delete(true).ok("delete --force");
@@ -263,13 +249,7 @@ fn the_guest_kernel_keeps_under_8_mib_of_unreclaimable_slab() {
     hull_only!();
     let c = Bundle::new(&["sleep", "600"]).container();
     c.run_detached("vm").ok("run -d in a VM");
-    let out = c.exec(&["grep", "SUnreclaim", "/proc/meminfo"]).ok("exec");
-    let kib: u64 = out
-        .stdout
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("SUnreclaim: {out:?}"));
+    let kib = guest_meminfo(&c)["SUnreclaim"];
     assert!(kib < 8 << 10, "the guest's unreclaimable slab is {kib} KiB");
     c.delete(true).ok("delete --force");
     assert_clean(&c);

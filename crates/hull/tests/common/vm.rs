@@ -108,3 +108,35 @@ pub fn run_under_qemu(c: &Container, config: Option<&Path>) -> u32 {
         .parse()
         .unwrap()
 }
+
+/// The state directory's count of a VM container's guest OOM kills (the file its proxy
+/// or stand-in keeps current, which the shim reads).
+pub fn recorded_oom_kills(c: &Container) -> Option<u64> {
+    let text = std::fs::read_to_string(c.root.join(&c.id).join("oom-kills")).ok()?;
+    text.trim().parse().ok()
+}
+
+/// Waits up to `timeout` for the recorded count to be `kills`.
+pub fn wait_recorded_oom_kills(c: &Container, kills: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while recorded_oom_kills(c) != Some(kills) {
+        assert!(
+            Instant::now() < deadline,
+            "kill {kills} not recorded: {:?}",
+            recorded_oom_kills(c)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The guest's /proc/meminfo (kB), read from inside `c`.
+pub fn guest_meminfo(c: &Container) -> std::collections::HashMap<String, u64> {
+    let out = c.exec(&["cat", "/proc/meminfo"]).ok("meminfo");
+    out.stdout
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_string(), v.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}

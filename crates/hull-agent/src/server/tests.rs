@@ -1,32 +1,60 @@
 //! The server against a hostile or confused host: every bad message gets an error reply
 //! or is dropped, and only a broken stream (which cannot be resynchronised) ends it,
-//! with an error, never a panic. The server runs in a forked child, as it reaps every
-//! child of its process.
+//! with an error, never a panic. The server runs in a child process, as it reaps every
+//! child of its process: this test binary again, running only `server_process`.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 
 use hull_proto::{
     encode_frame, encode_message, FrameDecoder, Message, ProcessIo, Reply, Request, Rootfs,
     PROTOCOL_VERSION,
 };
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::Pid;
 
 use super::Server;
 use crate::containers::Sandbox;
 
-/// One server at a time: a child forked while another test thread holds a lock (std's
-/// backtrace lock, taken when RUST_BACKTRACE is set and anyhow builds an error) would
-/// wait for it forever; seen once in 24 runs of this module.
-static FORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Tells `server_process` its directory and stream mode; the stream is its fd 3.
+const SERVER_ENV: &str = "HULL_AGENT_TEST_SERVER";
+const SERVER_FD: i32 = 3;
 
 struct Agent {
-    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+    /// Reaped by `waitpid` on `pid`, which `still_serving` also polls.
+    _child: std::process::Child,
     sock: UnixStream,
     decoder: FrameDecoder,
     pid: Pid,
     dir: std::path::PathBuf,
+}
+
+/// The server's process, which the tests start (`Agent::spawn_with`). A fresh process,
+/// not a fork of this multi-threaded one: a child forked while another test's thread
+/// held a lock (std's backtrace lock, taken when RUST_BACKTRACE is set and anyhow
+/// builds an error) waited for it forever.
+#[test]
+#[ignore = "the server of the tests in this module, which start it themselves"]
+fn server_process() {
+    let Some(spec) = std::env::var_os(SERVER_ENV) else {
+        panic!("run by the tests of server::tests, which set {SERVER_ENV}");
+    };
+    let spec = spec.to_string_lossy().into_owned();
+    let (mode, dir) = spec.split_once(':').expect("MODE:DIR");
+    let dir = std::path::Path::new(dir);
+    // SAFETY: fd 3 is the stream the parent placed there for this process alone.
+    let stream = unsafe { OwnedFd::from_raw_fd(SERVER_FD) };
+    let sandbox = Sandbox::with_dirs(dir.join("state"), dir.join("bundles"));
+    let code = match Server::with_sandbox(stream, sandbox)
+        .and_then(|s| s.queued_writes(mode == "queued").serve())
+    {
+        Ok(()) => 0,
+        Err(_) => 3,
+    };
+    // SAFETY: leave without the test harness's report: the parent reads the code.
+    unsafe { libc::_exit(code) }
 }
 
 impl Agent {
@@ -36,31 +64,39 @@ impl Agent {
 
     /// A server whose stream queues writes (vsock) or not (virtio-serial).
     fn spawn_with(queued_writes: bool) -> Agent {
-        let one_at_a_time = FORK.lock().unwrap_or_else(|e| e.into_inner());
         let dir = std::env::temp_dir().join(format!("hull-agent-test-{}", rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         let (ours, theirs) = UnixStream::pair().unwrap();
-        // SAFETY: the child runs only the single-threaded server and exits.
-        match unsafe { fork() }.unwrap() {
-            ForkResult::Child => {
-                drop(ours);
-                let sandbox = Sandbox::with_dirs(dir.join("state"), dir.join("bundles"));
-                let code = match Server::with_sandbox(theirs.into(), sandbox)
-                    .and_then(|s| s.queued_writes(queued_writes).serve())
-                {
-                    Ok(()) => 0,
-                    Err(_) => 3,
-                };
-                // SAFETY: leave without running the test harness's atexit handlers.
-                unsafe { libc::_exit(code) }
-            }
-            ForkResult::Parent { child } => Agent {
-                _one_at_a_time: one_at_a_time,
-                sock: ours,
-                decoder: FrameDecoder::new(),
-                pid: child,
-                dir,
-            },
+        let mode = if queued_writes { "queued" } else { "direct" };
+        let theirs_fd = theirs.as_raw_fd();
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "server::tests::server_process",
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(SERVER_ENV, format!("{mode}:{}", dir.display()))
+        .stdout(std::process::Stdio::null());
+        // SAFETY: dup2 is async-signal-safe; it gives the child the stream as fd 3,
+        // without close-on-exec, and no other child inherits it.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(theirs_fd, SERVER_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start the server's process");
+        drop(theirs);
+        Agent {
+            pid: Pid::from_raw(child.id() as i32),
+            _child: child,
+            sock: ours,
+            decoder: FrameDecoder::new(),
+            dir,
         }
     }
 

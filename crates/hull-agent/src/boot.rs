@@ -16,8 +16,11 @@ const MOVED_ENV: &str = "HULL_AGENT_MOVED";
 /// one exec both leaves the initramfs and makes the binary write-proof for
 /// CVE-2019-5736 (hull-runtime's `ensure_sealed` then finds nothing to do), and the
 /// initramfs copy is dropped (it is RAM).
+///
+/// Booted from the agent's read-only disk instead, there is nothing to leave: the root
+/// is a real filesystem, and a binary on erofs cannot be written.
 pub fn leave_initramfs() -> Result<()> {
-    if std::env::var_os(MOVED_ENV).is_some() {
+    if std::env::var_os(MOVED_ENV).is_some() || !root_is_initramfs()? {
         return Ok(());
     }
     let sealed = sealed_copy(Path::new("/init"))?;
@@ -44,6 +47,93 @@ pub fn leave_initramfs() -> Result<()> {
     env.push(CString::new(format!("{MOVED_ENV}=1"))?);
     let err = nix::unistd::fexecve(&sealed, std::slice::from_ref(&init), &env).unwrap_err();
     Err(err).context("exec the agent from its sealed copy")
+}
+
+/// Booted from the agent's disk, the guest's page cache holds what the kernel read of
+/// the agent's binary: the VM's own RAM, for as long as nothing presses the cache.
+/// A fault reads 128 KiB around the page it needs, and the agent's code is spread over
+/// all of its 2.6 MiB, so the first few hundred faults would read it whole. From here
+/// on its mappings fault page by page (MADV_RANDOM, which the containers' inits it forks
+/// inherit). Needs /proc. From an initramfs the binary is in RAM whole anyway.
+pub fn read_own_binary_by_page() {
+    if root_is_initramfs().unwrap_or(true) {
+        return;
+    }
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    for (start, end) in file_mappings(&maps, &exe.to_string_lossy()) {
+        // SAFETY: MADV_RANDOM only changes the readahead of a range this process maps;
+        // no memory's content or validity changes.
+        let r =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM) };
+        if r != 0 {
+            tracing::warn!(
+                "madvise(MADV_RANDOM) of the agent's binary: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Once the agent serves: its binary leaves the page cache but for what it faults back
+/// in. Fault-around maps every cached page within 64 KiB of a fault, so the start's
+/// faults alone kept ~1.9 MiB mapped; MADV_PAGEOUT unmaps and drops those (clean file
+/// pages; data the agent wrote is anonymous and stays, without swap), fadvise the rest.
+pub fn drop_own_unmapped_pages() {
+    if root_is_initramfs().unwrap_or(true) {
+        return;
+    }
+    if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        for (start, end) in file_mappings(&maps, &exe.to_string_lossy()) {
+            // SAFETY: MADV_PAGEOUT reclaims pages this process maps and keeps their
+            // content: clean file pages are read again on the next touch, and anonymous
+            // pages cannot be reclaimed without swap.
+            let r = unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT)
+            };
+            if r != 0 {
+                tracing::warn!(
+                    "madvise(MADV_PAGEOUT) of the agent's binary: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    let dropped = std::fs::File::open("/proc/self/exe")
+        .map_err(|e| e.to_string())
+        .and_then(|f| {
+            posix_fadvise(&f, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = dropped {
+        tracing::warn!("fadvise(DONTNEED) of the agent's binary: {e}");
+    }
+}
+
+/// The address ranges /proc/self/maps shows mapped from `path`.
+fn file_mappings(maps: &str, path: &str) -> Vec<(usize, usize)> {
+    maps.lines()
+        .filter(|l| l.split_whitespace().nth(5) == Some(path))
+        .filter_map(|l| {
+            let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+            Some((
+                usize::from_str_radix(start, 16).ok()?,
+                usize::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The kernel's `rootfs`: tmpfs, or ramfs when the cmdline names a root.
+fn root_is_initramfs() -> Result<bool> {
+    use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    let fs = statfs("/").context("statfs /")?;
+    Ok([RAMFS_MAGIC, TMPFS_MAGIC].contains(&fs.filesystem_type()))
 }
 
 fn sealed_copy(path: &Path) -> Result<std::os::fd::OwnedFd> {
@@ -141,13 +231,24 @@ pub fn mount_filesystems() -> Result<()> {
                 }
             })
             .with_context(|| format!("mkdir {}", fs.target))?;
-        mount(
+        match mount(
             Some(fs.fstype),
             fs.target,
             Some(fs.fstype),
             fs.flags,
             fs.data,
-        )
+        ) {
+            // Booted from a disk, the kernel has mounted devtmpfs itself
+            // (CONFIG_DEVTMPFS_MOUNT), without nosuid: add it to that mount.
+            Err(nix::Error::EBUSY) if fs.fstype == "devtmpfs" => mount(
+                None::<&str>,
+                fs.target,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | fs.flags,
+                None::<&str>,
+            ),
+            other => other,
+        }
         .with_context(|| format!("mount {} on {}", fs.fstype, fs.target))?;
     }
     // Containers' cgroups live below the root: hand them every controller.
@@ -228,5 +329,24 @@ pub fn power_off() -> ! {
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_mappings;
+
+    #[test]
+    fn file_mappings_are_the_ranges_of_that_path_only() {
+        let maps = "\
+00400000-00452000 r--p 00000000 fe:00 12 /init
+00452000-0067a000 r-xp 00052000 fe:00 12 /init
+0067a000-0067b000 rw-p 00000000 00:00 0 [heap]
+7ffd0000-7ffd1000 r--p 00000000 fe:00 13 /init.old
+";
+        assert_eq!(
+            file_mappings(maps, "/init"),
+            [(0x400000, 0x452000), (0x452000, 0x67a000)]
+        );
     }
 }

@@ -52,9 +52,11 @@ fn run() -> anyhow::Result<()> {
     nix::sys::reboot::set_cad_enabled(false).context("disable Ctrl-Alt-Del reboot")?;
     boot::leave_initramfs()?;
     boot::mount_filesystems()?;
+    boot::read_own_binary_by_page();
     boot::apply_page_reporting_order();
-    // A no-op after leave_initramfs (the binary is a sealed memfd); kept so that an
-    // agent started any other way is still write-proof. Needs /proc.
+    // A no-op after leave_initramfs (the binary is a sealed memfd) or from the agent's
+    // disk (erofs is read-only); kept so that an agent started any other way is still
+    // write-proof. Needs /proc.
     hull_runtime::selfexe::ensure_sealed()?;
     let stream = transport::open()?;
     // bench/guest-boot reads this line: the guest is ready when the agent serves.
@@ -64,6 +66,7 @@ fn run() -> anyhow::Result<()> {
         boot::memory_in_use_kib(),
         stream.name
     );
+    boot::drop_own_unmapped_pages();
     server::Server::new(stream.fd)?
         .queued_writes(stream.queued_writes)
         .serve()

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{io_err, Result, SandboxError};
+use crate::hypervisor::GuestRoot;
 
 pub const DEFAULT_DIR: &str = "/var/lib/hull/guest";
 pub const DEFAULT_SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
@@ -35,6 +36,10 @@ pub struct GuestAssets {
     pub vmlinux: PathBuf,
     pub bzimage: PathBuf,
     pub initramfs: PathBuf,
+    /// The agent as /init of a read-only erofs disk: what hull boots its VMs from. The
+    /// initramfs holds the same agent for hull-vmm's own tests and `hull vmm` users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_disk: Option<PathBuf>,
     /// How long compiling this kernel took, when `hull guest build` compiled it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_build_seconds: Option<u64>,
@@ -58,12 +63,21 @@ impl GuestAssets {
             .map_err(|_| SandboxError::NoGuest(dir.to_path_buf()))?;
         let assets: GuestAssets =
             serde_json::from_slice(&text).map_err(|_| SandboxError::NoGuest(dir.to_path_buf()))?;
-        for p in [&assets.vmlinux, &assets.bzimage, &assets.initramfs] {
+        let files = [&assets.vmlinux, &assets.bzimage, &assets.initramfs];
+        for p in files.into_iter().chain(&assets.agent_disk) {
             if !p.exists() {
                 return Err(SandboxError::NoGuest(dir.to_path_buf()));
             }
         }
         Ok(assets)
+    }
+
+    /// What the guest boots into: the agent's disk where the build made one.
+    pub fn root(&self) -> GuestRoot {
+        match &self.agent_disk {
+            Some(disk) => GuestRoot::Disk(disk.clone()),
+            None => GuestRoot::Initramfs(self.initramfs.clone()),
+        }
     }
 }
 
@@ -113,10 +127,10 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
         &opts.agent,
     ))?;
     check_static(&agent, &opts.agent)?;
-    let initramfs = opts.dir.join(format!(
-        "initramfs-{}.cpio",
-        &crate::files::hex(&Sha256::digest(&agent))[..16]
-    ));
+    let agent_hash = crate::files::hex(&Sha256::digest(&agent));
+    let initramfs = opts
+        .dir
+        .join(format!("initramfs-{}.cpio", &agent_hash[..16]));
     let initramfs_cached = initramfs.exists();
     if initramfs_cached {
         progress(&format!("initramfs: cached in {}", initramfs.display()));
@@ -130,11 +144,22 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
                 .unwrap_or(0)
         ));
     }
+    let agent_disk = opts.dir.join(format!(
+        "agent-{}-{AGENT_DISK_LAYOUT}.erofs",
+        &agent_hash[..16]
+    ));
+    if agent_disk.exists() {
+        progress(&format!("agent disk: cached in {}", agent_disk.display()));
+    } else {
+        write_agent_disk(&opts.agent, &agent_disk)?;
+        progress(&format!("agent disk: wrote {}", agent_disk.display()));
+    }
     let build_record = read_build_record(&seconds_file);
     let assets = GuestAssets {
         vmlinux: kernel_dir.join("vmlinux"),
         bzimage: kernel_dir.join("bzImage"),
         initramfs,
+        agent_disk: Some(agent_disk),
         kernel_build_seconds: build_record.map(|r| r.0),
         kernel_build_incremental: build_record.map(|r| r.1),
     };
@@ -149,19 +174,56 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
     })
 }
 
-/// Earlier kernels and initramfs images, superseded by this build, go (a kernel is
-/// ~25 MiB); the kept source tree makes going back cheap.
+/// Bumped when the agent disk's tree changes, so a cached image is not reused.
+const AGENT_DISK_LAYOUT: &str = "v1";
+
+/// The agent's disk: the agent as /init, and the directories it mounts filesystems on
+/// (erofs is read-only: it cannot make them at boot). Reproducible: fixed times, UUID
+/// and owners, so the same agent gives the same image.
+pub fn write_agent_disk(agent: &Path, image: &Path) -> Result<()> {
+    let tree = image.with_extension("tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    for d in ["dev", "proc", "sys", "tmp", "run"] {
+        let p = tree.join(d);
+        std::fs::create_dir_all(&p).map_err(io_err("cannot create", &p))?;
+    }
+    let init = tree.join("init");
+    std::fs::copy(agent, &init).map_err(io_err("cannot copy the agent to", &init))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_err("cannot chmod", &init))?;
+    }
+    let staging = image.with_extension("erofs.tmp");
+    let made = crate::image::erofs_from_dir_with(
+        &tree,
+        &staging,
+        &["-T0", "-U", AGENT_DISK_UUID, "--all-root"],
+    );
+    let _ = std::fs::remove_dir_all(&tree);
+    made?;
+    std::fs::rename(&staging, image).map_err(io_err("cannot move the agent disk to", image))
+}
+
+/// Any fixed UUID keeps the image reproducible; nothing mounts it by UUID.
+const AGENT_DISK_UUID: &str = "68756c6c-6167-656e-7400-000000000001";
+
+/// Earlier kernels, initramfs images and agent disks, superseded by this build, go (a
+/// kernel is ~25 MiB); the kept source tree makes going back cheap.
 fn prune(dir: &Path, current: &GuestAssets) {
     let keep = [
         current.vmlinux.parent().map(Path::to_path_buf),
         Some(current.initramfs.clone()),
+        current.agent_disk.clone(),
     ];
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let stale = (name.starts_with("kernel-") || name.starts_with("initramfs-"))
+        let stale = ["kernel-", "initramfs-", "agent-"]
+            .iter()
+            .any(|p| name.starts_with(p))
             && !keep.iter().flatten().any(|k| *k == e.path());
         if stale {
             let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
@@ -317,6 +379,51 @@ mod tests {
         if let Ok(b) = std::fs::read("/bin/busybox") {
             check_static(&b, Path::new("/bin/busybox")).unwrap();
         }
+    }
+
+    #[test]
+    fn the_agent_disk_is_reproducible_and_holds_init_and_its_mount_points() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("hull-agent-disk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let agent = dir.join("hull-agent");
+        std::fs::write(&agent, b"\x7fELF not really an agent".repeat(500)).unwrap();
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let (a, b) = (dir.join("a.erofs"), dir.join("b.erofs"));
+        write_agent_disk(&agent, &a).expect("mkfs.erofs is installed (scripts/install-deps)");
+        std::thread::sleep(Duration::from_millis(1100));
+        write_agent_disk(&agent, &b).unwrap();
+        let dump = |args: &[&str]| {
+            let out = Command::new("dump.erofs")
+                .args(args)
+                .arg(&a)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let root = dump(&["--ls", "--path=/"]);
+        let init = dump(&["--path=/init"]);
+        let same = std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap();
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !["hull-agent", "a.erofs", "b.erofs"].contains(&n.as_str()))
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(same, "two builds of one agent differ");
+        for name in ["init", "dev", "proc", "sys", "tmp", "run"] {
+            assert!(
+                root.lines()
+                    .any(|l| l.split_whitespace().last() == Some(name)),
+                "{name} missing:\n{root}"
+            );
+        }
+        assert!(init.contains("Size: 12000 "), "{init}");
+        assert!(init.contains("Uid: 0   Gid: 0  Access: 0755"), "{init}");
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]

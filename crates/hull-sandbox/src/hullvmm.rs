@@ -78,6 +78,7 @@ impl HullVmm {
         };
         let cmdline = [
             BASE_CMDLINE,
+            c.root_cmdline(),
             SHARED_PAGES_CMDLINE,
             &c.transport.cmdline(),
             &c.extra_cmdline,
@@ -88,7 +89,7 @@ impl HullVmm {
         .collect::<Vec<_>>()
         .join(" ");
         let block: Vec<_> = c
-            .disks
+            .all_disks()
             .iter()
             .map(|d| serde_json::json!({"path": d.path, "read_only": d.readonly, "serial": d.serial}))
             .collect();
@@ -99,7 +100,7 @@ impl HullVmm {
             .collect();
         Ok(serde_json::json!({
             "kernel": c.kernel,
-            "initramfs": c.initramfs,
+            "initramfs": c.initramfs(),
             "cmdline": cmdline,
             "vcpus": c.vcpus,
             "memory_mib": c.memory_mib,
@@ -139,8 +140,8 @@ impl Hypervisor for HullVmm {
 
     fn device_slots(&self) -> usize {
         // hull-vmm gives virtio-mmio devices IRQs 5 to 23; the agent's vsock, the
-        // console, the entropy device and the balloon take four.
-        19 - 4
+        // console, the root disk, the entropy device and the balloon take five.
+        19 - 5
     }
 
     fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>> {
@@ -169,7 +170,7 @@ impl Hypervisor for HullVmm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::{Accel, Disk, NetDevice, SharedDir};
+    use crate::hypervisor::{Accel, Disk, GuestRoot, NetDevice, SharedDir};
 
     #[test]
     fn the_vm_description_carries_disks_taps_vsock_and_the_agents_port() {
@@ -177,7 +178,7 @@ mod tests {
         let dir = Path::new("/run/hull/c.vm");
         let c = VmConfig {
             kernel: "/g/vmlinux".into(),
-            initramfs: "/g/initramfs".into(),
+            root: GuestRoot::Disk("/g/agent.erofs".into()),
             extra_cmdline: "hull.debug".into(),
             vcpus: 2,
             memory_mib: 192,
@@ -213,9 +214,10 @@ mod tests {
         assert_eq!(
             v["cmdline"],
             format!(
-                "{BASE_CMDLINE} {SHARED_PAGES_CMDLINE} hull.vsock={AGENT_VSOCK_PORT} hull.debug"
+                "{BASE_CMDLINE} root=/dev/vda ro rootfstype=erofs init=/init {SHARED_PAGES_CMDLINE} hull.vsock={AGENT_VSOCK_PORT} hull.debug"
             )
         );
+        assert_eq!(v["initramfs"], serde_json::Value::Null);
         assert_eq!(v["free_page_reporting"], true);
         assert_eq!(v["hugepages"], "none");
         let huge = HullVmm {
@@ -224,8 +226,19 @@ mod tests {
         };
         assert_eq!(huge.config(&c).unwrap()["hugepages"], "transparent");
         assert_eq!(v["vsock"]["uds_path"], "/run/hull/c.vm/vsock.sock");
-        assert_eq!(v["block"][0]["serial"], "hull-rootfs");
+        // The agent's disk first: the kernel mounts /dev/vda.
+        assert_eq!(v["block"][0]["serial"], "hull-agent");
+        assert_eq!(v["block"][0]["path"], "/g/agent.erofs");
         assert_eq!(v["block"][0]["read_only"], true);
+        assert_eq!(v["block"][1]["serial"], "hull-rootfs");
+        let custom = VmConfig {
+            root: GuestRoot::Initramfs("/g/initramfs".into()),
+            ..c.clone()
+        };
+        let custom = hv.config(&custom).unwrap();
+        assert_eq!(custom["initramfs"], "/g/initramfs");
+        assert_eq!(custom["block"].as_array().map(Vec::len), Some(1));
+        assert!(!custom["cmdline"].as_str().unwrap().contains("root="));
         assert_eq!(
             (v["vcpus"].as_u64(), v["memory_mib"].as_u64()),
             (Some(2), Some(192))

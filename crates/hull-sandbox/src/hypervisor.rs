@@ -136,11 +136,25 @@ pub struct Disk {
     pub serial: String,
 }
 
+/// Where the guest kernel finds its init, the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestRoot {
+    /// A cpio archive the kernel unpacks into RAM: a custom guest's (`guest_files`).
+    Initramfs(PathBuf),
+    /// hull's read-only erofs disk with the agent as /init. The guest reads the agent's
+    /// pages as it runs them, and they stay reclaimable page cache; from an initramfs
+    /// the whole binary is a copy in the guest's RAM for the VM's life.
+    Disk(PathBuf),
+}
+
+/// The root disk's virtio-blk serial (container disks are found by theirs).
+pub const ROOT_DISK_SERIAL: &str = "hull-agent";
+
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     /// Uncompressed vmlinux (PVH entry) or bzImage.
     pub kernel: PathBuf,
-    pub initramfs: PathBuf,
+    pub root: GuestRoot,
     /// Appended to the cmdline the backend needs itself.
     pub extra_cmdline: String,
     pub vcpus: u8,
@@ -155,6 +169,37 @@ pub struct VmConfig {
     pub nets: Vec<NetDevice>,
     /// Host directories exported over virtio-9p.
     pub shares: Vec<SharedDir>,
+}
+
+impl VmConfig {
+    /// The VM's disks in the order the guest names them: a root disk first, because
+    /// the kernel mounts `/dev/vda` before there is an init to look for serials.
+    pub fn all_disks(&self) -> Vec<Disk> {
+        let root = match &self.root {
+            GuestRoot::Disk(path) => Some(Disk {
+                path: path.clone(),
+                readonly: true,
+                serial: ROOT_DISK_SERIAL.into(),
+            }),
+            GuestRoot::Initramfs(_) => None,
+        };
+        root.into_iter().chain(self.disks.iter().cloned()).collect()
+    }
+
+    /// The words the guest's cmdline needs to find its root.
+    pub fn root_cmdline(&self) -> &'static str {
+        match self.root {
+            GuestRoot::Disk(_) => "root=/dev/vda ro rootfstype=erofs init=/init",
+            GuestRoot::Initramfs(_) => "",
+        }
+    }
+
+    pub fn initramfs(&self) -> Option<&std::path::Path> {
+        match &self.root {
+            GuestRoot::Initramfs(path) => Some(path),
+            GuestRoot::Disk(_) => None,
+        }
+    }
 }
 
 /// A host directory the guest mounts by `tag` (virtio-9p).
@@ -198,7 +243,8 @@ pub trait Hypervisor {
     }
     fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>>;
     /// The virtio devices a VM can have for disks, network interfaces and shared
-    /// directories (beside the agent's channel and what the backend always adds).
+    /// directories (beside the agent's channel, a root disk, and what the backend
+    /// always adds).
     fn device_slots(&self) -> usize;
 }
 

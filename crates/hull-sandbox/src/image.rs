@@ -28,8 +28,14 @@ pub const CACHE_BYTES: u64 = 4 << 30;
 pub const CACHE_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub fn erofs_from_dir(dir: &Path, image: &Path) -> Result<()> {
+    erofs_from_dir_with(dir, image, &[])
+}
+
+/// `mkfs.erofs` with `options` before the image and the directory.
+pub fn erofs_from_dir_with(dir: &Path, image: &Path, options: &[&str]) -> Result<()> {
     let out = Command::new("mkfs.erofs")
         .arg("--quiet")
+        .args(options)
         .arg(image)
         .arg(dir)
         .output()

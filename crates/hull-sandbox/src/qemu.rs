@@ -88,11 +88,15 @@ impl Qemu {
             format!("{}M", c.memory_mib),
             "-kernel".into(),
             c.kernel.display().to_string(),
-            "-initrd".into(),
-            c.initramfs.display().to_string(),
+        ]);
+        if let Some(initramfs) = c.initramfs() {
+            a.extend(["-initrd".into(), initramfs.display().to_string()]);
+        }
+        a.extend([
             "-append".into(),
             format!(
-                "{BASE_CMDLINE} {} {} {}",
+                "{BASE_CMDLINE} {} {} {} {}",
+                c.root_cmdline(),
                 self.clock_cmdline(c.accel),
                 agent_cmdline(&c.transport),
                 c.extra_cmdline
@@ -169,7 +173,7 @@ fn device_args(c: &VmConfig, share_fds: &[i32]) -> Vec<String> {
         // QEMU has no hybrid vsock; Qemu::start refuses it.
         Transport::HybridVsock { .. } => {}
     }
-    for (i, d) in c.disks.iter().enumerate() {
+    for (i, d) in c.all_disks().iter().enumerate() {
         a.push("-drive".into());
         a.push(format!(
             "file={},if=none,id=disk{i},format=raw,readonly={}",
@@ -260,8 +264,8 @@ impl Hypervisor for Qemu {
     }
 
     fn device_slots(&self) -> usize {
-        // Less the agent's channel and the balloon.
-        MICROVM_VIRTIO_SLOTS - 2
+        // Less the agent's channel, its root disk and the balloon.
+        MICROVM_VIRTIO_SLOTS - 3
     }
 
     fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>> {
@@ -270,13 +274,14 @@ impl Hypervisor for Qemu {
                 "QEMU has no hybrid vsock: use a serial port or vhost-vsock".into(),
             ));
         }
-        // The agent's channel (virtio-serial or vhost-vsock), the balloon, then disks,
-        // nets, shares.
-        let devices = 2 + config.disks.len() + config.nets.len() + config.shares.len();
+        // The agent's channel (virtio-serial or vhost-vsock), the balloon, then disks
+        // (the root disk among them), nets, shares.
+        let disks = config.all_disks().len();
+        let devices = 2 + disks + config.nets.len() + config.shares.len();
         if devices > MICROVM_VIRTIO_SLOTS {
             return Err(SandboxError::Vm(format!(
                 "this VM would need {devices} virtio devices (the agent's channel, the balloon, {} disks, {} network interfaces, {} shared directories) and QEMU's microvm has {MICROVM_VIRTIO_SLOTS}: bind fewer distinct host directories (a common parent shares them all)",
-                config.disks.len(),
+                disks,
                 config.nets.len(),
                 config.shares.len()
             )));
@@ -335,12 +340,12 @@ impl Hypervisor for Qemu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::Disk;
+    use crate::hypervisor::{Disk, GuestRoot};
 
     fn config(accel: Accel, transport: Transport) -> VmConfig {
         VmConfig {
             kernel: "/k".into(),
-            initramfs: "/i".into(),
+            root: GuestRoot::Disk("/agent.erofs".into()),
             extra_cmdline: "hull.debug".into(),
             vcpus: 2,
             memory_mib: 96,
@@ -382,18 +387,24 @@ mod tests {
         assert_eq!(
             cmdline,
             "console=ttyS0 reboot=t panic=-1 quiet i8042.noaux i8042.nomux \
-             page_reporting.page_reporting_order=3 percpu_alloc=page tsc_early_khz=2000000 tsc=reliable \
-             lpj=20000000 no_timer_check hull.debug"
+             page_reporting.page_reporting_order=3 percpu_alloc=page root=/dev/vda ro rootfstype=erofs init=/init \
+             tsc_early_khz=2000000 tsc=reliable lpj=20000000 no_timer_check hull.debug"
         );
+        assert!(after(&args, "-initrd").is_empty(), "{args:?}");
         let devices = after(&args, "-device");
         assert!(
             devices.contains(&"virtserialport,chardev=agent,nr=1,name=hull.agent"),
             "{devices:?}"
         );
-        assert!(devices.contains(&"virtio-blk-device,drive=disk0,serial=rootfs0"));
+        // The agent's disk comes first: the kernel mounts /dev/vda.
+        assert!(devices.contains(&"virtio-blk-device,drive=disk0,serial=hull-agent"));
+        assert!(devices.contains(&"virtio-blk-device,drive=disk1,serial=rootfs0"));
         assert_eq!(
             after(&args, "-drive"),
-            ["file=/r.erofs,if=none,id=disk0,format=raw,readonly=on"]
+            [
+                "file=/agent.erofs,if=none,id=disk0,format=raw,readonly=on",
+                "file=/r.erofs,if=none,id=disk1,format=raw,readonly=on"
+            ]
         );
     }
 
@@ -405,10 +416,17 @@ mod tests {
             huge_pages: false,
         };
         let vsock = Transport::Vsock { cid: 7, port: 1024 };
-        let args = q.args(&config(Accel::Kvm, vsock), &[]);
+        let custom = VmConfig {
+            root: GuestRoot::Initramfs("/i".into()),
+            ..config(Accel::Kvm, vsock)
+        };
+        let args = q.args(&custom, &[]);
         assert_eq!(after(&args, "-cpu"), ["host"]);
+        assert_eq!(after(&args, "-initrd"), ["/i"]);
+        assert_eq!(after(&args, "-drive").len(), 1, "{args:?}");
         let cmdline = after(&args, "-append")[0];
         assert!(!cmdline.contains("tsc_early_khz"), "{cmdline}");
+        assert!(!cmdline.contains("root="), "{cmdline}");
         assert!(cmdline.contains("hull.vsock=1024"), "{cmdline}");
         assert!(after(&args, "-device").contains(&"vhost-vsock-device,guest-cid=7"));
     }

@@ -46,7 +46,7 @@ impl Sandbox {
         let console_log = cfg.dir.join("console.log");
         let vm_config = VmConfig {
             kernel: cfg.assets.vmlinux.clone(),
-            initramfs: cfg.assets.initramfs.clone(),
+            root: cfg.assets.root(),
             extra_cmdline: cfg.extra_cmdline.clone(),
             vcpus: cfg.vcpus,
             memory_mib: cfg.memory_mib,

@@ -159,6 +159,7 @@ fn shut_down(agent: Agent) -> (hull_sandbox::Result<()>, Arc<Mutex<Outcome>>) {
             vmlinux: none.clone(),
             bzimage: none.clone(),
             initramfs: none,
+            agent_disk: None,
             kernel_build_seconds: None,
             kernel_build_incremental: None,
         },

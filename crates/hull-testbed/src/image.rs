@@ -1,8 +1,9 @@
 //! What L1's initramfs holds: busybox and the init script, the modules, hull (static),
 //! hull-agent, the host programs hull runs (mkfs.erofs, iproute2's ip and tc) with the
 //! libraries they load, and the hull guest. The guest's
-//! kernel is the one `hull guest build` made; its initramfs is rebuilt here from the
-//! given hull-agent, so a change to the agent is tested without a new `hull guest build`.
+//! kernel is the one `hull guest build` made; its initramfs and agent disk are rebuilt
+//! here from the given hull-agent, so a change to the agent is tested without a new
+//! `hull guest build`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -96,7 +97,7 @@ fn path_str(p: &Path) -> String {
 }
 
 /// The guest where hull looks for it (`/var/lib/hull/guest/current.json`): the built
-/// kernel, and an initramfs made from `agent`.
+/// kernel, and an initramfs and an agent disk made from `agent`.
 fn guest_entries(guest: &GuestAssets, agent: &Path) -> Result<Vec<Entry>> {
     let agent_bytes = std::fs::read(agent).map_err(io_err("cannot read", agent))?;
     let dir = Path::new(DEFAULT_DIR);
@@ -104,6 +105,7 @@ fn guest_entries(guest: &GuestAssets, agent: &Path) -> Result<Vec<Entry>> {
         vmlinux: dir.join("vmlinux"),
         bzimage: dir.join("bzImage"),
         initramfs: dir.join("initramfs.cpio"),
+        agent_disk: Some(dir.join("agent.erofs")),
         kernel_build_seconds: None,
         kernel_build_incremental: None,
     };
@@ -117,6 +119,7 @@ fn guest_entries(guest: &GuestAssets, agent: &Path) -> Result<Vec<Entry>> {
             &l1.initramfs,
             Source::Bytes(hull_sandbox::initramfs::build(&agent_bytes)),
         ),
+        (&dir.join("agent.erofs"), Source::Bytes(agent_disk(agent)?)),
         (&dir.join("current.json"), Source::Bytes(manifest)),
     ];
     Ok(rows
@@ -127,6 +130,18 @@ fn guest_entries(guest: &GuestAssets, agent: &Path) -> Result<Vec<Entry>> {
             mode: 0o644,
         })
         .collect())
+}
+
+/// The agent's disk as `hull guest build` makes it, built in a scratch directory.
+fn agent_disk(agent: &Path) -> Result<Vec<u8>> {
+    let scratch = std::env::temp_dir().join(format!("hull-testbed-disk-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(io_err("cannot create", &scratch))?;
+    let image = scratch.join("agent.erofs");
+    let read = hull_sandbox::guest::write_agent_disk(agent, &image)
+        .map_err(TestbedError::from)
+        .and_then(|()| std::fs::read(&image).map_err(io_err("cannot read", &image)));
+    let _ = std::fs::remove_dir_all(&scratch);
+    read
 }
 
 /// The shared objects `binary` loads, the dynamic loader included, as `ldd` lists them.

@@ -67,7 +67,7 @@ Commands:
   spec      write an example config.json (--rootless)
   features  print what hull supports (runtime-spec features JSON)
   check     report what this host offers for VM isolation (--format json)
-  guest build  build the VM guest kernel and initramfs (cached)
+  guest build  build the VM guest: kernel, initramfs and agent disk (cached)
   vmm       run a micro-VM on KVM with hull's own monitor (--config FILE)
 ";
 
@@ -105,7 +105,7 @@ fn command_help(cmd: &str) -> String {
             "  -r, --resources FILE   LinuxResources JSON (- for stdin)\n      --memory SIZE --memory-reservation SIZE --memory-swap SIZE\n      --cpu-share N --cpu-period N --cpu-quota N --cpu-rt-period N --cpu-rt-runtime N\n      --cpuset-cpus LIST --cpuset-mems LIST --blkio-weight N --pids-limit N\n"
         }
         "check" => "  -f, --format text|json\n",
-        "guest" => "  build   build or reuse the guest kernel and initramfs\n  qemu-args KERNEL INITRAMFS SOCKET CONSOLE_LOG   the QEMU arguments hull would boot them with\n      --dir DIR        cache directory (default /var/lib/hull/guest)\n      --agent FILE     the static hull-agent (default: next to hull)\n      --source FILE    kernel source tarball (default /usr/src/linux-source-6.1.tar.xz)\n",
+        "guest" => "  build   build or reuse the guest kernel, initramfs and agent disk\n  qemu-args KERNEL ROOT SOCKET CONSOLE_LOG   the QEMU arguments hull would boot them with (ROOT: an initramfs or the agent's erofs disk)\n      --dir DIR        cache directory (default /var/lib/hull/guest)\n      --agent FILE     the static hull-agent (default: next to hull)\n      --source FILE    kernel source tarball (default /usr/src/linux-source-6.1.tar.xz)\n",
         "vmm" => "  -c, --config FILE   the VM, as JSON: kernel (vmlinux with a PVH note, or bzImage), initramfs,\n                      cmdline, vcpus, memory_mib, memory_backend (anonymous|memfd),\n                      hugepages (none|transparent|2m), serial (\"stdout\", \"none\" or {\"file\": PATH}),\n                      block ([{path, read_only, serial}]), rng (bool), vsock ({guest_cid, uds_path}),\n                      console ({socket}), net ([{tap, guest_mac}]: virtio-net on a host tap),\n                      shutdown_grace_ms (Ctrl-Alt-Del on SIGTERM, then stop; default 3000), seccomp (bool),\n                      deferred_teardown (bool: the kernel's VM teardown after hull exits; default true)\n",
         "spec" => "  -b, --bundle DIR   where to write config.json (default .)\n      --rootless     a spec for running without root\n",
         _ => "",
@@ -384,7 +384,7 @@ fn parse_command(name: &str, p: &mut Parser, g: &mut Global) -> R<Command> {
                 }
             }
             _ => return Err(Stop::Usage(
-                "hull guest: usage: hull guest build [--dir DIR] [--agent FILE] [--source FILE] | hull guest qemu-args KERNEL INITRAMFS SOCKET CONSOLE_LOG"
+                "hull guest: usage: hull guest build [--dir DIR] [--agent FILE] [--source FILE] | hull guest qemu-args KERNEL ROOT SOCKET CONSOLE_LOG"
                     .into(),
             )),
         },

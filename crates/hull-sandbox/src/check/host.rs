@@ -277,8 +277,9 @@ pub struct GuestReport {
 
 pub fn probe_guest(dir: &Path) -> GuestReport {
     let files: Vec<String> = match crate::guest::GuestAssets::locate(dir) {
-        Ok(a) => [a.vmlinux, a.initramfs]
+        Ok(a) => [Some(a.vmlinux), Some(a.initramfs), a.agent_disk]
             .iter()
+            .flatten()
             .map(|p| p.display().to_string())
             .collect(),
         Err(_) => vec![],

@@ -348,6 +348,7 @@ fn start_sandbox(
             vmlinux: kernel.clone(),
             bzimage: kernel.clone(),
             initramfs: initramfs.clone(),
+            agent_disk: None,
             kernel_build_seconds: None,
             kernel_build_incremental: None,
         },

@@ -356,6 +356,7 @@ impl Shared {
         if p.stopped() {
             return;
         }
+        p.live.drain_output(crate::stdio::TERMINAL_DRAIN);
         p.set_exited(exit);
         let mut ev = TaskExit::new();
         ev.container_id = c.id.clone();

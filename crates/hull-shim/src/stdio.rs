@@ -35,9 +35,25 @@ pub struct Live {
     stdin: Option<StdinRelay>,
     /// The terminal's master, for ResizePty.
     console: Option<File>,
+    /// Closed by the terminal's copier when it has passed on the last output.
+    output_done: Option<std::sync::mpsc::Receiver<()>>,
 }
 
+/// How long an exit waits for its terminal's last output. The copier ends when the
+/// last slave closes; a background process that keeps one open holds it up, not the
+/// exit.
+pub const TERMINAL_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Live {
+    /// Waits (up to `timeout`) until the terminal's output has reached containerd's
+    /// fifo: TaskExit before it, and `ctr run -t` finished without the last lines it
+    /// had yet to copy (seen under load: `stty size`'s answer was lost).
+    pub fn drain_output(&mut self, timeout: std::time::Duration) {
+        if let Some(done) = self.output_done.take() {
+            let _ = done.recv_timeout(timeout);
+        }
+    }
+
     /// CloseIO: the process reads EOF once what containerd wrote has been passed on.
     pub fn close_stdin(&mut self) {
         if let Some(r) = self.stdin.as_mut() {
@@ -154,16 +170,22 @@ impl Prepared {
         let Some(console) = self.console.take() else {
             return Ok(Live {
                 stdin: self.stdin.take(),
-                console: None,
+                ..Live::default()
             });
         };
         let master = receive_fd(&console.listener)?;
+        let mut output_done = None;
         if !p.stdout.is_empty() {
             let out = open_rw(&p.stdout)?;
             let from = master.try_clone()?;
+            let (done, done_rx) = std::sync::mpsc::channel::<()>();
             std::thread::Builder::new()
                 .name("tty-out".into())
-                .spawn(move || copy_out(from, out))?;
+                .spawn(move || {
+                    copy_out(from, out);
+                    drop(done);
+                })?;
+            output_done = Some(done_rx);
         }
         let stdin = if p.stdin.is_empty() {
             None
@@ -173,6 +195,7 @@ impl Prepared {
         Ok(Live {
             stdin,
             console: Some(master),
+            output_done,
         })
     }
 }

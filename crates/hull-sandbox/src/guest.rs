@@ -72,6 +72,19 @@ impl GuestAssets {
         Ok(assets)
     }
 
+    /// A guest of the user's own (config.toml's `kernel` and `initramfs`): booted
+    /// from its initramfs.
+    pub fn custom(kernel: &Path, initramfs: &Path) -> GuestAssets {
+        GuestAssets {
+            vmlinux: kernel.to_path_buf(),
+            bzimage: kernel.to_path_buf(),
+            initramfs: initramfs.to_path_buf(),
+            agent_disk: None,
+            kernel_build_seconds: None,
+            kernel_build_incremental: None,
+        }
+    }
+
     /// What the guest boots into: the agent's disk where the build made one.
     pub fn root(&self) -> GuestRoot {
         match &self.agent_disk {

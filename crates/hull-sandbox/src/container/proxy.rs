@@ -344,14 +344,7 @@ fn start_sandbox(
 ) -> Result<(Sandbox, Rootfs)> {
     let s = &plan.settings;
     let assets = match &s.guest_files {
-        Some((kernel, initramfs)) => GuestAssets {
-            vmlinux: kernel.clone(),
-            bzimage: kernel.clone(),
-            initramfs: initramfs.clone(),
-            agent_disk: None,
-            kernel_build_seconds: None,
-            kernel_build_incremental: None,
-        },
+        Some((kernel, initramfs)) => GuestAssets::custom(kernel, initramfs),
         None => GuestAssets::locate(&s.guest_dir)?,
     };
     let abs = plan.state_dir.join(SANDBOX_DIR);

@@ -83,6 +83,14 @@ pub(crate) fn unified_controllers(
 /// Make `required` (an error if impossible) and `optional` (where possible) controllers
 /// available to `h`: write "+c" into the cgroup.subtree_control of each ancestor that
 /// lacks them, from the hierarchy's root down. Nothing is ever disabled.
+///
+/// Reading subtree_control takes no lock: a controller another process is enabling
+/// shows there before the kernel has made its files in the children (it does that
+/// under cgroup_mutex, after). A create that found everything enabled then wrote
+/// `cpu.weight` and got ENOENT (1 run in 6 of five VM pods started at once in the
+/// nested test bed). So when nothing was written, the wanted controllers are written
+/// to the parent once more: a no-op, but under cgroup_mutex, so it returns only after
+/// any enabling in flight has made its files.
 pub(crate) fn enable(
     h: &Hierarchy,
     required: &[String],
@@ -106,8 +114,11 @@ pub(crate) fn enable(
         .copied()
         .filter(|c| available.contains(c) && !required.iter().any(|r| r == c))
         .collect();
-    for level in ancestors(h) {
-        let enabled = read(&level, "cgroup.subtree_control")?;
+    let levels = ancestors(h);
+    let mut wrote = false;
+    for level in &levels {
+        let level = level.as_path();
+        let enabled = read(level, "cgroup.subtree_control")?;
         let enabled: Vec<&str> = enabled.split_whitespace().collect();
         let missing_req: Vec<&str> = required
             .iter()
@@ -129,21 +140,46 @@ pub(crate) fn enable(
                 .join(" ")
         };
         let all: Vec<&str> = missing_req.iter().chain(&missing_opt).copied().collect();
-        let Err(e) = write(&level, "cgroup.subtree_control", &plus(&all)) else {
+        let Err(e) = write(level, "cgroup.subtree_control", &plus(&all)) else {
+            wrote = true;
             continue;
         };
         if missing_opt.is_empty() {
-            return Err(enable_error(e, &level, &missing_req));
+            return Err(enable_error(e, level, &missing_req));
         }
         // An optional controller that cannot be had here cannot be had below either.
         tracing::debug!(level = %level.display(), error = %e, "accounting controllers not enabled");
         optional.clear();
         if !missing_req.is_empty() {
-            write(&level, "cgroup.subtree_control", &plus(&missing_req))
-                .map_err(|e| enable_error(e, &level, &missing_req))?;
+            write(level, "cgroup.subtree_control", &plus(&missing_req))
+                .map_err(|e| enable_error(e, level, &missing_req))?;
+            wrote = true;
         }
     }
+    if let Some(parent) = levels.last().filter(|_| !wrote) {
+        settle(parent, required, &optional);
+    }
     Ok(())
+}
+
+/// Writes the wanted controllers that `parent` has enabled back to it (see `enable`).
+/// Only a wait: a parent this process may not write (a rootless user's, above its
+/// delegation) had everything enabled already, and the create goes on.
+fn settle(parent: &Path, required: &[String], optional: &[&str]) {
+    let Ok(enabled) = read(parent, "cgroup.subtree_control") else {
+        return;
+    };
+    let again: Vec<String> = enabled
+        .split_whitespace()
+        .filter(|c| required.iter().any(|r| r == c) || optional.contains(c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if again.is_empty() {
+        return;
+    }
+    if let Err(e) = write(parent, "cgroup.subtree_control", &again.join(" ")) {
+        tracing::debug!(error = %e, "cgroup.subtree_control written again");
+    }
 }
 
 fn enable_error(e: CgroupError, level: &Path, controllers: &[&str]) -> CgroupError {
@@ -411,6 +447,40 @@ pub(crate) fn is_frozen(dir: &Path) -> Result<bool, CgroupError> {
 mod tests {
     use super::*;
     use oci_spec::runtime::{LinuxBlockIoBuilder, LinuxThrottleDeviceBuilder};
+
+    /// A parent that already has every wanted controller gets them written once more
+    /// (the wait for an enabling in flight), and only those it has.
+    #[test]
+    fn an_enabled_parent_is_written_again_with_what_it_has() {
+        let root = std::env::temp_dir().join(format!("hull-v2-settle-{}", std::process::id()));
+        let parent = root.join("pod");
+        std::fs::create_dir_all(parent.join("c1")).unwrap();
+        std::fs::write(root.join("cgroup.controllers"), "cpu memory pids io\n").unwrap();
+        std::fs::write(root.join("cgroup.subtree_control"), "cpu memory pids io\n").unwrap();
+        std::fs::write(parent.join("cgroup.subtree_control"), "cpu memory\n").unwrap();
+        let h = Hierarchy {
+            controllers: String::new(),
+            mount: root.clone(),
+            dir: parent.join("c1"),
+            path: "/pod/c1".into(),
+            created: Vec::new(),
+        };
+        let done = enable(
+            &h,
+            &["cpu".to_string()],
+            &["memory", "hugetlb"],
+            CgroupVersion::V2,
+        );
+        let again = std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap();
+        let top = std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        done.unwrap();
+        assert_eq!(again, "+cpu +memory");
+        assert_eq!(
+            top, "cpu memory pids io\n",
+            "the root had them: not written"
+        );
+    }
 
     #[test]
     fn shares_to_weight_matches_runc() {

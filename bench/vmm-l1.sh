@@ -3,8 +3,9 @@
 # starts it through hull-testbed. Prints one line per measurement for bench/vmm to
 # summarise:
 #   boot VMM RUN ms=N exits=N rss_kib=N pss_kib=N (KIND=N ...)
-#       VMM (hull-vmm, qemu, or hull-vmm-thp: guest memory madvised for transparent
-#       huge pages, as QEMU does) booted the hull guest (its kernel, its initramfs with
+#       VMM (hull-vmm, qemu, hull-vmm-thp: guest memory madvised for transparent
+#       huge pages, as QEMU does, or hull-vmm-disk: from the agent's erofs disk, as
+#       hull boots its sandboxes) booted the hull guest (its kernel, its initramfs with
 #       hull-agent as init) to the agent's "ready at" line on the serial console: wall
 #       time in L1 (/proc/uptime, 10 ms steps), the VM's exits from KVM's debugfs
 #       stats, and the VMM's memory then. Runs alternate between the VMMs.
@@ -35,10 +36,16 @@ centis() { cut -d' ' -f1 /proc/uptime | tr -d .; }
 boot() {
     rm -f $work/serial $work/console.sock
     line=${4:-$cmdline}
+    [ "$1" = hull-vmm-disk ] && line="$line root=/dev/vda ro rootfstype=erofs init=/init"
     sed "s|\"cmdline\": \"[^\"]*\"|\"cmdline\": \"$line\"|" $work/hull.json >$work/run.json
     t0=$(centis)
     case $1 in
     hull-vmm) hull vmm --config $work/run.json >/dev/null 2>&1 & ;;
+    hull-vmm-disk)
+        sed "s|\"initramfs\": \"[^\"]*\", ||; s|}\$|, \"block\": [{\"path\": \"$guest/agent.erofs\", \"read_only\": true, \"serial\": \"hull-agent\"}]}|" \
+            $work/run.json >$work/disk.json
+        hull vmm --config $work/disk.json >/dev/null 2>&1 &
+        ;;
     hull-vmm-thp)
         sed 's/}$/, "hugepages": "transparent"}/' $work/run.json >$work/thp.json
         hull vmm --config $work/thp.json >/dev/null 2>&1 &
@@ -85,6 +92,7 @@ for i in $(seq "$runs"); do
     boot hull-vmm "$i"
     boot qemu "$i"
     boot hull-vmm-thp "$i"
+    boot hull-vmm-disk "$i"
 done
 
 clocks hull-vmm

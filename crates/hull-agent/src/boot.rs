@@ -56,25 +56,7 @@ pub fn leave_initramfs() -> Result<()> {
 /// on its mappings fault page by page (MADV_RANDOM, which the containers' inits it forks
 /// inherit). Needs /proc. From an initramfs the binary is in RAM whole anyway.
 pub fn read_own_binary_by_page() {
-    if root_is_initramfs().unwrap_or(true) {
-        return;
-    }
-    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
-        return;
-    };
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    for (start, end) in file_mappings(&maps, &exe.to_string_lossy()) {
-        // SAFETY: MADV_RANDOM only changes the readahead of a range this process maps;
-        // no memory's content or validity changes.
-        let r =
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM) };
-        if r != 0 {
-            tracing::warn!(
-                "madvise(MADV_RANDOM) of the agent's binary: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
+    advise_own_binary(libc::MADV_RANDOM, "MADV_RANDOM");
 }
 
 /// Once the agent serves: its binary leaves the page cache but for what it faults back
@@ -82,25 +64,8 @@ pub fn read_own_binary_by_page() {
 /// faults alone kept ~1.9 MiB mapped; MADV_PAGEOUT unmaps and drops those (clean file
 /// pages; data the agent wrote is anonymous and stays, without swap), fadvise the rest.
 pub fn drop_own_unmapped_pages() {
-    if root_is_initramfs().unwrap_or(true) {
+    if !advise_own_binary(libc::MADV_PAGEOUT, "MADV_PAGEOUT") {
         return;
-    }
-    if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-        for (start, end) in file_mappings(&maps, &exe.to_string_lossy()) {
-            // SAFETY: MADV_PAGEOUT reclaims pages this process maps and keeps their
-            // content: clean file pages are read again on the next touch, and anonymous
-            // pages cannot be reclaimed without swap.
-            let r = unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT)
-            };
-            if r != 0 {
-                tracing::warn!(
-                    "madvise(MADV_PAGEOUT) of the agent's binary: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
     }
     use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
     let dropped = std::fs::File::open("/proc/self/exe")
@@ -112,6 +77,30 @@ pub fn drop_own_unmapped_pages() {
     if let Err(e) = dropped {
         tracing::warn!("fadvise(DONTNEED) of the agent's binary: {e}");
     }
+}
+
+/// madvise(2) of every mapping of the agent's own binary when it runs from its disk;
+/// false (nothing done) when it runs from an initramfs. MADV_RANDOM and MADV_PAGEOUT change no memory's content: the first
+/// only readahead, the second reclaims clean file pages (read again on the next touch)
+/// and, without swap, no anonymous page.
+fn advise_own_binary(advice: libc::c_int, name: &str) -> bool {
+    if root_is_initramfs().unwrap_or(true) {
+        return false;
+    }
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return true;
+    };
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    for (start, end) in file_mappings(&maps, &exe.to_string_lossy()) {
+        // SAFETY: the range is one this process maps, and the advice keeps its content
+        // (above).
+        let r = unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!("madvise({name}) of the agent's binary: {e}");
+        }
+    }
+    true
 }
 
 /// The address ranges /proc/self/maps shows mapped from `path`.

@@ -11,6 +11,13 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    replace(path, data)
+}
+
+/// Writes `data` beside `path` and renames it there, so a reader sees the old content
+/// or the new, never a file half written; `path`'s directory must exist (nothing is
+/// made again where it went).
+pub fn replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp.{:016x}", crate::random_u64()));
     let written = std::fs::File::create(&tmp)
         .and_then(|mut f| f.write_all(data))

@@ -199,15 +199,12 @@ pub fn resume(c: &Container) -> Result<()> {
 /// is gone with the container (or the VM), and `events` reports a kill that ended it.
 const OOM_KILLS: &str = "oom-kills";
 
-/// Written aside and renamed: the shim reads the file while the proxy's OOM thread and
-/// the exit path may both write it, and must never see it empty.
+/// Replaced whole: the shim reads the file while the proxy's OOM thread and the exit
+/// path may both write it, and must never see it empty. A state directory that is gone
+/// stays gone.
 pub(super) fn record_oom_kills(state_dir: &std::path::Path, kills: u64) {
     let path = state_dir.join(OOM_KILLS);
-    let aside = state_dir.join(format!(".{OOM_KILLS}.{}", crate::random_u64()));
-    let written =
-        std::fs::write(&aside, kills.to_string()).and_then(|()| std::fs::rename(&aside, &path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&aside);
+    if let Err(e) = crate::files::replace(&path, kills.to_string().as_bytes()) {
         tracing::warn!("{}: {e}", path.display());
     }
 }

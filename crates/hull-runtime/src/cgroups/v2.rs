@@ -116,10 +116,12 @@ pub(crate) fn enable(
         .collect();
     let levels = ancestors(h);
     let mut wrote = false;
+    // The last level's subtree_control, as read: the parent's.
+    let mut parent_enabled = String::new();
     for level in &levels {
         let level = level.as_path();
-        let enabled = read(level, "cgroup.subtree_control")?;
-        let enabled: Vec<&str> = enabled.split_whitespace().collect();
+        parent_enabled = read(level, "cgroup.subtree_control")?;
+        let enabled: Vec<&str> = parent_enabled.split_whitespace().collect();
         let missing_req: Vec<&str> = required
             .iter()
             .map(String::as_str)
@@ -157,18 +159,15 @@ pub(crate) fn enable(
         }
     }
     if let Some(parent) = levels.last().filter(|_| !wrote) {
-        settle(parent, required, &optional);
+        settle(parent, &parent_enabled, required, &optional);
     }
     Ok(())
 }
 
-/// Writes the wanted controllers that `parent` has enabled back to it (see `enable`).
+/// Writes the wanted controllers that `parent` has `enabled` back to it (see `enable`).
 /// Only a wait: a parent this process may not write (a rootless user's, above its
 /// delegation) had everything enabled already, and the create goes on.
-fn settle(parent: &Path, required: &[String], optional: &[&str]) {
-    let Ok(enabled) = read(parent, "cgroup.subtree_control") else {
-        return;
-    };
+fn settle(parent: &Path, enabled: &str, required: &[String], optional: &[&str]) {
     let again: Vec<String> = enabled
         .split_whitespace()
         .filter(|c| required.iter().any(|r| r == c) || optional.contains(c))

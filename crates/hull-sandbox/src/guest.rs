@@ -214,8 +214,13 @@ pub fn write_agent_disk(agent: &Path, image: &Path) -> Result<()> {
         &["-T0", "-U", AGENT_DISK_UUID, "--all-root"],
     );
     let _ = std::fs::remove_dir_all(&tree);
-    made?;
-    std::fs::rename(&staging, image).map_err(io_err("cannot move the agent disk to", image))
+    let moved = made.and_then(|()| {
+        std::fs::rename(&staging, image).map_err(io_err("cannot move the agent disk to", image))
+    });
+    if moved.is_err() {
+        let _ = std::fs::remove_file(&staging);
+    }
+    moved
 }
 
 /// Any fixed UUID keeps the image reproducible; nothing mounts it by UUID.
